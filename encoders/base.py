@@ -1,0 +1,42 @@
+"""The encoder protocol: a frozen text -> vector map with a stable id and a dimension."""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import numpy as np
+
+
+class Encoder(ABC):
+    """Frozen sentence encoder.
+
+    `id` must change whenever the vectors would change (model, normalization): it keys the cache and is
+    stored in checkpoints so that a model is never fed vectors from another encoder.
+    """
+
+    @property
+    @abstractmethod
+    def id(self) -> str: ...
+
+    @property
+    @abstractmethod
+    def dim(self) -> int: ...
+
+    @abstractmethod
+    def encode(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
+        """texts -> float32 array (N, D)."""
+
+    def config(self) -> dict:
+        """`{"class_path", "init_args"}` that rebuilds this encoder (stored in checkpoints)."""
+        return {"class_path": f"{type(self).__module__}.{type(self).__qualname__}", "init_args": self.init_args()}
+
+    @abstractmethod
+    def init_args(self) -> dict: ...
+
+
+def encoder_from_config(cfg: dict) -> Encoder:
+    """Rebuild an encoder from `Encoder.config()` output."""
+    import importlib
+
+    module, _, name = cfg["class_path"].rpartition(".")
+    cls = getattr(importlib.import_module(module), name)
+    return cls(**cfg.get("init_args", {}))

@@ -1,0 +1,166 @@
+"""Content-addressed on-disk embedding cache: every unique sentence is encoded once per encoder, ever.
+
+Layout under `<root>/<encoder-slug>/`:
+    manifest.json               encoder id, dim, dtype, format version
+    shard-000000.emb.npy        float32 (n, D)
+    shard-000000.keys.npy       uint8 (n, 16) blake2b-128 of the UTF-8 text
+Each shard is written atomically, embeddings first and keys last, so a shard exists only once its keys
+file does; an interrupted encode keeps every finished shard and the next run encodes only the rest.
+"""
+from __future__ import annotations
+
+import hashlib
+import re
+from pathlib import Path
+
+import numpy as np
+
+from lcm.encoders.base import Encoder
+from lcm.errors import LCMError
+from lcm.io import write_json, write_npy
+
+FORMAT_VERSION = 1
+
+
+def text_key(text: str) -> bytes:
+    return hashlib.blake2b(text.encode("utf-8"), digest_size=16).digest()
+
+
+def encoder_slug(encoder_id: str) -> str:
+    readable = re.sub(r"[^A-Za-z0-9_.-]+", "_", encoder_id)[:60]
+    return f"{readable}-{hashlib.blake2b(encoder_id.encode(), digest_size=4).hexdigest()}"
+
+
+def check_finite(emb: np.ndarray, texts: list[str]) -> None:
+    bad = ~np.isfinite(emb).all(axis=1)
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise LCMError(f"encoder returned NaN/inf for {int(bad.sum())} sentence(s), e.g. {texts[i][:80]!r}; "
+                       "nothing was cached for them")
+
+
+class EmbeddingCache:
+    """Maps sentence texts to embeddings of one encoder, encoding only what is not on disk yet.
+
+    Args:
+        root: cache folder (shared by all encoders; each gets its own sub-folder).
+        encoder: the frozen encoder. Only called for texts missing from the cache.
+        chunk_size: sentences encoded per shard; bounds the work an interruption can lose.
+        batch_size: encoder batch size.
+        show_progress: rich progress bar while encoding.
+    """
+
+    def __init__(self, root: str | Path, encoder: Encoder, chunk_size: int = 4096, batch_size: int = 64,
+                 show_progress: bool = True):
+        self.encoder = encoder
+        self.dir = Path(root) / encoder_slug(encoder.id)
+        self.chunk_size = chunk_size
+        self.batch_size = batch_size
+        self.show_progress = show_progress
+        self._rows: dict[bytes, tuple[int, int]] = {}  # key -> (shard, row)
+        self._shards: list[np.ndarray] = []  # memory-mapped (n, D) float32
+        self._open()
+
+    # ---- loading -------------------------------------------------------------------------------
+    def _open(self) -> None:
+        manifest = self.dir / "manifest.json"
+        if not manifest.exists():
+            return
+        import json
+
+        try:
+            meta = json.loads(manifest.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError) as e:
+            raise LCMError(f"embedding cache manifest {manifest} is corrupted ({e}); delete {self.dir} to rebuild it") from e
+        if meta.get("encoder_id") != self.encoder.id or meta.get("format") != FORMAT_VERSION:
+            raise LCMError(f"embedding cache {self.dir} belongs to encoder {meta.get('encoder_id')!r} "
+                           f"(format {meta.get('format')}), not {self.encoder.id!r}")
+        self.dim = int(meta["dim"])
+        for keys_path in sorted(self.dir.glob("shard-*.keys.npy")):
+            emb_path = keys_path.with_name(keys_path.name.replace(".keys.npy", ".emb.npy"))
+            try:
+                keys = np.load(keys_path, allow_pickle=False)
+                emb = np.load(emb_path, mmap_mode="r", allow_pickle=False)
+            except (OSError, ValueError, EOFError) as e:
+                raise LCMError(f"embedding cache shard {keys_path.name[:12]} in {self.dir} is corrupted or truncated "
+                               f"({type(e).__name__}); delete its two files and rerun: only its sentences are re-encoded") from e
+            if emb.ndim != 2 or emb.shape != (len(keys), self.dim) or keys.dtype != np.uint8 or keys.shape[1:] != (16,):
+                raise LCMError(f"embedding cache shard {keys_path.name[:12]} in {self.dir} has shape {emb.shape} "
+                               f"for {len(keys)} keys of dim {self.dim}; delete its two files and rerun")
+            self._add_shard(keys, emb)
+
+    def _add_shard(self, keys: np.ndarray, emb: np.ndarray) -> None:
+        shard = len(self._shards)
+        self._shards.append(emb)
+        # view rows as 16-byte voids: .tolist() gives exact bytes ("S16" would strip trailing NULs)
+        for row, key in enumerate(np.ascontiguousarray(keys).view("V16").ravel().tolist()):
+            self._rows[key] = (shard, row)
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def __contains__(self, text: str) -> bool:
+        return text_key(text) in self._rows
+
+    # ---- encoding ------------------------------------------------------------------------------
+    def missing(self, texts: list[str]) -> list[str]:
+        """Unique texts not in the cache yet, in first-seen order."""
+        seen: set[bytes] = set()
+        out = []
+        for t in texts:
+            k = text_key(t)
+            if k not in self._rows and k not in seen:
+                seen.add(k)
+                out.append(t)
+        return out
+
+    def ensure(self, texts: list[str]) -> int:
+        """Encode and store every text not cached yet. Returns how many were encoded."""
+        todo = self.missing(texts)
+        if not todo:
+            return 0
+        if not self._shards:
+            self.dim = self.encoder.dim
+            self.dir.mkdir(parents=True, exist_ok=True)
+            write_json(self.dir / "manifest.json",
+                       {"encoder_id": self.encoder.id, "dim": self.dim, "dtype": "float32", "format": FORMAT_VERSION})
+        # Longest first: similar lengths share a batch (less padding), and the ETA is pessimistic, not optimistic.
+        todo.sort(key=len, reverse=True)
+        from lcm.progress import progress_bar
+
+        with progress_bar(len(todo), f"encoding with {self.encoder.id}", enabled=self.show_progress) as advance:
+            for start in range(0, len(todo), self.chunk_size):
+                chunk = todo[start:start + self.chunk_size]
+                emb = np.ascontiguousarray(self.encoder.encode(chunk, batch_size=self.batch_size), dtype=np.float32)
+                if emb.shape != (len(chunk), self.dim):
+                    raise LCMError(f"encoder {self.encoder.id} returned shape {emb.shape}, expected ({len(chunk)}, {self.dim})")
+                finite = np.isfinite(emb).all(axis=1)
+                if finite.any():  # keep the good rows even when some are NaN: nothing is lost
+                    self._write_shard([t for t, ok in zip(chunk, finite) if ok], emb[finite])
+                check_finite(emb, chunk)
+                advance(len(chunk))
+        return len(todo)
+
+    def _write_shard(self, texts: list[str], emb: np.ndarray) -> None:
+        shard = len(self._shards)
+        while (self.dir / f"shard-{shard:06d}.keys.npy").exists():  # another process wrote one meanwhile
+            shard += 1
+        keys = np.frombuffer(b"".join(text_key(t) for t in texts), dtype=np.uint8).reshape(len(texts), 16)
+        stem = self.dir / f"shard-{shard:06d}"
+        write_npy(f"{stem}.emb.npy", emb)
+        write_npy(f"{stem}.keys.npy", keys)  # written last: the shard's commit marker
+        self._add_shard(keys, np.load(f"{stem}.emb.npy", mmap_mode="r"))
+
+    # ---- lookup --------------------------------------------------------------------------------
+    def get(self, texts: list[str]) -> np.ndarray:
+        """texts -> float32 (N, D); encodes whatever is missing first."""
+        self.ensure(texts)
+        if not texts:
+            return np.zeros((0, getattr(self, "dim", self.encoder.dim)), dtype=np.float32)
+        out = np.empty((len(texts), self.dim), dtype=np.float32)
+        where = np.array([self._rows[text_key(t)] for t in texts], dtype=np.int64)  # (N, 2): shard, row
+        for shard in np.unique(where[:, 0]):
+            sel = np.flatnonzero(where[:, 0] == shard)
+            out[sel] = self._shards[shard][where[sel, 1]]
+        check_finite(out, texts)
+        return out

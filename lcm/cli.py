@@ -1,0 +1,54 @@
+"""The `lcm` command: LightningCLI subcommands plus `lcm generate`.
+
+Known bad input (LCMError) ends with one `error: ...` line and exit code 2, never a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from lcm.errors import LCMError
+
+
+def generate_main(args: list[str]) -> None:
+    parser = argparse.ArgumentParser(prog="lcm generate", description="Generate reasoning steps for a problem.")
+    parser.add_argument("problem", nargs="+", help="problem text (several arguments = several problems)")
+    parser.add_argument("--ckpt", required=True, help="checkpoint written by `lcm fit`")
+    parser.add_argument("--bank", default=None, help="sentence bank folder (default: <ckpt folder>/bank)")
+    parser.add_argument("--max-steps", type=int, default=16)
+    parser.add_argument("--eot-threshold", type=float, default=0.9)
+    parser.add_argument("--feedback", choices=["retrieved", "predicted"], default="retrieved")
+    parser.add_argument("--device", default="cpu")
+    ns = parser.parse_args(args)
+    from lcm.generate import ConceptGenerator
+
+    gen = ConceptGenerator.from_checkpoint(ns.ckpt, bank=ns.bank, device=ns.device)
+    outs = gen.generate(ns.problem, max_steps=ns.max_steps, eot_threshold=ns.eot_threshold, feedback=ns.feedback)
+    for out in outs:
+        print(f"problem: {out.problem}")
+        for i, step in enumerate(out.steps, 1):
+            print(f"  {i:2d}. {step.text}    (cos {step.score:.3f})")
+        print(f"  [stop: {out.stop_reason}]")
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = sys.argv[1:] if argv is None else list(argv)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        if args and args[0] == "generate":
+            generate_main(args[1:])
+        else:
+            from lcm.train.cli import run
+
+            run(args)
+    except LCMError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted: finished cache shards and checkpoints are kept; rerun to resume", file=sys.stderr)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,5 @@
+"""User-facing errors: one clear line, no traceback (see `lcm.cli.main`)."""
+
+
+class LCMError(Exception):
+    """Bad input or bad state the user can fix. The message is the whole story."""

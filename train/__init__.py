@@ -1,0 +1,6 @@
+"""Data and the `lcm fit` entry point: corpus builders, segmentation, DataModule, callbacks."""
+from lcm.train.corpus import CorpusSource, DatasetSource, GsmSymbolic
+from lcm.train.datamodule import ConceptDataModule
+from lcm.train.documents import Document
+
+__all__ = ["ConceptDataModule", "CorpusSource", "DatasetSource", "Document", "GsmSymbolic"]

@@ -1,0 +1,203 @@
+"""Corpus builders: where documents come from.
+
+- `GsmSymbolic`: reasoning-gym's gsm_symbolic generator (offline, deterministic for a seed).
+- `DatasetSource`: any `datasets` source -- local jsonl/json/csv/parquet files, or a hub name when online --
+  with configurable prompt / steps / answer fields.
+"""
+from __future__ import annotations
+
+import os
+import re
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Any, Iterator, Literal
+
+from lcm.errors import LCMError
+from lcm.planners.paragraphs import split_paragraphs
+from lcm.train.documents import Document
+from lcm.train.segment import cap_length, segment, split_sentences
+
+ANSWER_LINE = re.compile(r"^####\s*(.+)$")
+
+
+class CorpusSource(ABC):
+    """Yields raw documents; the DataModule cleans, splits and encodes them."""
+
+    @abstractmethod
+    def documents(self, max_chars: int) -> Iterator[Document]:
+        """Documents whose sentences are already capped at `max_chars`."""
+
+    @abstractmethod
+    def describe(self) -> str: ...
+
+
+def _cap_all(sentences: list[str], max_chars: int) -> list[str]:
+    return [p for s in sentences for p in cap_length(s, max_chars)]
+
+
+def solution_to_paragraphs(solution: str, max_chars: int) -> tuple[list[list[str]], str | None]:
+    """Step-by-step solution text -> (paragraphs of steps, answer from a `#### N` line if present).
+
+    Solution lines are steps; blank lines and section headers separate paragraphs; the `#### N`
+    line stays as the final step (the model learns to state the answer) and N is returned too.
+    """
+    paragraphs = [_cap_all(p, max_chars) for p in split_paragraphs(solution)]
+    paragraphs = [p for p in paragraphs if p]
+    answer = None
+    if paragraphs:
+        m = ANSWER_LINE.match(paragraphs[-1][-1])
+        answer = m.group(1).strip() if m else None
+    return paragraphs, answer
+
+
+class GsmSymbolic(CorpusSource):
+    """reasoning-gym `gsm_symbolic`: grade-school maths from GSM8K templates with fresh numbers.
+
+    Args:
+        n: number of problems generated (duplicates by question text are dropped later).
+        seed: generator seed.
+    """
+
+    def __init__(self, n: int = 2000, seed: int = 0):
+        if n < 1:
+            raise LCMError(f"GsmSymbolic needs n >= 1 problems, got {n}")
+        self.n = n
+        self.seed = seed
+
+    def describe(self) -> str:
+        return f"reasoning-gym gsm_symbolic (n={self.n}, seed={self.seed})"
+
+    def documents(self, max_chars: int) -> Iterator[Document]:
+        import reasoning_gym
+
+        data = reasoning_gym.create_dataset("gsm_symbolic", size=self.n, seed=self.seed)
+        for i in range(self.n):
+            row = data[i]
+            paragraphs, answer = solution_to_paragraphs(row["metadata"]["answer_cot"], max_chars)
+            yield Document(prompt=_cap_all(split_sentences(row["question"]), max_chars), paragraphs=paragraphs,
+                           answer=answer if answer is not None else str(row["answer"]),
+                           meta={"source": "gsm_symbolic", "index": i})
+
+
+_LOCAL_BUILDERS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
+
+
+def check_utf8(path: Path, chunk: int = 1 << 20) -> None:
+    """Fail with the byte offset of the first invalid sequence instead of a deep decoder traceback."""
+    import codecs
+
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    offset = 0
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            try:
+                decoder.decode(block)
+            except UnicodeDecodeError as e:
+                raise LCMError(f"{path} is not valid UTF-8 (byte {block[e.start]:#04x} at offset {offset + e.start}); "
+                               "re-save it as UTF-8") from None
+            offset += len(block)
+        try:
+            decoder.decode(b"", final=True)
+        except UnicodeDecodeError:
+            raise LCMError(f"{path} is not valid UTF-8 (truncated multi-byte sequence at its end); re-save it as UTF-8") from None
+
+
+class DatasetSource(CorpusSource):
+    """Any `datasets` source with a prompt field, a steps field and an optional answer field.
+
+    Args:
+        path: local .jsonl/.json/.csv/.parquet file (or a folder/glob of them), or a hub dataset name.
+        split: split to read ("train" for local files).
+        name: hub dataset configuration name.
+        prompt_field: column holding the problem text.
+        steps_field: column holding the steps: a list of strings, or one text to segment.
+        answer_field: column holding the final answer, or None.
+        steps_format: how a text steps field is segmented: "lines", "sentences", or "auto"
+            (lines when the text has line breaks, else sentences). List fields are used as given.
+        answer_template: final step appended when the answer is not already the last step
+            (None: the answer is kept as metadata only).
+        limit: read at most this many rows.
+    """
+
+    def __init__(self, path: str, split: str = "train", name: str | None = None, prompt_field: str = "question",
+                 steps_field: str = "steps", answer_field: str | None = "answer",
+                 steps_format: Literal["auto", "lines", "sentences"] = "auto",
+                 answer_template: str | None = "#### {answer}", limit: int | None = None):
+        self.path = path
+        self.split = split
+        self.name = name
+        self.prompt_field = prompt_field
+        self.steps_field = steps_field
+        self.answer_field = answer_field
+        self.steps_format = steps_format
+        self.answer_template = answer_template
+        self.limit = limit
+
+    def describe(self) -> str:
+        return f"datasets source {self.path} [{self.split}]"
+
+    def _load(self):
+        import datasets
+
+        local = Path(self.path)
+        if local.suffix.lower() in _LOCAL_BUILDERS or local.exists():
+            if not local.exists():
+                raise LCMError(f"data file {local} does not exist")
+            files = sorted(p for p in (local.rglob("*") if local.is_dir() else [local])
+                           if p.suffix.lower() in _LOCAL_BUILDERS)
+            if not files:
+                raise LCMError(f"no .jsonl/.json/.csv/.parquet files in {local}")
+            for f in files:
+                if f.stat().st_size == 0:
+                    raise LCMError(f"data file {f} is empty")
+                if f.suffix.lower() != ".parquet":
+                    check_utf8(f)
+            builder = _LOCAL_BUILDERS[files[0].suffix.lower()]
+            args: dict[str, Any] = {"path": builder, "data_files": [str(f) for f in files], "split": "train"}
+        else:
+            if os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("HF_DATASETS_OFFLINE") == "1":
+                raise LCMError(f"{self.path!r} is not a local file and the hub is offline (HF_HUB_OFFLINE=1)")
+            args = {"path": self.path, "name": self.name, "split": self.split}
+        datasets.disable_progress_bars()
+        try:
+            return datasets.load_dataset(**args)
+        except Exception as e:  # noqa: BLE001 - malformed files, bad hub names: a config problem for the user
+            msg = str(e).splitlines()[0] if str(e) else ""
+            raise LCMError(f"could not read dataset {self.path}: {type(e).__name__}: {msg[:300]}") from e
+
+    def documents(self, max_chars: int) -> Iterator[Document]:
+        data = self._load()
+        wanted = [self.prompt_field, self.steps_field] + ([self.answer_field] if self.answer_field else [])
+        missing = [f for f in wanted if f not in data.column_names]
+        if missing:
+            raise LCMError(f"dataset {self.path} has no column(s) {missing} (it has {data.column_names}); "
+                           "set data.source.init_args.prompt_field / steps_field / answer_field")
+        n = len(data) if self.limit is None else min(self.limit, len(data))
+        for i, row in enumerate(data.select(range(n))):
+            yield self._document(row, i, max_chars)
+
+    def _document(self, row: dict, index: int, max_chars: int) -> Document:
+        prompt = row[self.prompt_field]
+        prompt = _cap_all(split_sentences(prompt if isinstance(prompt, str) else ""), max_chars)
+        steps = row[self.steps_field]
+        answer = None
+        if isinstance(steps, (list, tuple)):
+            paragraphs = [_cap_all([s for s in steps if isinstance(s, str)], max_chars)]
+        elif isinstance(steps, str):
+            mode = self.steps_format
+            if mode == "auto":
+                mode = "lines" if "\n" in steps.strip() else "sentences"
+            if mode == "lines":
+                paragraphs, answer = solution_to_paragraphs(steps, max_chars)
+            else:
+                paragraphs = [segment(steps, "sentences", max_chars)]
+        else:
+            paragraphs = []
+        paragraphs = [p for p in paragraphs if p]
+        if self.answer_field and row.get(self.answer_field) not in (None, ""):
+            answer = str(row[self.answer_field]).strip()
+        if answer is not None and self.answer_template and paragraphs:
+            final = self.answer_template.format(answer=answer)
+            if paragraphs[-1][-1] != final:
+                paragraphs[-1].append(final)
+        return Document(prompt=prompt, paragraphs=paragraphs, answer=answer, meta={"source": self.path, "index": index})
