@@ -63,7 +63,9 @@ class SentenceTransformerEncoder(Encoder):
     def st_model(self):
         """The loaded SentenceTransformer; loaded on first use so cached runs never load it."""
         from sentence_transformers import SentenceTransformer
+        from transformers.utils import logging as hf_logging
 
+        hf_logging.disable_progress_bar()  # a per-load "Loading weights" bar is noise in logs and error output
         path = self.model_path
         if self.model != DEFAULT_MODEL and not os.path.isdir(path) and os.environ.get("HF_HUB_OFFLINE") == "1":
             raise LCMError(f"encoder model {path!r} is not a local folder and HF_HUB_OFFLINE=1 forbids downloading it")

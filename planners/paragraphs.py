@@ -4,8 +4,9 @@ from __future__ import annotations
 import re
 
 # "1. Initial amounts:", "Step 2:", "## Costs", "Part B)" -- a line that opens a section.
+# ("#### 42", the GSM answer line, is not a markdown header: a header starts with a letter.)
 SECTION_HEADER = re.compile(
-    r"^\s*(?:#{1,6}\s+\S|(?:step|part|section)\s+\w+\s*[:.)]|\d+[.)]\s+[^:]{1,60}:\s*$|[A-Z][^.!?]{0,60}:\s*$)",
+    r"^\s*(?:#{1,6}\s+[^\W\d]|(?:step|part|section)\s+\w+\s*[:.)]|\d+[.)]\s+[^:]{1,60}:\s*$|[A-Z][^.!?]{0,60}:\s*$)",
     re.IGNORECASE,
 )
 

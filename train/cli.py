@@ -15,14 +15,16 @@ class LCMCLI(LightningCLI):
         parser.link_arguments("model.arch.max_seq_len", "data.max_seq_len")
         parser.set_defaults({"trainer.precision": "bf16-mixed" if torch.cuda.is_available() else "32-true"})
 
-    def _check_ckpt(self) -> None:
-        ckpt = self.config[self.subcommand].get("ckpt_path")
+    def parse_arguments(self, parser, args) -> None:
+        super().parse_arguments(parser, args)
+        # Check --ckpt_path before Lightning reads hyper-parameters from it: one clear line for a
+        # missing or corrupted file instead of a zip-archive traceback.
+        subcommand = self.config.get("subcommand")
+        ckpt = self.config[subcommand].get("ckpt_path") if subcommand else None
         if ckpt and ckpt not in _CKPT_ALIASES and not str(ckpt).startswith("registry:"):
             from lcm.generate import load_checkpoint
 
-            load_checkpoint(ckpt)  # one clear line for a missing or corrupted file
-
-    before_fit = before_validate = before_test = before_predict = _check_ckpt
+            load_checkpoint(ckpt)
 
 
 def run(args: list[str]) -> None:
