@@ -6,12 +6,12 @@ from dataclasses import asdict
 from pathlib import Path
 
 import lightning as L
-import numpy as np
 import torch
 import torch.nn.functional as F
 
 from lcm.concepts import TARGET_TYPES, ConceptType
 from lcm.errors import LCMError
+from lcm.eval.metrics import next_step_scores, retrieval_hits
 from lcm.model import BaseLCM, LCMConfig
 from lcm.normalizer import RobustScaler
 
@@ -140,28 +140,25 @@ class ConceptLM(L.LightningModule):
         gold = batch["x"][:, 1:][mask].float()  # (N, D) raw
         prev = batch["x"][:, :-1][mask].float()
         pred_raw = self.normalizer.denormalize(pred)
-        metrics = {
-            "loss": F.mse_loss(pred, target),
-            "cosine": F.cosine_similarity(pred_raw, gold, dim=-1).mean(),
-            # baselines on the same positions: repeat the previous concept / always predict the training mean
-            "cosine_copy_last": F.cosine_similarity(prev, gold, dim=-1).mean(),
-            "cosine_mean": F.cosine_similarity(self.mean_target.expand_as(gold), gold, dim=-1).mean(),
-        }
-        gold_types = batch["types"][:, 1:][mask]
-        is_eot = gold_types == int(ConceptType.EOT)
-        eot_cos = F.cosine_similarity(pred_raw, self.eot_embedding.expand_as(pred_raw), dim=-1)
-        if is_eot.any():
-            metrics["eot_cosine"] = eot_cos[is_eot].mean()
+        scores = next_step_scores(pred_raw, gold, prev, self.mean_target)  # each (N,)
         index = self._retrieval_index(split)
         if index is not None:
-            faiss_index, rows = index
-            from lcm.retrieval import unit_rows
-
-            _, top = faiss_index.search(unit_rows(pred_raw.cpu().numpy()), 1)
-            hit = rows[top[:, 0]] == batch["ids"][:, 1:][mask].cpu().numpy()
-            metrics["retrieval_acc"] = torch.tensor(float(hit.mean()), device=pred.device)
-        for k, v in metrics.items():
-            self.log(f"{split}/{k}", v, batch_size=n, on_epoch=True, sync_dist=True, prog_bar=k in ("loss", "cosine"))
+            hit = retrieval_hits(*index, pred_raw.cpu().numpy(), batch["ids"][:, 1:][mask].cpu().numpy())
+            scores["retrieval_acc"] = torch.from_numpy(hit).to(pred.device).float()
+        gold_types = batch["types"][:, 1:][mask]
+        is_eot = gold_types == int(ConceptType.EOT)
+        n_eot, n_step = int(is_eot.sum()), int((~is_eot).sum())
+        # (value, number of positions it averages): epoch means are weighted by position, not by batch
+        metrics = {"loss": (F.mse_loss(pred, target), n)} | {k: (v.mean(), n) for k, v in scores.items()}
+        # the end-of-text concept is easy to predict; step-only scores are the harder, honest number
+        if n_step:
+            metrics |= {f"step_{k}": (v[~is_eot].mean(), n_step) for k, v in scores.items()}
+        if n_eot:
+            eot_cos = F.cosine_similarity(pred_raw, self.eot_embedding.expand_as(pred_raw), dim=-1)
+            metrics["eot_cosine"] = (eot_cos[is_eot].mean(), n_eot)
+        for k, (v, count) in metrics.items():
+            self.log(f"{split}/{k}", v, batch_size=count, on_epoch=True, sync_dist=True,
+                     prog_bar=k in ("loss", "step_cosine"))
 
     def _retrieval_index(self, split: str):
         """Flat IP index over every target sentence of train + `split`; rebuilt per run, cached per split."""

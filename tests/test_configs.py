@@ -1,7 +1,7 @@
 """Every shipped YAML config is parsed and instantiated (model + data) by the real CLI."""
 import pytest
-
 from conftest import CONFIGS
+
 from lcm.model import LCMConfig
 from lcm.module import ConceptLM
 from lcm.train import ConceptDataModule

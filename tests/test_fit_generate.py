@@ -4,8 +4,8 @@ import shutil
 import numpy as np
 import pytest
 import torch
-
 from conftest import CONFIGS, TINY_FIT, run_lcm
+
 from lcm.errors import LCMError
 from lcm.generate import ConceptGenerator, Generation
 from lcm.retrieval import SentenceBank

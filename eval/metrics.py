@@ -1,0 +1,32 @@
+"""Next-step metrics shared by training-time validation and the eval scripts (DESIGN.md section 3)."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+def next_step_scores(pred: torch.Tensor, gold: torch.Tensor, prev: torch.Tensor,
+                     mean: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Per-position cosines of the prediction and of two baselines to the gold next concept.
+
+    pred, gold, prev: (N, D) raw (de-normalized) vectors; mean: (D,) mean training target.
+    Baselines: repeat the previous concept ("copy last"); always predict the mean training target
+    (what an MSE model without context converges to).
+    """
+    return {
+        "cosine": F.cosine_similarity(pred, gold, dim=-1),
+        "cosine_copy_last": F.cosine_similarity(prev, gold, dim=-1),
+        "cosine_mean": F.cosine_similarity(mean.expand_as(gold), gold, dim=-1),
+    }
+
+
+def retrieval_hits(index, rows: np.ndarray, pred: np.ndarray, gold_rows: np.ndarray) -> np.ndarray:
+    """Contrastive / retrieval accuracy per position: is the faiss top-1 of the prediction the gold sentence?
+
+    index: faiss inner-product index over unit vectors of `rows` (table row ids); pred: (N, D); gold_rows: (N,).
+    """
+    from lcm.retrieval import unit_rows
+
+    _, top = index.search(unit_rows(pred), 1)
+    return rows[top[:, 0]] == gold_rows
