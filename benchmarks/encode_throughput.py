@@ -62,9 +62,12 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=2, help="rounds of raw vs first pass (medians reported)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--seed", type=int, default=0, help="gsm_symbolic seed")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own choice)")
     p.add_argument("--out", type=Path, default=RESULTS / "encode_throughput.json")
     args = p.parse_args()
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     transformers.utils.logging.disable_progress_bar()  # no "Loading weights" bar in the output
     load_before = os.getloadavg()[0]  # other processes share the cores: keep it with the numbers
     texts = unique_sentences(args.sentences, args.seed)

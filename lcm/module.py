@@ -99,8 +99,7 @@ class ConceptLM(L.LightningModule):
             return  # a valid bank is already there
         except LCMError:
             pass
-        texts, emb = dm.bank()
-        SentenceBank(texts, emb, dm.encoder.id).save(folder)
+        dm.bank().save(folder)
 
     # ---- steps -----------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:

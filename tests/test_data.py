@@ -110,5 +110,5 @@ def test_normalizer_inputs_and_bank(tmp_path, encoder):
     dm.setup("fit")
     targets = dm.train_targets()
     assert targets.shape[1] == 384 and np.isfinite(targets).all()
-    texts, emb = dm.bank()
-    assert "End of text." in texts and len(texts) == len(set(texts)) == len(emb)
+    bank = dm.bank()
+    assert "End of text." in bank.texts and len(bank.texts) == len(set(bank.texts)) == len(bank.vectors)

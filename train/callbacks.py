@@ -43,11 +43,9 @@ class GenerationPreview(L.Callback):
         if not docs:
             return
         from lcm.generate import ConceptGenerator
-        from lcm.retrieval import SentenceBank
 
-        texts, emb = dm.bank()
         try:
-            gen = ConceptGenerator(pl_module, dm.encoder, SentenceBank(texts, emb, dm.encoder.id), eot_text=dm.eot_text,
+            gen = ConceptGenerator(pl_module, dm.encoder, dm.bank(), eot_text=dm.eot_text,
                                    max_chars=dm.max_chars, device=pl_module.device)
             outs = gen.generate([d.prompt_text for d in docs], max_steps=self.max_steps, eot_threshold=self.eot_threshold)
         except LCMError as e:

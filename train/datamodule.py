@@ -4,6 +4,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import lightning as L
 import numpy as np
@@ -16,6 +17,7 @@ from lcm.encoders.base import Encoder
 from lcm.encoders.cache import EmbeddingCache
 from lcm.encoders.sentence_transformer import SentenceTransformerEncoder
 from lcm.errors import LCMError
+from lcm.retrieval import SentenceBank
 from lcm.train.corpus import CorpusSource
 from lcm.train.documents import Document
 
@@ -90,13 +92,17 @@ class ConceptDataModule(L.LightningDataModule):
         num_workers: DataLoader workers.
         encode_batch_size: encoder batch size for the first encode.
         show_progress: progress bar while encoding.
+        bank_index: faiss index of the generation sentence bank: exact "flat", "hnsw", or "auto"
+            (HNSW above `hnsw_above` sentences).
+        hnsw_above: bank size from which "auto" picks HNSW.
     """
 
     def __init__(self, source: CorpusSource, encoder: Encoder | None = None, cache_dir: str = ".cache/lcm",
                  batch_size: int = 32, max_seq_len: int = 128, val_fraction: float = 0.1,
                  test_fraction: float = 0.1, split_seed: int = 0, max_chars: int = 256,
                  eot_text: str = DEFAULT_EOT_TEXT, num_workers: int = 0, encode_batch_size: int = 64,
-                 show_progress: bool = True):
+                 show_progress: bool = True, bank_index: Literal["auto", "flat", "hnsw"] = "auto",
+                 hnsw_above: int = 100_000):
         super().__init__()
         if not 0 <= val_fraction < 1 or not 0 <= test_fraction < 1 or val_fraction + test_fraction >= 1:
             raise LCMError(f"val_fraction={val_fraction} and test_fraction={test_fraction} must leave training data")
@@ -115,6 +121,8 @@ class ConceptDataModule(L.LightningDataModule):
         self.num_workers = num_workers
         self.encode_batch_size = encode_batch_size
         self.show_progress = show_progress
+        self.bank_index = bank_index
+        self.hnsw_above = hnsw_above
         self._corpus: Corpus | None = None
 
     @property
@@ -204,11 +212,12 @@ class ConceptDataModule(L.LightningDataModule):
         c = self.corpus
         return np.unique(np.concatenate([c.target_ids("train"), c.target_ids(split)]))
 
-    def bank(self) -> tuple[list[str], np.ndarray]:
+    def bank(self) -> SentenceBank:
         """The generation sentence bank: unique training steps plus the end-of-text sentence."""
         c = self.corpus
         rows = np.unique(np.concatenate([c.target_ids("train"), [c.eot_id]]))
-        return [c.texts[i] for i in rows], c.table[rows]
+        return SentenceBank([c.texts[i] for i in rows], c.table[rows], self.encoder.id, index=self.bank_index,
+                            hnsw_above=self.hnsw_above)
 
     # ---- loaders ---------------------------------------------------------------------------------
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
