@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import os
 import statistics
 import tempfile
@@ -32,6 +31,7 @@ from rich.console import Console
 from rich.table import Table
 
 from lcm.encoders import EmbeddingCache, SentenceTransformerEncoder
+from lcm.io import write_json
 from lcm.train.corpus import GsmSymbolic
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -131,8 +131,7 @@ def main() -> None:
     table.add_row("max |cache - raw|", "", f"{max_diff:.2e}")
     Console().print(table)
 
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    write_json(args.out, result)  # atomic, creates the folder
     print(f"wrote {args.out}")
 
 

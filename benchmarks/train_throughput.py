@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import logging
 import os
 import statistics
@@ -34,6 +33,7 @@ from rich.console import Console
 from rich.table import Table
 
 from lcm.concepts import PAD, ConceptType
+from lcm.io import write_json
 from lcm.model import LCMConfig
 from lcm.module import ConceptLM, target_mask
 
@@ -186,8 +186,7 @@ def main() -> None:
     table.add_row("lightning / plain throughput", "", "", f"{result['lightning_over_plain']:.3f}", "")
     Console().print(table)
 
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    write_json(args.out, result)  # atomic, creates the folder
     print(f"wrote {args.out}")
 
 
