@@ -19,16 +19,21 @@ def generate_main(args: list[str]) -> None:
     parser.add_argument("--max-steps", type=int, default=16)
     parser.add_argument("--eot-threshold", type=float, default=0.9)
     parser.add_argument("--feedback", choices=["retrieved", "predicted"], default="retrieved")
+    parser.add_argument("--plan", action="append", default=None,
+                        help="planning models: a plan sentence for the next paragraph (repeat for paragraphs 2, 3, ...)")
     parser.add_argument("--device", default="cpu")
     ns = parser.parse_args(args)
     from lcm.generate import ConceptGenerator
 
     gen = ConceptGenerator.from_checkpoint(ns.ckpt, bank=ns.bank, device=ns.device)
-    outs = gen.generate(ns.problem, max_steps=ns.max_steps, eot_threshold=ns.eot_threshold, feedback=ns.feedback)
+    from lcm.generate import format_generation
+
+    plans = [ns.plan] * len(ns.problem) if ns.plan else None
+    outs = gen.generate(ns.problem, max_steps=ns.max_steps, eot_threshold=ns.eot_threshold, feedback=ns.feedback,
+                        plans=plans)
     for out in outs:
         print(f"problem: {out.problem}")
-        for i, step in enumerate(out.steps, 1):
-            print(f"  {i:2d}. {step.text}    (cos {step.score:.3f})")
+        print("\n".join(format_generation(out)))
         print(f"  [stop: {out.stop_reason}]")
 
 

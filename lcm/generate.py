@@ -24,20 +24,51 @@ class Step:
     text: str
     embedding: np.ndarray  # (D,) the model's predicted (de-normalized) concept
     score: float  # cosine of the decoded text's embedding to the prediction
-    source: str = "retrieved"
+    source: str = "retrieved"  # "retrieved" from a bank, or "supplied" (a user's plan)
     paragraph: int = 0
     is_plan: bool = False
 
 
 @dataclass
+class _State:
+    at_paragraph_start: bool
+    paragraph: int = 0
+    paragraph_steps: int = 0
+
+
+@dataclass
 class Generation:
     problem: str
-    steps: list[Step] = field(default_factory=list)
+    steps: list[Step] = field(default_factory=list)  # plans (is_plan=True) and steps, in order
     stop_reason: StopReason = "max_steps"
+    breaks_predicted: int = 0  # planning: paragraph ends the model predicted
+    breaks_forced: int = 0  # planning: paragraph ends forced by max_paragraph_steps
+
+    @property
+    def paragraphs(self) -> list[list[Step]]:
+        out: list[list[Step]] = []
+        for s in self.steps:
+            while len(out) <= s.paragraph:
+                out.append([])
+            out[s.paragraph].append(s)
+        return out
 
     @property
     def text(self) -> str:
         return "\n".join(s.text for s in self.steps)
+
+
+def format_generation(gen: Generation) -> list[str]:
+    """Readable lines: plans as paragraph headings, numbered steps with their cosine."""
+    lines, n = [], 0
+    for s in gen.steps:
+        if s.is_plan:
+            tag = ", supplied" if s.source == "supplied" else ""
+            lines.append(f"  [plan {s.paragraph + 1}] {s.text}  (cos {s.score:.2f}{tag})")
+        else:
+            n += 1
+            lines.append(f"  {n:2d}. {s.text}  (cos {s.score:.2f})")
+    return lines
 
 
 def load_checkpoint(path: str | Path) -> dict:
@@ -64,10 +95,11 @@ class ConceptGenerator:
         eot_text: end-of-text sentence; when its cosine to a prediction reaches `eot_threshold`, or it is
             the retrieved sentence, generation stops.
         max_chars: sentence cap used when the model was trained (problem text is split the same way).
+        plan_bank: planning models: the training plans a predicted plan is decoded against.
     """
 
     def __init__(self, model: ConceptLM, encoder: Encoder, bank: SentenceBank, eot_text: str = DEFAULT_EOT_TEXT,
-                 max_chars: int = 256, device: str | torch.device = "cpu"):
+                 max_chars: int = 256, device: str | torch.device = "cpu", plan_bank: SentenceBank | None = None):
         if encoder.id != bank.encoder_id:
             raise LCMError(f"encoder {encoder.id!r} does not match the sentence bank's {bank.encoder_id!r}")
         if bank.dim != model.arch.embed_dim:
@@ -78,6 +110,10 @@ class ConceptGenerator:
         self.eot_text = eot_text
         self.max_chars = max_chars
         self.device = torch.device(device)
+        self.plan_bank = plan_bank
+        self.planning = bool(model.meta.get("planning"))
+        if self.planning and plan_bank is None:
+            raise LCMError("this model was trained with planning and needs its plan bank (checkpoints/plan_bank)")
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, bank: str | Path | None = None, encoder: Encoder | None = None,
@@ -99,8 +135,10 @@ class ConceptGenerator:
                            f"{meta['encoder_id']!r} (dim {model.arch.embed_dim})")
         bank_dir = Path(bank) if bank is not None else Path(path).parent / "bank"
         sentence_bank = SentenceBank.load(bank_dir, encoder_id=encoder.id, dim=model.arch.embed_dim)
+        plan_bank = (SentenceBank.load(bank_dir.parent / "plan_bank", encoder_id=encoder.id, dim=model.arch.embed_dim)
+                     if meta.get("planning") else None)
         return cls(model, encoder, sentence_bank, eot_text=meta.get("eot_text", DEFAULT_EOT_TEXT),
-                   max_chars=meta.get("max_chars", 256), device=device)
+                   max_chars=meta.get("max_chars", 256), device=device, plan_bank=plan_bank)
 
     def prompt_concepts(self, problem: str) -> list[str]:
         sentences = [p for s in split_sentences(problem) for p in cap_length(s, self.max_chars)]
@@ -110,61 +148,112 @@ class ConceptGenerator:
 
     @torch.no_grad()
     def generate(self, problems: str | list[str], max_steps: int = 16, eot_threshold: float = 0.9,
-                 feedback: Literal["retrieved", "predicted"] = "retrieved",
-                 stop_on_repeat: bool = True) -> Generation | list[Generation]:
+                 feedback: Literal["retrieved", "predicted"] = "retrieved", stop_on_repeat: bool = True,
+                 plans: list[str] | list[list[str]] | None = None, break_threshold: float = 0.9,
+                 max_paragraph_steps: int = 9) -> Generation | list[Generation]:
         """Generate steps for one problem (returns a `Generation`) or a batch (returns a list).
 
         Args:
-            max_steps: hard cap on generated steps per problem.
+            max_steps: cap on generated steps (plans included) per problem.
             eot_threshold: cosine to the end-of-text concept at which a prediction means "stop".
             feedback: feed back the retrieved sentence's embedding ("snap", default: keeps inputs on the
                 data manifold) or the raw predicted vector.
             stop_on_repeat: stop when the decoded step equals an earlier step of the same solution.
+            plans: planning models only: plan sentences to steer generation, used in order as the plans of
+                paragraphs 1, 2, ... (later paragraphs are planned by the model). One list for a single
+                problem, or one list per problem.
+            break_threshold: planning: cosine to the break concept at which the paragraph ends.
+            max_paragraph_steps: planning: steps after which a break is forced (counted in `breaks_forced`).
         """
         single = isinstance(problems, str)
         problems = [problems] if single else list(problems)
         if not problems:
             return []
+        plan_lists = self._plan_lists(plans, single, len(problems))
         prompts = [self.prompt_concepts(p) for p in problems]
-        flat = [s for p in prompts for s in p]
-        emb = torch.from_numpy(self.encoder.encode(flat))  # (S, D)
+        supplied = [s for ps in plan_lists for s in ps]
+        emb = torch.from_numpy(self.encoder.encode([s for p in prompts for s in p] + supplied))  # (S, D)
         if not torch.isfinite(emb).all():
             raise LCMError("the encoder returned NaN/inf for the problem text")
         seqs, start = [], 0
         for p in prompts:
             seqs.append(list(emb[start:start + len(p)]))
             start += len(p)
+        plan_vecs = []
+        for ps in plan_lists:
+            plan_vecs.append(list(emb[start:start + len(ps)]))
+            start += len(ps)
         max_len = self.model.arch.max_seq_len
         if max(len(s) for s in seqs) >= max_len:
             raise LCMError(f"problem has more sentences than the model's context ({max_len} concepts)")
         results = [Generation(problem=p) for p in problems]
+        states = [_State(at_paragraph_start=self.planning) for _ in problems]
         active = list(range(len(problems)))
         eot = self.model.eot_embedding.to(self.device)
-        for _ in range(max_steps):
-            if not active:
-                break
+        brk = self.model.break_embedding.to(self.device)
+        while active:
             preds = self._next_concepts([seqs[i] for i in active])  # (A, D)
             eot_cos = F.cosine_similarity(preds, eot.expand_as(preds), dim=-1).cpu().numpy()
+            brk_cos = F.cosine_similarity(preds, brk.expand_as(preds), dim=-1).cpu().numpy()
             pred_np = preds.cpu().numpy()
-            scores, ids = self.bank.search(pred_np, k=1)
+            step_scores, step_ids = self.bank.search(pred_np, k=1)
             still = []
             for j, i in enumerate(active):
-                text = self.bank.texts[int(ids[j, 0])]
-                gen = results[i]
-                if eot_cos[j] >= eot_threshold or text == self.eot_text:
+                gen, st = results[i], states[i]
+                if st.at_paragraph_start and st.paragraph < len(plan_vecs[i]):  # the user's plan
+                    vec = plan_vecs[i][st.paragraph]
+                    score = float(F.cosine_similarity(vec, preds[j].cpu(), dim=0))
+                    gen.steps.append(Step(plan_lists[i][st.paragraph], pred_np[j], score, "supplied",
+                                          st.paragraph, is_plan=True))
+                    st.at_paragraph_start = False
+                    seqs[i].append(vec)
+                elif eot_cos[j] >= eot_threshold or (not st.at_paragraph_start
+                                                     and self.bank.texts[int(step_ids[j, 0])] == self.eot_text):
                     gen.stop_reason = "end_of_text"
-                elif stop_on_repeat and any(s.text == text for s in gen.steps):
-                    gen.stop_reason = "repetition"
-                else:
-                    gen.steps.append(Step(text=text, embedding=pred_np[j], score=float(scores[j, 0])))
-                    nxt = pred_np[j] if feedback == "predicted" else self.bank.embeddings(ids[j, :1])[0]
-                    seqs[i].append(torch.from_numpy(np.asarray(nxt, dtype=np.float32)))
-                    if len(seqs[i]) < max_len:
-                        still.append(i)
+                    continue
+                elif st.at_paragraph_start:  # the model's plan, read out through the plan bank
+                    scores, ids = self.plan_bank.search(pred_np[j:j + 1], k=1)
+                    gen.steps.append(Step(self.plan_bank.texts[int(ids[0, 0])], pred_np[j], float(scores[0, 0]),
+                                          "retrieved", st.paragraph, is_plan=True))
+                    st.at_paragraph_start = False
+                    seqs[i].append(self._feedback(pred_np[j], self.plan_bank, int(ids[0, 0]), feedback))
+                elif self.planning and (brk_cos[j] >= break_threshold or st.paragraph_steps >= max_paragraph_steps):
+                    if brk_cos[j] >= break_threshold:
+                        gen.breaks_predicted += 1
                     else:
-                        gen.stop_reason = "max_steps"
+                        gen.breaks_forced += 1
+                    st.paragraph, st.paragraph_steps, st.at_paragraph_start = st.paragraph + 1, 0, True
+                    seqs[i].append(brk.cpu())
+                else:
+                    text = self.bank.texts[int(step_ids[j, 0])]
+                    if stop_on_repeat and any(s.text == text for s in gen.steps if not s.is_plan):
+                        gen.stop_reason = "repetition"
+                        continue
+                    gen.steps.append(Step(text, pred_np[j], float(step_scores[j, 0]), "retrieved", st.paragraph))
+                    st.paragraph_steps += 1
+                    seqs[i].append(self._feedback(pred_np[j], self.bank, int(step_ids[j, 0]), feedback))
+                if len(gen.steps) >= max_steps or len(seqs[i]) >= max_len:
+                    gen.stop_reason = "max_steps"
+                else:
+                    still.append(i)
             active = still
         return results[0] if single else results
+
+    @staticmethod
+    def _feedback(pred: np.ndarray, bank: SentenceBank, row: int, mode: str) -> torch.Tensor:
+        vec = pred if mode == "predicted" else bank.embeddings([row])[0]
+        return torch.from_numpy(np.array(vec, dtype=np.float32))
+
+    def _plan_lists(self, plans, single: bool, n: int) -> list[list[str]]:
+        if plans is None:
+            return [[] for _ in range(n)]
+        if not self.planning:
+            raise LCMError("plans= needs a model trained with planning (data.planning: true)")
+        lists = [list(plans)] if single else [list(p) for p in plans]
+        if len(lists) != n or not all(isinstance(s, str) and s.strip() for p in lists for s in p):
+            raise LCMError(f"plans must be non-empty sentences: one list for one problem, or one list per problem "
+                           f"({n} problems)")
+        return lists
 
     def _next_concepts(self, seqs: list[list[torch.Tensor]]) -> torch.Tensor:
         """Right-padded batch forward; returns the prediction after each sequence's last concept. (A, D)"""

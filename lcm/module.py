@@ -9,7 +9,7 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 
-from lcm.concepts import TARGET_TYPES, ConceptType
+from lcm.concepts import TARGET_TYPES, TYPE_NAMES, ConceptType
 from lcm.errors import LCMError
 from lcm.eval.metrics import next_step_scores, retrieval_hits
 from lcm.model import BaseLCM, LCMConfig
@@ -35,20 +35,33 @@ class ConceptLM(L.LightningModule):
         betas: AdamW betas.
         warmup_steps: linear warmup, then cosine decay to `lr * min_lr_ratio` at the last step.
         min_lr_ratio: final learning rate as a share of `lr`.
+        loss_weights: weight of each target type in the MSE, by name: step, eot, plan, break (default 1).
+        boundary_threshold: cosine to the break / end-of-text concept at which a prediction counts as
+            that boundary in the validation detection metrics (generation uses the same default).
     """
 
     def __init__(self, arch: LCMConfig = LCMConfig(), lr: float = 1e-3, weight_decay: float = 0.1,
-                 betas: tuple[float, float] = (0.9, 0.95), warmup_steps: int = 100, min_lr_ratio: float = 0.1):
+                 betas: tuple[float, float] = (0.9, 0.95), warmup_steps: int = 100, min_lr_ratio: float = 0.1,
+                 loss_weights: dict[str, float] | None = None, boundary_threshold: float = 0.9):
         super().__init__()
         if isinstance(arch, dict):  # from a checkpoint's hyperparameters
             arch = LCMConfig(**arch)
         self.save_hyperparameters({"arch": asdict(arch), "lr": lr, "weight_decay": weight_decay, "betas": tuple(betas),
-                                   "warmup_steps": warmup_steps, "min_lr_ratio": min_lr_ratio})
+                                   "warmup_steps": warmup_steps, "min_lr_ratio": min_lr_ratio,
+                                   "loss_weights": dict(loss_weights or {}), "boundary_threshold": boundary_threshold})
+        unknown = set(loss_weights or {}) - {TYPE_NAMES[t] for t in TARGET_TYPES}
+        if unknown:
+            raise LCMError(f"loss_weights has unknown position types {sorted(unknown)}; use step, eot, plan, break")
+        weights = torch.zeros(len(ConceptType))  # indexed by ConceptType; prompt positions weigh 0
+        for t in TARGET_TYPES:
+            weights[int(t)] = float((loss_weights or {}).get(TYPE_NAMES[t], 1.0))
+        self.register_buffer("type_weights", weights, persistent=False)
         self.arch = arch
         self.net = BaseLCM(arch)
         self.normalizer = RobustScaler(arch.embed_dim)
         self.register_buffer("mean_target", torch.zeros(arch.embed_dim))  # mean-embedding baseline
         self.register_buffer("eot_embedding", torch.zeros(arch.embed_dim))
+        self.register_buffer("break_embedding", torch.zeros(arch.embed_dim))  # planning only
         self.meta: dict = {}  # encoder config / id and end-of-text text: what generation needs to rebuild inputs
         self._val_index = None
 
@@ -65,8 +78,12 @@ class ConceptLM(L.LightningModule):
             self.normalizer.fit(targets)
             self.mean_target.copy_(targets.mean(0))
             self.eot_embedding.copy_(torch.from_numpy(dm.corpus.table[dm.corpus.eot_id]))
+            planning = bool(getattr(dm, "planning", False))
+            if planning:
+                self.break_embedding.copy_(torch.from_numpy(dm.corpus.table[dm.corpus.break_id]))
             self.meta = {"encoder": dm.encoder.config(), "encoder_id": dm.encoder.id, "dim": dm.embed_dim,
-                         "eot_text": dm.eot_text, "max_chars": dm.max_chars}
+                         "eot_text": dm.eot_text, "max_chars": dm.max_chars, "planning": planning,
+                         "break_text": getattr(dm, "break_text", None)}
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["lcm"] = dict(self.meta)
@@ -93,13 +110,16 @@ class ConceptLM(L.LightningModule):
             return
         from lcm.retrieval import SentenceBank
 
-        folder = Path(ckpt.dirpath) / "bank"
-        try:
-            SentenceBank.load(folder, encoder_id=dm.encoder.id, dim=dm.embed_dim)
-            return  # a valid bank is already there
-        except LCMError:
-            pass
-        dm.bank().save(folder)
+        for name, make in (("bank", dm.bank), ("plan_bank", getattr(dm, "plan_bank", lambda: None))):
+            folder = Path(ckpt.dirpath) / name
+            try:
+                SentenceBank.load(folder, encoder_id=dm.encoder.id, dim=dm.embed_dim)
+                continue  # a valid bank is already there
+            except LCMError:
+                pass
+            bank = make()
+            if bank is not None:
+                bank.save(folder)
 
     # ---- steps -----------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -111,9 +131,15 @@ class ConceptLM(L.LightningModule):
         pred = self.net(xn[:, :-1])  # (B, T-1, D) prediction of concept t+1 from concepts <= t
         return pred, xn[:, 1:], target_mask(batch["types"])
 
+    def _loss(self, pred: torch.Tensor, target: torch.Tensor, types: torch.Tensor) -> torch.Tensor:
+        """Position-type-weighted MSE. pred/target (B, T-1, D) normalized; types (B, T)."""
+        w = self.type_weights[types[:, 1:].clamp_min(0)] * (types[:, 1:] >= 0)  # (B, T-1), 0 on prompt/pad
+        per_pos = (pred.float() - target.float()).pow(2).mean(-1)  # (B, T-1)
+        return (per_pos * w).sum() / w.sum().clamp_min(1e-8)
+
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         pred, target, mask = self._predict(batch)
-        loss = F.mse_loss(pred[mask].float(), target[mask].float())
+        loss = self._loss(pred, target, batch["types"])
         self.log("train/loss", loss, prog_bar=True, batch_size=int(mask.shape[0]))
         return loss
 
@@ -131,11 +157,12 @@ class ConceptLM(L.LightningModule):
 
     @torch.no_grad()
     def _evaluate(self, batch: dict, split: str) -> None:
-        pred, target, mask = self._predict(batch)
+        pred_all, target_all, mask = self._predict(batch)
         n = int(mask.sum())
         if n == 0:
             return
-        pred, target = pred[mask].float(), target[mask].float()  # (N, D) normalized
+        loss = self._loss(pred_all, target_all, batch["types"])
+        pred = pred_all[mask].float()  # (N, D) normalized
         gold = batch["x"][:, 1:][mask].float()  # (N, D) raw
         prev = batch["x"][:, :-1][mask].float()
         pred_raw = self.normalizer.denormalize(pred)
@@ -145,19 +172,33 @@ class ConceptLM(L.LightningModule):
             hit = retrieval_hits(*index, pred_raw.cpu().numpy(), batch["ids"][:, 1:][mask].cpu().numpy())
             scores["retrieval_acc"] = torch.from_numpy(hit).to(pred.device).float()
         gold_types = batch["types"][:, 1:][mask]
-        is_eot = gold_types == int(ConceptType.EOT)
-        n_eot, n_step = int(is_eot.sum()), int((~is_eot).sum())
         # (value, number of positions it averages): epoch means are weighted by position, not by batch
-        metrics = {"loss": (F.mse_loss(pred, target), n)} | {k: (v.mean(), n) for k, v in scores.items()}
-        # the end-of-text concept is easy to predict; step-only scores are the harder, honest number
-        if n_step:
-            metrics |= {f"step_{k}": (v[~is_eot].mean(), n_step) for k, v in scores.items()}
-        if n_eot:
-            eot_cos = F.cosine_similarity(pred_raw, self.eot_embedding.expand_as(pred_raw), dim=-1)
-            metrics["eot_cosine"] = (eot_cos[is_eot].mean(), n_eot)
+        metrics = {"loss": (loss, n)}
+        metrics |= {k: (v.mean(), n) for k, v in scores.items()}
+        for t in TARGET_TYPES:  # per position type: step scores are the hard, honest number
+            sel = gold_types == int(t)
+            if sel.any():
+                metrics |= {f"{TYPE_NAMES[t]}_{k}": (v[sel].mean(), int(sel.sum())) for k, v in scores.items()
+                            if t == ConceptType.STEP or not k.startswith("cosine_")}
+        metrics |= self._boundary_metrics(pred_raw, gold_types)
         for k, (v, count) in metrics.items():
             self.log(f"{split}/{k}", v, batch_size=count, on_epoch=True, sync_dist=True,
                      prog_bar=k in ("loss", "step_cosine"))
+
+    def _boundary_metrics(self, pred_raw: torch.Tensor, gold_types: torch.Tensor) -> dict:
+        """Would generation end the paragraph / the text here? Each prediction is classified as end-of-text
+        (cosine to it >= threshold), else break (planning), else "continue"; compared with the gold type."""
+        thr = self.hparams.boundary_threshold
+        eot = F.cosine_similarity(pred_raw, self.eot_embedding.expand_as(pred_raw), dim=-1) >= thr
+        brk = F.cosine_similarity(pred_raw, self.break_embedding.expand_as(pred_raw), dim=-1) >= thr
+        brk = brk & ~eot if bool(self.meta.get("planning")) else torch.zeros_like(eot)
+        is_eot, is_brk = gold_types == int(ConceptType.EOT), gold_types == int(ConceptType.BREAK)
+        correct = (eot == is_eot) & (brk == is_brk)
+        out = {"boundary_acc": (correct.float().mean(), int(correct.numel()))}
+        for name, gold, hit in (("eot", is_eot, eot), ("break", is_brk, brk)):
+            if gold.any():
+                out[f"{name}_recall"] = (hit[gold].float().mean(), int(gold.sum()))
+        return out
 
     def _retrieval_index(self, split: str):
         """Flat IP index over every target sentence of train + `split`; rebuilt per run, cached per split."""

@@ -1,4 +1,6 @@
-"""Paragraph-level structure of reasoning (segmentation now; plan concepts build on it)."""
-from lcm.planners.paragraphs import is_section_header, split_paragraphs
+"""Paragraph-level planning: paragraph structure, plan concepts and planners."""
+from lcm.planners.paragraphs import Paragraph, group_by_similarity, group_fixed, is_section_header, split_paragraphs, structure
+from lcm.planners.planner import ExtractivePlanner, MeanPlanner, Planner
 
-__all__ = ["is_section_header", "split_paragraphs"]
+__all__ = ["ExtractivePlanner", "MeanPlanner", "Paragraph", "Planner", "group_by_similarity", "group_fixed",
+           "is_section_header", "split_paragraphs", "structure"]

@@ -5,6 +5,7 @@ import lightning as L
 from lightning.pytorch.utilities import rank_zero_only
 
 from lcm.errors import LCMError
+from lcm.generate import format_generation
 
 
 class GenerationPreview(L.Callback):
@@ -45,8 +46,8 @@ class GenerationPreview(L.Callback):
         from lcm.generate import ConceptGenerator
 
         try:
-            gen = ConceptGenerator(pl_module, dm.encoder, dm.bank(), eot_text=dm.eot_text,
-                                   max_chars=dm.max_chars, device=pl_module.device)
+            gen = ConceptGenerator(pl_module, dm.encoder, dm.bank(), eot_text=dm.eot_text, max_chars=dm.max_chars,
+                                   device=pl_module.device, plan_bank=getattr(dm, "plan_bank", lambda: None)())
             outs = gen.generate([d.prompt_text for d in docs], max_steps=self.max_steps, eot_threshold=self.eot_threshold)
         except LCMError as e:
             console.print(f"[red]generation preview skipped: {e}")
@@ -56,8 +57,8 @@ class GenerationPreview(L.Callback):
             console.rule("held-out problem")
             console.print(doc.prompt_text, highlight=False)
             console.print(f"[bold]generated[/bold] (stop: {out.stop_reason})")
-            for i, step in enumerate(out.steps, 1):
-                console.print(f"  {i:2d}. {step.text}  [dim](cos {step.score:.2f})[/dim]", highlight=False)
+            for line in format_generation(out):
+                console.print(line, highlight=False, markup=False)
             console.print("[bold]reference[/bold]")
             for i, step in enumerate(doc.steps, 1):
                 console.print(f"  {i:2d}. {step}", highlight=False)

@@ -12,11 +12,13 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader, Dataset
 
-from lcm.concepts import DEFAULT_EOT_TEXT, PAD, TARGET_TYPES, ConceptType
+from lcm.concepts import DEFAULT_BREAK_TEXT, DEFAULT_EOT_TEXT, PAD, TARGET_TYPES, ConceptType
 from lcm.encoders.base import Encoder
 from lcm.encoders.cache import EmbeddingCache
 from lcm.encoders.sentence_transformer import SentenceTransformerEncoder
 from lcm.errors import LCMError
+from lcm.planners.paragraphs import Paragraph, group_by_similarity, group_fixed, is_section_header, structure
+from lcm.planners.planner import ExtractivePlanner, Planner
 from lcm.retrieval import SentenceBank
 from lcm.train.corpus import CorpusSource
 from lcm.train.documents import Document
@@ -40,6 +42,7 @@ class Corpus:
     docs: dict[str, list[Document]]
     seqs: dict[str, list[tuple[np.ndarray, np.ndarray]]]  # per doc: (ids (T,), types (T,))
     eot_id: int
+    break_id: int = -1  # -1 without planning
     stats: dict = field(default_factory=dict)
 
     def target_ids(self, split: str, types=TARGET_TYPES) -> np.ndarray:
@@ -95,6 +98,14 @@ class ConceptDataModule(L.LightningDataModule):
         bank_index: faiss index of the generation sentence bank: exact "flat", "hnsw", or "auto"
             (HNSW above `hnsw_above` sentences).
         hnsw_above: bank size from which "auto" picks HNSW.
+        planning: paragraph-level planning: a plan concept before each paragraph and a break concept
+            between paragraphs (see `lcm.planners`).
+        planner: plan of a paragraph without a section header (default: `ExtractivePlanner`).
+        max_paragraph_steps / min_paragraph_steps: longer paragraphs are cut, shorter ones merged.
+        flat_grouping: how a document with one paragraph and no headers is grouped into paragraphs:
+            "none", "fixed" (`group_size` steps each) or "similarity" (a new paragraph where the cosine
+            of consecutive steps drops below `similarity_threshold`).
+        break_text: the sentence whose embedding is the break concept.
     """
 
     def __init__(self, source: CorpusSource, encoder: Encoder | None = None, cache_dir: str = ".cache/lcm",
@@ -102,7 +113,10 @@ class ConceptDataModule(L.LightningDataModule):
                  test_fraction: float = 0.1, split_seed: int = 0, max_chars: int = 256,
                  eot_text: str = DEFAULT_EOT_TEXT, num_workers: int = 0, encode_batch_size: int = 64,
                  show_progress: bool = True, bank_index: Literal["auto", "flat", "hnsw"] = "auto",
-                 hnsw_above: int = 100_000):
+                 hnsw_above: int = 100_000, planning: bool = False, planner: Planner | None = None,
+                 max_paragraph_steps: int = 9, min_paragraph_steps: int = 2,
+                 flat_grouping: Literal["none", "fixed", "similarity"] = "none", group_size: int = 3,
+                 similarity_threshold: float = 0.5, break_text: str = DEFAULT_BREAK_TEXT):
         super().__init__()
         if not 0 <= val_fraction < 1 or not 0 <= test_fraction < 1 or val_fraction + test_fraction >= 1:
             raise LCMError(f"val_fraction={val_fraction} and test_fraction={test_fraction} must leave training data")
@@ -123,6 +137,16 @@ class ConceptDataModule(L.LightningDataModule):
         self.show_progress = show_progress
         self.bank_index = bank_index
         self.hnsw_above = hnsw_above
+        self.planning = planning
+        self.planner = planner if planner is not None else ExtractivePlanner()
+        self.max_paragraph_steps = max_paragraph_steps
+        self.min_paragraph_steps = min_paragraph_steps
+        self.flat_grouping = flat_grouping
+        self.group_size = group_size
+        self.similarity_threshold = similarity_threshold
+        self.break_text = break_text
+        if planning and (max_paragraph_steps < 1 or min_paragraph_steps < 1 or group_size < 1):
+            raise LCMError("max_paragraph_steps, min_paragraph_steps and group_size must be >= 1")
         self._corpus: Corpus | None = None
 
     @property
@@ -177,28 +201,78 @@ class ConceptDataModule(L.LightningDataModule):
             return index[text]
 
         eot_id = row(self.eot_text)
-        seqs: dict[str, list] = {s: [] for s in SPLITS}
-        stats["truncated"] = 0
-        for split, split_docs in docs.items():
+        break_id = row(self.break_text) if self.planning else -1
+        for split_docs in docs.values():  # every sentence that can appear, headers included
             for doc in split_docs:
-                ids = [row(s) for s in doc.prompt] + [row(s) for s in doc.steps] + [eot_id]
-                types = [ConceptType.PROMPT] * len(doc.prompt) + [ConceptType.STEP] * len(doc.steps) + [ConceptType.EOT]
-                if len(ids) > self.max_seq_len:
-                    stats["truncated"] += 1
-                    ids, types = ids[: self.max_seq_len], types[: self.max_seq_len]
-                seqs[split].append((np.asarray(ids, dtype=np.int32), np.asarray(types, dtype=np.int8)))
+                for s in doc.prompt + doc.steps:
+                    row(s)
         cache = self.cache()
         cached_before = len(texts) - len(cache.missing(texts))
         table = cache.get(texts)
         if table.shape[1] != self.encoder.dim:
             raise LCMError(f"cache dim {table.shape[1]} != encoder {self.encoder.id} dim {self.encoder.dim}")
         stats.update(sentences=len(texts), cached=cached_before, encoded=len(texts) - cached_before)
+        extra: list[np.ndarray] = []  # plan vectors that are not a sentence's embedding (MeanPlanner)
+        extra_index: dict[bytes, int] = {}
+
+        def plan_row(steps: list[str]) -> int:
+            text, vec = self.planner.plan(steps, table[[index[s] for s in steps]])
+            if text in index and np.array_equal(vec, table[index[text]]):
+                return index[text]
+            key = vec.tobytes()
+            if key not in extra_index:
+                extra_index[key] = len(texts)
+                texts.append(text)  # display text of the plan vector
+                extra.append(vec)
+            return extra_index[key]
+
+        seqs: dict[str, list] = {s: [] for s in SPLITS}
+        stats["truncated"] = 0
+        stats["paragraphs"] = 0
+        for split, split_docs in docs.items():
+            for doc in split_docs:
+                ids = [index[s] for s in doc.prompt]
+                types = [ConceptType.PROMPT] * len(doc.prompt)
+                if self.planning:
+                    paragraphs = self.paragraphs(doc, table, index)
+                    stats["paragraphs"] += len(paragraphs)
+                    for k, para in enumerate(paragraphs):
+                        ids.append(index[para.header] if para.header is not None else plan_row(para.steps))
+                        types.append(ConceptType.PLAN)
+                        ids += [index[s] for s in para.steps]
+                        types += [ConceptType.STEP] * len(para.steps)
+                        if k < len(paragraphs) - 1:
+                            ids.append(break_id)
+                            types.append(ConceptType.BREAK)
+                else:
+                    ids += [index[s] for s in doc.steps]
+                    types += [ConceptType.STEP] * len(doc.steps)
+                ids.append(eot_id)
+                types.append(ConceptType.EOT)
+                if len(ids) > self.max_seq_len:
+                    stats["truncated"] += 1
+                    ids, types = ids[: self.max_seq_len], types[: self.max_seq_len]
+                seqs[split].append((np.asarray(ids, dtype=np.int32), np.asarray(types, dtype=np.int8)))
+        if extra:
+            table = np.concatenate([table, np.stack(extra)]).astype(np.float32)
+        planning = (f"; planning: {stats['paragraphs']} paragraphs, {len(extra)} mean-plan vectors"
+                    if self.planning else "")
         rank_zero_info(
             f"data: {self.source.describe()} -> train {len(docs['train'])} / val {len(docs['val'])} / "
             f"test {len(docs['test'])} documents ({stats['blank']} blank and {stats['duplicate']} duplicate skipped, "
-            f"{stats['truncated']} truncated to {self.max_seq_len} concepts); {len(texts)} unique sentences "
-            f"({stats['encoded']} encoded now, {stats['cached']} from cache)")
-        return Corpus(texts=texts, table=table, docs=docs, seqs=seqs, eot_id=eot_id, stats=stats)
+            f"{stats['truncated']} truncated to {self.max_seq_len} concepts); {stats['sentences']} unique sentences "
+            f"({stats['encoded']} encoded now, {stats['cached']} from cache){planning}")
+        return Corpus(texts=texts, table=table, docs=docs, seqs=seqs, eot_id=eot_id, break_id=break_id, stats=stats)
+
+    def paragraphs(self, doc: Document, table: np.ndarray, index: dict[str, int]) -> list[Paragraph]:
+        """A document's planned paragraphs; flat single-paragraph documents are grouped as configured."""
+        raw = doc.paragraphs
+        if len(raw) == 1 and not is_section_header(raw[0][0]) and self.flat_grouping != "none":
+            if self.flat_grouping == "fixed":
+                raw = group_fixed(raw[0], self.group_size)
+            else:
+                raw = group_by_similarity(raw[0], table[[index[s] for s in raw[0]]], self.similarity_threshold)
+        return structure(raw, max_steps=self.max_paragraph_steps, min_steps=self.min_paragraph_steps)
 
     # ---- what the model asks for -----------------------------------------------------------------
     def train_targets(self) -> np.ndarray:
@@ -215,7 +289,16 @@ class ConceptDataModule(L.LightningDataModule):
     def bank(self) -> SentenceBank:
         """The generation sentence bank: unique training steps plus the end-of-text sentence."""
         c = self.corpus
-        rows = np.unique(np.concatenate([c.target_ids("train"), [c.eot_id]]))
+        return self._bank(np.concatenate([c.target_ids("train", (ConceptType.STEP,)), [c.eot_id]]))
+
+    def plan_bank(self) -> SentenceBank | None:
+        """Plans of the training split (planning only): what a predicted plan is decoded against."""
+        rows = self.corpus.target_ids("train", (ConceptType.PLAN,))
+        return self._bank(rows) if self.planning and len(rows) else None
+
+    def _bank(self, rows: np.ndarray) -> SentenceBank:
+        c = self.corpus
+        rows = np.unique(rows)
         return SentenceBank([c.texts[i] for i in rows], c.table[rows], self.encoder.id, index=self.bank_index,
                             hnsw_above=self.hnsw_above)
 

@@ -1,0 +1,89 @@
+"""Planning vs no planning: same data, same budget, several seeds (teacher-forced metrics + generation).
+
+For each seed, trains `quickstart.yaml` and `quickstart_planning.yaml` with `lcm fit`, reads the last
+validation epoch from metrics.csv (step-only cosine and retrieval accuracy: plans and breaks are not
+steps, so this compares like with like), then generates for every held-out test problem and counts
+how generations end: `predicted` = stopped at end-of-text with no break forced by the paragraph cap.
+
+    HF_HUB_OFFLINE=1 python -m lcm.eval.planning_ablation --seeds 0 1 2
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+from lcm.io import write_json
+
+CONFIGS = {"no planning": "train/configs/quickstart.yaml", "planning": "train/configs/quickstart_planning.yaml"}
+METRICS = ("val/step_cosine", "val/step_retrieval_acc", "val/cosine", "val/boundary_acc")
+
+
+def last_validation(metrics_csv: Path) -> dict[str, float]:
+    rows = [r for r in csv.DictReader(open(metrics_csv)) if r.get("val/step_cosine")]
+    return {k: float(v) for k, v in rows[-1].items() if v and k.startswith("val/")}
+
+
+def generation_stats(ckpt: Path, problems: list[str], max_steps: int) -> dict[str, float]:
+    from lcm.generate import ConceptGenerator
+
+    gens = ConceptGenerator.from_checkpoint(ckpt).generate(problems, max_steps=max_steps)
+    n = len(gens)
+    return {
+        "end_of_text_rate": sum(g.stop_reason == "end_of_text" for g in gens) / n,
+        "predicted_end_rate": sum(g.stop_reason == "end_of_text" and g.breaks_forced == 0 for g in gens) / n,
+        "mean_paragraphs": sum(len(g.paragraphs) for g in gens) / n,
+        "breaks_predicted": sum(g.breaks_predicted for g in gens),
+        "breaks_forced": sum(g.breaks_forced for g in gens),
+    }
+
+
+def test_problems(config: str) -> list[str]:
+    """Held-out problems exactly as `lcm fit` splits them (built from the config, cache reused)."""
+    from lcm.module import ConceptLM
+    from lcm.train.cli import LCMCLI
+    from lcm.train.datamodule import ConceptDataModule
+
+    cli = LCMCLI(ConceptLM, ConceptDataModule, args=["-c", config, "--data.show_progress", "false"], run=False,
+                 auto_configure_optimizers=False)
+    return [d.prompt_text for d in cli.datamodule.corpus.docs["test"]]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--max-steps", type=int, default=16)
+    p.add_argument("--root", type=Path, default=Path("runs/planning_ablation"))
+    p.add_argument("--out", type=Path, default=Path("runs/planning_ablation/results.json"))
+    args = p.parse_args()
+    problems = test_problems(CONFIGS["planning"])
+    results: dict[str, list[dict]] = {name: [] for name in CONFIGS}
+    for seed in args.seeds:
+        for name, config in CONFIGS.items():
+            run_name = f"{Path(config).stem}_seed{seed}"
+            cmd = [sys.executable, "-m", "lcm.cli", "fit", "-c", config, "--seed_everything", str(seed),
+                   "--trainer.logger.init_args.save_dir", str(args.root), "--trainer.logger.init_args.name", run_name,
+                   "--trainer.logger.init_args.version", "0", "--trainer.enable_progress_bar", "false",
+                   "--data.show_progress", "false"]
+            print(f"[{name}, seed {seed}] {' '.join(cmd[2:])}", flush=True)
+            subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+            run = args.root / run_name / "version_0"
+            row = {"seed": seed, **last_validation(run / "metrics.csv"),
+                   **generation_stats(run / "checkpoints" / "last.ckpt", problems, args.max_steps)}
+            results[name].append(row)
+            print({k: round(v, 4) for k, v in row.items()}, flush=True)
+    summary = {name: {k: (statistics.mean(r[k] for r in rows), statistics.pstdev(r[k] for r in rows))
+                      for k in rows[0] if k != "seed"} for name, rows in results.items()}
+    write_json(args.out, {"seeds": args.seeds, "test_problems": len(problems), "runs": results, "summary": summary})
+    print(f"\n{'':14s}" + "".join(f"{k:>26s}" for k in (*METRICS, "predicted_end_rate")))
+    for name, s in summary.items():
+        print(f"{name:14s}" + "".join(f"{s[k][0]:>18.4f} ± {s[k][1]:.4f}" if k in s else f"{'-':>26s}"
+                                      for k in (*METRICS, "predicted_end_rate")))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
