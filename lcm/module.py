@@ -94,6 +94,14 @@ class ConceptLM(L.LightningModule):
         if dm is not None and hasattr(dm, "encoder") and meta.get("encoder_id") not in (None, dm.encoder.id):
             raise LCMError(f"checkpoint was trained with encoder {meta['encoder_id']!r} (dim {meta.get('dim')}), "
                            f"the data config uses {dm.encoder.id!r} (dim {dm.embed_dim})")
+        if dm is not None and hasattr(dm, "encoder"):
+            current = {"planning": bool(getattr(dm, "planning", False)), "eot_text": dm.eot_text,
+                       "break_text": getattr(dm, "break_text", None) if getattr(dm, "planning", False) else None}
+            saved = {"planning": bool(meta.get("planning")), "eot_text": meta.get("eot_text", dm.eot_text),
+                     "break_text": meta.get("break_text") if meta.get("planning") else None}
+            diff = [f"{k}: checkpoint {saved[k]!r} vs config {current[k]!r}" for k in current if saved[k] != current[k]]
+            if diff:
+                raise LCMError(f"checkpoint and data config disagree ({'; '.join(diff)}); use the config it was trained with")
         self.meta = dict(meta)
 
     def on_fit_start(self) -> None:
@@ -106,12 +114,18 @@ class ConceptLM(L.LightningModule):
     def _write_bank(self) -> None:
         """Persist the generation sentence bank next to the checkpoints (rank zero)."""
         dm, ckpt = self.trainer.datamodule, self.trainer.checkpoint_callback
-        if not self.trainer.is_global_zero or not hasattr(dm, "bank") or ckpt is None or ckpt.dirpath is None:
+        if not self.trainer.is_global_zero or not hasattr(dm, "bank"):
+            return
+        if self.trainer.state.fn == "validate" and self.trainer.ckpt_path:  # repair: next to the validated checkpoint
+            dirpath = Path(self.trainer.ckpt_path).parent
+        elif ckpt is not None and ckpt.dirpath is not None:
+            dirpath = Path(ckpt.dirpath)
+        else:
             return
         from lcm.retrieval import SentenceBank
 
         for name, make in (("bank", dm.bank), ("plan_bank", getattr(dm, "plan_bank", lambda: None))):
-            folder = Path(ckpt.dirpath) / name
+            folder = dirpath / name
             try:
                 SentenceBank.load(folder, encoder_id=dm.encoder.id, dim=dm.embed_dim)
                 continue  # a valid bank is already there

@@ -78,12 +78,16 @@ def structure(paragraphs: list[list[str]], max_steps: int = 9, min_steps: int = 
     parsed: list[Paragraph] = []
     pending_header: str | None = None
     for i, lines in enumerate(raw):
-        if len(lines) == 1 and is_section_header(lines[0]):
+        header_only = len(lines) == 1 and is_section_header(lines[0])
+        if pending_header is not None and header_only:  # two headers in a row: the first stands alone
+            parsed.append(Paragraph(steps=[pending_header]))
+            pending_header = None
+        if header_only:
             nxt = raw[i + 1] if i + 1 < len(raw) else None
-            if nxt is not None and not (len(nxt) > 1 and is_section_header(nxt[0])) and pending_header is None:
+            if nxt is not None and not (len(nxt) > 1 and is_section_header(nxt[0])):
                 pending_header = lines[0]
-                continue
-            parsed.append(Paragraph(steps=list(lines)))
+            else:
+                parsed.append(Paragraph(steps=list(lines)))
             continue
         para = _split_header(lines)
         if pending_header is not None:

@@ -94,3 +94,15 @@ def test_sonar_missing_extra_is_one_line():
         pass
     with pytest.raises(LCMError, match=r"pip install 'lcm-trainer\[sonar\]'"):
         SonarEncoder().encode(["hello"])
+
+
+def test_local_encoder_folders_get_content_ids(tmp_path):
+    from lcm.encoders import SentenceTransformerEncoder
+
+    for name, dim in (("a", 384), ("b", 768)):
+        folder = tmp_path / name / "model"  # same folder name, different models
+        folder.mkdir(parents=True)
+        (folder / "config.json").write_text(f'{{"hidden_size": {dim}}}')
+    a, b = (SentenceTransformerEncoder(str(tmp_path / n / "model")) for n in ("a", "b"))
+    assert a.id != b.id and a.id.startswith("st:model-")
+    assert a.model == str((tmp_path / "a" / "model").resolve())  # absolute: checkpoints work from anywhere

@@ -81,6 +81,36 @@ def test_non_utf8_file(tmp_path):
         list(DatasetSource(str(path)).documents(256))
 
 
+def test_utf8_offset_across_chunks(tmp_path):
+    from lcm.train.corpus import check_utf8
+
+    path = tmp_path / "u.txt"
+    path.write_bytes(b"ab\xc3(" + b"x" * 10)  # 0xc3 starts a 2-byte sequence that never completes
+    for chunk in (2, 3, 1 << 20):
+        with pytest.raises(LCMError, match="byte 0xc3 at offset 2"):
+            check_utf8(path, chunk=chunk)
+
+
+def test_malformed_jsonl_names_the_cause(tmp_path):
+    path = tmp_path / "bad.jsonl"
+    path.write_text('{"question": "q", "steps": ["s"]}\n{"question": "unterminated\n')
+    with pytest.raises(LCMError, match="could not read dataset .*bad.jsonl: .*(Error|error)"):
+        list(DatasetSource(str(path)).documents(256))
+
+
+def test_prompts_that_fill_the_context_are_dropped(tmp_path, encoder):
+    long_prompt = {"question": " ".join(f"Fact {i} is true." for i in range(40)), "steps": ["s."], "answer": "1"}
+    dm = dm_for(DatasetSource(str(write_jsonl(tmp_path / "d.jsonl", [long_prompt] + ROWS))), tmp_path, encoder,
+                max_seq_len=16)
+    dm.setup("fit")
+    assert dm.corpus.stats["no_target"] == 1
+    only = dm_for(DatasetSource(str(write_jsonl(tmp_path / "o.jsonl", [long_prompt]))), tmp_path, encoder,
+                  max_seq_len=16, val_fraction=0.0, test_fraction=0.0)
+    with pytest.raises(LCMError, match="only 0 training target"):
+        only.setup("fit")
+        only.train_targets()
+
+
 def test_empty_and_missing_files(tmp_path):
     (tmp_path / "empty.jsonl").write_text("")
     with pytest.raises(LCMError, match="is empty"):

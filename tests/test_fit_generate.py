@@ -87,6 +87,15 @@ def test_truncated_index_and_inconsistent_bank(trained_run, tmp_path):
         ConceptGenerator.from_checkpoint(ckpts / "last.ckpt")
 
 
+def test_validate_rebuilds_a_deleted_bank_next_to_the_checkpoint(trained_run, tmp_path, monkeypatch):
+    monkeypatch.chdir(trained_run.parent.parent.parent)
+    ckpts = copy_run(trained_run, tmp_path)
+    shutil.rmtree(ckpts / "bank")
+    code, _ = run_lcm(["validate", "-c", str(CONFIGS / "quickstart.yaml"), *TINY_FIT, "--ckpt_path", str(ckpts / "last.ckpt")])
+    assert code == 0 and (ckpts / "bank" / "manifest.json").is_file()
+    assert ConceptGenerator.from_checkpoint(ckpts / "last.ckpt").generate("Tom has 3 apples. How many?", max_steps=2)
+
+
 def test_encoder_mismatch_with_checkpoint(trained_run):
     from lcm.encoders import SentenceTransformerEncoder
 

@@ -31,6 +31,8 @@ def test_structure_headers_become_plans():
     # a header-only paragraph heads the next paragraph when that one has no header of its own
     assert structure([["Costs:"], ["a", "b"]]) == [Paragraph(["a", "b"], "Costs:")]
     # ... otherwise (next has a header, or it is last) it is an ordinary one-step paragraph
+    # two header-only paragraphs in a row keep their order
+    assert structure([["Costs:"], ["Totals:"], ["x", "y"]]) == [Paragraph(["Costs:"]), Paragraph(["x", "y"], "Totals:")]
     assert structure([["Plan:"], ["2. Totals:", "z"], ["End:"]], min_steps=1) == [
         Paragraph(["Plan:"]), Paragraph(["z"], "2. Totals:"), Paragraph(["End:"])]
 
@@ -147,3 +149,10 @@ def test_plans_need_a_planning_model(trained_run):
     gen = ConceptGenerator.from_checkpoint(trained_run / "checkpoints" / "last.ckpt")
     with pytest.raises(LCMError, match="needs a model trained with planning"):
         gen.generate("Tom has 3 apples. How many?", plans=["Count the apples."])
+
+
+def test_resume_with_other_planning_setting_is_refused(trained_run, capsys, monkeypatch):
+    monkeypatch.chdir(trained_run.parent.parent.parent)
+    code, err = run_lcm(["fit", "-c", str(CONFIGS / "quickstart_planning.yaml"), *TINY_FIT,
+                         "--ckpt_path", str(trained_run / "checkpoints" / "last.ckpt")], capsys)
+    assert code == 2 and "disagree (planning: checkpoint False vs config True" in err and err.count("\n") == 1

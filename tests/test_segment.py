@@ -14,6 +14,8 @@ def test_absurdly_long_sentence_is_resplit_without_losing_text():
     pieces = cap_length(words, 256)
     assert len(pieces) > 60 and all(0 < len(p) <= 256 for p in pieces)
     assert " ".join(pieces) == words
+    huge = cap_length("x" * 300_000, 256)  # linear, no recursion limit
+    assert len(huge) == 1172 and "".join(huge) == "x" * 300_000
     no_spaces = "x" * 10_000
     pieces = cap_length(no_spaces, 200)
     assert all(len(p) <= 200 for p in pieces) and "".join(pieces) == no_spaces

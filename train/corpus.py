@@ -93,7 +93,9 @@ def check_utf8(path: Path, chunk: int = 1 << 20) -> None:
             try:
                 decoder.decode(block)
             except UnicodeDecodeError as e:
-                raise LCMError(f"{path} is not valid UTF-8 (byte {block[e.start]:#04x} at offset {offset + e.start}); "
+                # e.object = bytes held back from the previous block + this block
+                at = offset - (len(e.object) - len(block)) + e.start
+                raise LCMError(f"{path} is not valid UTF-8 (byte {e.object[e.start]:#04x} at offset {at}); "
                                "re-save it as UTF-8") from None
             offset += len(block)
         try:
@@ -159,11 +161,15 @@ class DatasetSource(CorpusSource):
                 raise LCMError(f"{self.path!r} is not a local file and the hub is offline (HF_HUB_OFFLINE=1)")
             args = {"path": self.path, "name": self.name, "split": self.split}
         datasets.disable_progress_bars()
+        datasets.logging.set_verbosity_error()  # its own "Failed to load ..." line would double ours
         try:
             return datasets.load_dataset(**args)
         except Exception as e:  # noqa: BLE001 - malformed files, bad hub names: a config problem for the user
-            msg = str(e).splitlines()[0] if str(e) else ""
-            raise LCMError(f"could not read dataset {self.path}: {type(e).__name__}: {msg[:300]}") from e
+            root = e
+            while root.__cause__ is not None or root.__context__ is not None:  # the error that names the row
+                root = root.__cause__ or root.__context__
+            msg = (str(root).strip().splitlines() or [""])[0]
+            raise LCMError(f"could not read dataset {self.path}: {type(root).__name__}: {msg[:300]}") from e
 
     def documents(self, max_chars: int) -> Iterator[Document]:
         data = self._load()

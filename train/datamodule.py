@@ -227,8 +227,7 @@ class ConceptDataModule(L.LightningDataModule):
             return extra_index[key]
 
         seqs: dict[str, list] = {s: [] for s in SPLITS}
-        stats["truncated"] = 0
-        stats["paragraphs"] = 0
+        stats["truncated"] = stats["no_target"] = stats["paragraphs"] = 0
         for split, split_docs in docs.items():
             for doc in split_docs:
                 ids = [index[s] for s in doc.prompt]
@@ -252,6 +251,9 @@ class ConceptDataModule(L.LightningDataModule):
                 if len(ids) > self.max_seq_len:
                     stats["truncated"] += 1
                     ids, types = ids[: self.max_seq_len], types[: self.max_seq_len]
+                    if not any(t in TARGET_TYPES for t in types[1:]):  # a prompt that fills the whole context
+                        stats["no_target"] += 1
+                        continue
                 seqs[split].append((np.asarray(ids, dtype=np.int32), np.asarray(types, dtype=np.int8)))
         if extra:
             table = np.concatenate([table, np.stack(extra)]).astype(np.float32)
@@ -260,7 +262,8 @@ class ConceptDataModule(L.LightningDataModule):
         rank_zero_info(
             f"data: {self.source.describe()} -> train {len(docs['train'])} / val {len(docs['val'])} / "
             f"test {len(docs['test'])} documents ({stats['blank']} blank and {stats['duplicate']} duplicate skipped, "
-            f"{stats['truncated']} truncated to {self.max_seq_len} concepts); {stats['sentences']} unique sentences "
+            f"{stats['truncated']} truncated to {self.max_seq_len} concepts, {stats['no_target']} of them dropped: "
+            f"the prompt fills the context); {stats['sentences']} unique sentences "
             f"({stats['encoded']} encoded now, {stats['cached']} from cache){planning}")
         return Corpus(texts=texts, table=table, docs=docs, seqs=seqs, eot_id=eot_id, break_id=break_id, stats=stats)
 
@@ -278,7 +281,11 @@ class ConceptDataModule(L.LightningDataModule):
     def train_targets(self) -> np.ndarray:
         """Training target embeddings with repetition (N, D): fits the normalizer and the mean baseline."""
         c = self.corpus
-        return c.table[c.target_ids("train")]
+        rows = c.target_ids("train")
+        if len(rows) < 2:
+            raise LCMError(f"only {len(rows)} training target(s) (steps / end-of-text) fit in max_seq_len="
+                           f"{self.max_seq_len} concepts; raise model.arch.max_seq_len or shorten the prompts")
+        return c.table[rows]
 
     def retrieval_candidates(self, split: str) -> np.ndarray:
         """Table rows that count as candidates for next-step retrieval accuracy: every target sentence of

@@ -39,17 +39,25 @@ def cap_length(sentence: str, max_chars: int) -> list[str]:
 
     Encoders degrade on long inputs (and truncate them silently), so a 10,000-character "sentence"
     becomes ~40 concepts of <= max_chars instead of one embedding of its first 256 word pieces.
+    Linear in the length: each cut only looks at the next `max_chars + 1` characters.
     """
-    sentence = clean(sentence)
-    if len(sentence) <= max_chars:
-        return [sentence] if sentence else []
-    for cut in _CUTS:
-        # last boundary that keeps the head within the cap (and not absurdly short)
-        points = [m.start() for m in cut.finditer(sentence) if max_chars // 4 <= m.start() <= max_chars]
-        if points:
-            head, tail = sentence[:points[-1]], sentence[points[-1]:]
-            return cap_length(head, max_chars) + cap_length(tail, max_chars)
-    return [sentence[:max_chars]] + cap_length(sentence[max_chars:], max_chars)  # no boundary: hard cut
+    rest = clean(sentence)
+    pieces: list[str] = []
+    while len(rest) > max_chars:
+        window = rest[: max_chars + 1]
+        cut = None
+        for pattern in _CUTS:  # last boundary within the cap that keeps the head not absurdly short
+            points = [m.start() for m in pattern.finditer(window) if max_chars // 4 <= m.start() <= max_chars]
+            if points:
+                cut = points[-1]
+                break
+        cut = cut or max_chars  # no boundary: hard cut
+        head, rest = rest[:cut].strip(), rest[cut:].strip()
+        if head:
+            pieces.append(head)
+    if rest:
+        pieces.append(rest)
+    return pieces
 
 
 def segment(text: str, mode: SplitMode, max_chars: int) -> list[str]:
