@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
 import shutil
 import statistics
 import subprocess
@@ -77,7 +78,9 @@ def main() -> None:
     results: dict[str, list[dict]] = {name: [] for name in CONFIGS}
     for seed in args.seeds:
         for name, config in CONFIGS.items():
-            run_name = f"{Path(config).stem}_seed{seed}"
+            # the config's content is in the name: an edited config never reuses an older run
+            digest = hashlib.blake2b(Path(config).read_bytes(), digest_size=4).hexdigest()
+            run_name = f"{Path(config).stem}-{digest}_seed{seed}"
             cmd = [sys.executable, "-m", "lcm.cli", "fit", "-c", config, "--seed_everything", str(seed),
                    "--trainer.logger.init_args.save_dir", str(args.root), "--trainer.logger.init_args.name", run_name,
                    "--trainer.logger.init_args.version", "0", "--trainer.enable_progress_bar", "false",
