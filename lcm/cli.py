@@ -23,11 +23,9 @@ def generate_main(args: list[str]) -> None:
                         help="planning models: a plan sentence for the next paragraph (repeat for paragraphs 2, 3, ...)")
     parser.add_argument("--device", default="cpu")
     ns = parser.parse_args(args)
-    from lcm.generate import ConceptGenerator
+    from lcm.generate import ConceptGenerator, format_generation
 
     gen = ConceptGenerator.from_checkpoint(ns.ckpt, bank=ns.bank, device=ns.device)
-    from lcm.generate import format_generation
-
     plans = [ns.plan] * len(ns.problem) if ns.plan else None
     outs = gen.generate(ns.problem, max_steps=ns.max_steps, eot_threshold=ns.eot_threshold, feedback=ns.feedback,
                         plans=plans)

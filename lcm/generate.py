@@ -184,14 +184,10 @@ class ConceptGenerator:
         emb = torch.from_numpy(self.encoder.encode([s for p in prompts for s in p] + supplied))  # (S, D)
         if not torch.isfinite(emb).all():
             raise LCMError("the encoder returned NaN/inf for the problem text")
-        seqs, start = [], 0
-        for p in prompts:
-            seqs.append(list(emb[start:start + len(p)]))
-            start += len(p)
-        plan_vecs = []
-        for ps in plan_lists:
-            plan_vecs.append(list(emb[start:start + len(ps)]))
-            start += len(ps)
+        # one encoder call for everything, then cut back into per-problem lists of (D,) vectors
+        chunks = list(torch.split(emb, [len(p) for p in prompts] + [len(ps) for ps in plan_lists]))
+        seqs = [list(c) for c in chunks[: len(prompts)]]
+        plan_vecs = [list(c) for c in chunks[len(prompts):]]
         max_len = self.model.arch.max_seq_len
         if max(len(s) for s in seqs) >= max_len:
             raise LCMError(f"problem has more sentences than the model's context ({max_len} concepts)")

@@ -91,12 +91,13 @@ class ConceptLM(L.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         meta = checkpoint.get("lcm") or {}
         dm = self.trainer.datamodule if self._trainer is not None else None
-        if dm is not None and hasattr(dm, "encoder") and meta.get("encoder_id") not in (None, dm.encoder.id):
-            raise LCMError(f"checkpoint was trained with encoder {meta['encoder_id']!r} (dim {meta.get('dim')}), "
-                           f"the data config uses {dm.encoder.id!r} (dim {dm.embed_dim})")
         if dm is not None and hasattr(dm, "encoder"):
-            current = {"planning": bool(getattr(dm, "planning", False)), "eot_text": dm.eot_text,
-                       "break_text": getattr(dm, "break_text", None) if getattr(dm, "planning", False) else None}
+            if meta.get("encoder_id") not in (None, dm.encoder.id):
+                raise LCMError(f"checkpoint was trained with encoder {meta['encoder_id']!r} (dim {meta.get('dim')}), "
+                               f"the data config uses {dm.encoder.id!r} (dim {dm.embed_dim})")
+            planning = bool(getattr(dm, "planning", False))
+            current = {"planning": planning, "eot_text": dm.eot_text,
+                       "break_text": getattr(dm, "break_text", None) if planning else None}
             saved = {"planning": bool(meta.get("planning")), "eot_text": meta.get("eot_text", dm.eot_text),
                      "break_text": meta.get("break_text") if meta.get("planning") else None}
             diff = [f"{k}: checkpoint {saved[k]!r} vs config {current[k]!r}" for k in current if saved[k] != current[k]]
