@@ -57,12 +57,9 @@ def generation_stats(ckpt: Path, problems: list[str], max_steps: int) -> dict[st
 
 def test_problems(config: str) -> list[str]:
     """Held-out problems exactly as `lcm fit` splits them (built from the config, cache reused)."""
-    from lcm.module import ConceptLM
-    from lcm.train.cli import LCMCLI
-    from lcm.train.datamodule import ConceptDataModule
+    from lcm.train.cli import make_cli
 
-    cli = LCMCLI(ConceptLM, ConceptDataModule, args=["-c", config, "--data.show_progress", "false"], run=False,
-                 auto_configure_optimizers=False)
+    cli = make_cli(["-c", config, "--data.show_progress", "false"], run=False)
     return [d.prompt_text for d in cli.datamodule.corpus.docs["test"]]
 
 

@@ -18,14 +18,23 @@ def generate_main(args: list[str]) -> None:
     parser.add_argument("--bank", default=None, help="sentence bank folder (default: <ckpt folder>/bank)")
     parser.add_argument("--max-steps", type=int, default=16)
     parser.add_argument("--eot-threshold", type=float, default=0.9)
-    parser.add_argument("--feedback", choices=["retrieved", "predicted"], default="retrieved")
+    parser.add_argument("--feedback", choices=["decoded", "predicted", "retrieved"], default="decoded",
+                        help="feed back the decoded text's embedding (default; 'retrieved' is its old name) "
+                             "or the raw prediction")
+    parser.add_argument("--decoder", default=None,
+                        help="sentence-decoder checkpoint: hybrid read-out (retrieval hit if cosine >= --threshold, "
+                             "else the closest of top-k bank sentences and decoded text)")
+    parser.add_argument("--threshold", type=float, default=0.95, help="hybrid: retrieval cosine that skips decoding")
+    parser.add_argument("--k", type=int, default=4, help="hybrid: bank candidates compared with the decoded text")
+    parser.add_argument("--beam", type=int, default=1, help="hybrid: beam size of the sentence decoder (1 = greedy)")
     parser.add_argument("--plan", action="append", default=None,
                         help="planning models: a plan sentence for the next paragraph (repeat for paragraphs 2, 3, ...)")
     parser.add_argument("--device", default="cpu")
     ns = parser.parse_args(args)
     from lcm.generate import ConceptGenerator, format_generation
 
-    gen = ConceptGenerator.from_checkpoint(ns.ckpt, bank=ns.bank, device=ns.device)
+    hybrid = {"k": ns.k, "threshold": ns.threshold, "beam": ns.beam} if ns.decoder else {}
+    gen = ConceptGenerator.from_checkpoint(ns.ckpt, bank=ns.bank, device=ns.device, decoder=ns.decoder, **hybrid)
     plans = [ns.plan] * len(ns.problem) if ns.plan else None
     outs = gen.generate(ns.problem, max_steps=ns.max_steps, eot_threshold=ns.eot_threshold, feedback=ns.feedback,
                         plans=plans)

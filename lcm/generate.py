@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from lcm.concepts import DEFAULT_EOT_TEXT
+from lcm.decoding import ConceptDecoder, HybridDecoder, RetrievalDecoder
 from lcm.encoders.base import Encoder, encoder_from_config
 from lcm.errors import LCMError
 from lcm.module import ConceptLM
@@ -23,8 +24,8 @@ StopReason = Literal["end_of_text", "repetition", "max_steps"]
 class Step:
     text: str
     embedding: np.ndarray  # (D,) the model's predicted (de-normalized) concept
-    score: float  # cosine of the decoded text's embedding to the prediction
-    source: str = "retrieved"  # "retrieved" from a bank, or "supplied" (a user's plan)
+    score: float  # round-trip cosine: the decoded text's encoder embedding vs the prediction
+    source: str = "retrieved"  # "retrieved" from a bank, "generated" by the sentence decoder, "supplied" (a user's plan)
     paragraph: int = 0
     is_plan: bool = False
 
@@ -67,7 +68,8 @@ def format_generation(gen: Generation) -> list[str]:
             lines.append(f"  [plan {s.paragraph + 1}] {s.text}  (cos {s.score:.2f}{tag})")
         else:
             n += 1
-            lines.append(f"  {n:2d}. {s.text}  (cos {s.score:.2f})")
+            tag = ", generated" if s.source == "generated" else ""
+            lines.append(f"  {n:2d}. {s.text}  (cos {s.score:.2f}{tag})")
     return lines
 
 
@@ -96,20 +98,26 @@ class ConceptGenerator:
             the retrieved sentence, generation stops.
         max_chars: sentence cap used when the model was trained (problem text is split the same way).
         plan_bank: planning models: the training plans a predicted plan is decoded against.
+        decoder: how predicted steps become text (`lcm.decoding`); default: retrieval from `bank`.
+            Plans are always read out through the plan bank.
     """
 
     def __init__(self, model: ConceptLM, encoder: Encoder, bank: SentenceBank, eot_text: str = DEFAULT_EOT_TEXT,
-                 max_chars: int = 256, device: str | torch.device = "cpu", plan_bank: SentenceBank | None = None):
-        if encoder.id != bank.encoder_id:
-            raise LCMError(f"encoder {encoder.id!r} does not match the sentence bank's {bank.encoder_id!r}")
-        if bank.dim != model.arch.embed_dim:
-            raise LCMError(f"sentence bank dimension {bank.dim} != model dimension {model.arch.embed_dim}")
+                 max_chars: int = 256, device: str | torch.device = "cpu", plan_bank: SentenceBank | None = None,
+                 decoder: ConceptDecoder | None = None):
+        decoder = decoder if decoder is not None else RetrievalDecoder(bank)
+        for name, part in (("sentence bank", bank), ("decoder", decoder)):
+            if part.encoder_id != encoder.id:
+                raise LCMError(f"encoder {encoder.id!r} does not match the {name}'s {part.encoder_id!r}")
+            if part.dim != model.arch.embed_dim:
+                raise LCMError(f"{name} dimension {part.dim} != model dimension {model.arch.embed_dim}")
         try:
             self.model = model.to(device).eval()
         except (RuntimeError, AssertionError) as e:  # e.g. device="cuda" on a machine without CUDA
             raise LCMError(f"cannot use device {device!r}: {str(e).splitlines()[0][:200]}") from e
         self.encoder = encoder
         self.bank = bank
+        self.decoder = decoder
         self.eot_text = eot_text
         self.max_chars = max_chars
         self.device = torch.device(device)
@@ -120,8 +128,13 @@ class ConceptGenerator:
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, bank: str | Path | None = None, encoder: Encoder | None = None,
-                        device: str = "cpu") -> "ConceptGenerator":
-        """Load a `lcm fit` checkpoint; the bank defaults to `<checkpoint folder>/bank`."""
+                        device: str = "cpu", decoder: str | Path | ConceptDecoder | None = None,
+                        **hybrid) -> "ConceptGenerator":
+        """Load a `lcm fit` checkpoint; the bank defaults to `<checkpoint folder>/bank`.
+
+        `decoder`: a `ConceptDecoder`, or the path of a sentence-decoder checkpoint, which becomes a
+        `HybridDecoder` over the bank (`hybrid` keywords: k, threshold, beam). Default: retrieval only.
+        """
         ckpt = load_checkpoint(path)
         meta = ckpt.get("lcm") or {}
         if not meta.get("encoder_id"):
@@ -146,8 +159,13 @@ class ConceptGenerator:
         sentence_bank = SentenceBank.load(bank_dir, encoder_id=encoder.id, dim=model.arch.embed_dim)
         plan_bank = (SentenceBank.load(bank_dir.parent / "plan_bank", encoder_id=encoder.id, dim=model.arch.embed_dim)
                      if meta.get("planning") else None)
+        if isinstance(decoder, (str, Path)):
+            from lcm.decoder import SentenceDecoderLM
+
+            decoder = HybridDecoder(sentence_bank, SentenceDecoderLM.from_checkpoint(decoder, device=device), encoder,
+                                    **hybrid)
         return cls(model, encoder, sentence_bank, eot_text=meta.get("eot_text", DEFAULT_EOT_TEXT),
-                   max_chars=meta.get("max_chars", 256), device=device, plan_bank=plan_bank)
+                   max_chars=meta.get("max_chars", 256), device=device, plan_bank=plan_bank, decoder=decoder)
 
     def prompt_concepts(self, problem: str) -> list[str]:
         sentences = [p for s in split_sentences(problem) for p in cap_length(s, self.max_chars)]
@@ -157,7 +175,7 @@ class ConceptGenerator:
 
     @torch.no_grad()
     def generate(self, problems: str | list[str], max_steps: int = 16, eot_threshold: float = 0.9,
-                 feedback: Literal["retrieved", "predicted"] = "retrieved", stop_on_repeat: bool = True,
+                 feedback: Literal["decoded", "predicted", "retrieved"] = "decoded", stop_on_repeat: bool = True,
                  plans: list[str] | list[list[str]] | None = None, break_threshold: float = 0.9,
                  max_paragraph_steps: int = 9) -> Generation | list[Generation]:
         """Generate steps for one problem (returns a `Generation`) or a batch (returns a list).
@@ -165,8 +183,8 @@ class ConceptGenerator:
         Args:
             max_steps: cap on generated steps (plans included) per problem.
             eot_threshold: cosine to the end-of-text concept at which a prediction means "stop".
-            feedback: feed back the retrieved sentence's embedding ("snap", default: keeps inputs on the
-                data manifold) or the raw predicted vector.
+            feedback: feed back the decoded sentence's encoder embedding ("decoded", default: "snap", keeps
+                inputs on the data manifold; "retrieved" is its old name) or the raw predicted vector.
             stop_on_repeat: stop when the decoded step equals an earlier step of the same solution.
             plans: planning models only: plan sentences to steer generation, used in order as the plans of
                 paragraphs 1, 2, ... (later paragraphs are planned by the model). One list for a single
@@ -196,13 +214,21 @@ class ConceptGenerator:
         active = list(range(len(problems)))
         eot = self.model.eot_embedding.to(self.device)
         brk = self.model.break_embedding.to(self.device)
+        if feedback not in ("decoded", "retrieved", "predicted"):
+            raise LCMError(f"feedback must be 'decoded' or 'predicted', not {feedback!r}")
         while active:
             preds = self._next_concepts([seqs[i] for i in active])  # (A, D)
             eot_cos = F.cosine_similarity(preds, eot.expand_as(preds), dim=-1).cpu().numpy()
             brk_cos = F.cosine_similarity(preds, brk.expand_as(preds), dim=-1).cpu().numpy()
             pred_np = preds.cpu().numpy()
-            step_scores, step_ids = self.bank.search(pred_np, k=1)
-            still = []
+            still, step_rows = [], []
+
+            def advance(i: int) -> None:
+                if len(results[i].steps) >= max_steps or len(seqs[i]) >= max_len:
+                    results[i].stop_reason = "max_steps"
+                else:
+                    still.append(i)
+
             for j, i in enumerate(active):
                 gen, st = results[i], states[i]
                 if st.at_paragraph_start and st.paragraph < len(plan_vecs[i]):  # the user's plan
@@ -217,10 +243,11 @@ class ConceptGenerator:
                     continue
                 elif st.at_paragraph_start:  # the model's plan, read out through the plan bank
                     scores, ids = self.plan_bank.search(pred_np[j:j + 1], k=1)
-                    gen.steps.append(Step(self.plan_bank.texts[int(ids[0, 0])], pred_np[j], float(scores[0, 0]),
+                    row = int(ids[0, 0])
+                    gen.steps.append(Step(self.plan_bank.texts[row], pred_np[j], float(scores[0, 0]),
                                           "retrieved", st.paragraph, is_plan=True))
                     st.at_paragraph_start = False
-                    seqs[i].append(self._feedback(pred_np[j], self.plan_bank, int(ids[0, 0]), feedback))
+                    seqs[i].append(self._feedback(pred_np[j], self.plan_bank.embeddings([row])[0], feedback))
                 # before the step read-out: a predicted break's nearest bank sentence is often end-of-text
                 elif self.planning and (brk_cos[j] >= break_threshold or st.paragraph_steps >= max_paragraph_steps):
                     if brk_cos[j] >= break_threshold:
@@ -229,28 +256,31 @@ class ConceptGenerator:
                         gen.breaks_forced += 1
                     st.paragraph, st.paragraph_steps, st.at_paragraph_start = st.paragraph + 1, 0, True
                     seqs[i].append(brk.cpu())
-                elif self.bank.texts[int(step_ids[j, 0])] == self.eot_text:
+                else:
+                    step_rows.append(j)  # decoded below, all rows in one call
+                    continue
+                advance(i)
+            decoded = self.decoder.decode(pred_np[step_rows]) if step_rows else []
+            for j, d in zip(step_rows, decoded):
+                i = active[j]
+                gen, st = results[i], states[i]
+                if d.text == self.eot_text:
                     gen.stop_reason = "end_of_text"
                     continue
-                else:
-                    text = self.bank.texts[int(step_ids[j, 0])]
-                    if stop_on_repeat and any(s.text == text for s in gen.steps if not s.is_plan):
-                        gen.stop_reason = "repetition"
-                        continue
-                    gen.steps.append(Step(text, pred_np[j], float(step_scores[j, 0]), "retrieved", st.paragraph))
-                    st.paragraph_steps += 1
-                    seqs[i].append(self._feedback(pred_np[j], self.bank, int(step_ids[j, 0]), feedback))
-                if len(gen.steps) >= max_steps or len(seqs[i]) >= max_len:
-                    gen.stop_reason = "max_steps"
-                else:
-                    still.append(i)
-            active = still
+                if stop_on_repeat and any(s.text == d.text for s in gen.steps if not s.is_plan):
+                    gen.stop_reason = "repetition"
+                    continue
+                gen.steps.append(Step(d.text, pred_np[j], d.score, d.source, st.paragraph))
+                st.paragraph_steps += 1
+                seqs[i].append(self._feedback(pred_np[j], d.embedding, feedback))
+                advance(i)
+            active = sorted(still)
         return results[0] if single else results
 
     @staticmethod
-    def _feedback(pred: np.ndarray, bank: SentenceBank, row: int, mode: str) -> torch.Tensor:
-        vec = pred if mode == "predicted" else bank.embeddings([row])[0]
-        return torch.from_numpy(np.array(vec, dtype=np.float32))
+    def _feedback(pred: np.ndarray, decoded: np.ndarray, mode: str) -> torch.Tensor:
+        """The next input: the decoded text's embedding ("decoded") or the raw prediction ("predicted")."""
+        return torch.from_numpy(np.array(pred if mode == "predicted" else decoded, dtype=np.float32))
 
     def _plan_lists(self, plans, single: bool, n: int) -> list[list[str]]:
         if plans is None:

@@ -112,6 +112,20 @@ class Block(nn.Module):
         return x + self.drop(self.mlp(self.norm2(x)))
 
 
+def init_gpt_weights(module: nn.Module, n_layer: int) -> None:
+    """GPT-2 init: N(0, 0.02) weights, zero biases, residual projections scaled by 1/sqrt(2 * n_layer)."""
+    def init(m: nn.Module) -> None:
+        if isinstance(m, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(m.weight, std=0.02)
+        if isinstance(m, nn.Linear) and m.bias is not None:
+            nn.init.zeros_(m.bias)
+
+    module.apply(init)  # post-order, as nn.Module.apply always did: keeps seeded inits reproducible
+    for name, p in module.named_parameters():
+        if name.endswith(("attn.proj.weight", "mlp.down.weight")):
+            nn.init.normal_(p, std=0.02 / math.sqrt(2 * n_layer))
+
+
 class BaseLCM(nn.Module):
     """Maps a sequence of normalized concepts (B, T, D) to next-concept predictions (B, T, D)."""
 
@@ -127,19 +141,7 @@ class BaseLCM(nn.Module):
             cos, sin = rotary_tables(cfg.d_model // cfg.n_head, cfg.max_seq_len, cfg.rope_base)
             self.register_buffer("rope_cos", cos, persistent=False)
             self.register_buffer("rope_sin", sin, persistent=False)
-        self.apply(self._init_weights)
-        for name, p in self.named_parameters():  # GPT-2 scaled init of residual projections
-            if name.endswith(("attn.proj.weight", "mlp.down.weight")):
-                nn.init.normal_(p, std=0.02 / math.sqrt(2 * cfg.n_layer))
-
-    @staticmethod
-    def _init_weights(m: nn.Module) -> None:
-        if isinstance(m, nn.Linear):
-            nn.init.normal_(m.weight, std=0.02)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.Embedding):
-            nn.init.normal_(m.weight, std=0.02)
+        init_gpt_weights(self, cfg.n_layer)
 
     def hidden_states(self, x: torch.Tensor) -> torch.Tensor:
         """x: (B, T, D) normalized concepts -> final-layer hidden states (B, T, d_model)."""

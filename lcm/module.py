@@ -1,9 +1,7 @@
 """LightningModule for Base-LCM: MSE next-concept regression in robust-normalized space."""
 from __future__ import annotations
 
-import math
 from dataclasses import asdict
-from pathlib import Path
 
 import lightning as L
 import torch
@@ -14,6 +12,7 @@ from lcm.errors import LCMError
 from lcm.eval.metrics import next_step_scores, retrieval_hits
 from lcm.model import BaseLCM, LCMConfig
 from lcm.normalizer import RobustScaler
+from lcm.optim import adamw_warmup_cosine
 
 
 def target_mask(types: torch.Tensor) -> torch.Tensor:
@@ -106,35 +105,18 @@ class ConceptLM(L.LightningModule):
         self.meta = dict(meta)
 
     def on_fit_start(self) -> None:
-        self._write_bank()
+        self._write_banks()
 
     def on_validation_start(self) -> None:
         if not self.trainer.sanity_checking and self.trainer.state.fn == "validate":
-            self._write_bank()
+            self._write_banks()
 
-    def _write_bank(self) -> None:
-        """Persist the generation sentence bank next to the checkpoints (rank zero)."""
-        dm, ckpt = self.trainer.datamodule, self.trainer.checkpoint_callback
-        if not self.trainer.is_global_zero or not hasattr(dm, "bank"):
-            return
-        if self.trainer.state.fn == "validate" and self.trainer.ckpt_path:  # repair: next to the validated checkpoint
-            dirpath = Path(self.trainer.ckpt_path).parent
-        elif ckpt is not None and ckpt.dirpath is not None:
-            dirpath = Path(ckpt.dirpath)
-        else:
-            return
-        from lcm.retrieval import SentenceBank
+    def _write_banks(self) -> None:
+        from lcm.retrieval import write_banks
 
-        for name, make in (("bank", dm.bank), ("plan_bank", getattr(dm, "plan_bank", lambda: None))):
-            folder = dirpath / name
-            try:
-                SentenceBank.load(folder, encoder_id=dm.encoder.id, dim=dm.embed_dim)
-                continue  # a valid bank is already there
-            except LCMError:
-                pass
-            bank = make()
-            if bank is not None:
-                bank.save(folder)
+        dm = self.trainer.datamodule
+        if hasattr(dm, "bank"):
+            write_banks(self.trainer, {"bank": dm.bank, "plan_bank": getattr(dm, "plan_bank", lambda: None)})
 
     # ---- steps -----------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -233,20 +215,4 @@ class ConceptLM(L.LightningModule):
 
     # ---- optimisation ----------------------------------------------------------------------------
     def configure_optimizers(self):
-        hp = self.hparams
-        decay = [p for p in self.parameters() if p.requires_grad and p.ndim >= 2]
-        no_decay = [p for p in self.parameters() if p.requires_grad and p.ndim < 2]
-        groups = [{"params": decay, "weight_decay": hp.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-        fused = self.device.type == "cuda" or (self._trainer is not None and self.trainer.strategy.root_device.type == "cuda")
-        opt = torch.optim.AdamW(groups, lr=hp.lr, betas=tuple(hp.betas), fused=fused or None)
-        total = max(1, int(self.trainer.estimated_stepping_batches))
-        warmup = min(hp.warmup_steps, total // 2)
-
-        def lr_lambda(step: int) -> float:
-            if step < warmup:
-                return (step + 1) / warmup
-            progress = min(1.0, (step - warmup) / max(1, total - warmup))
-            return hp.min_lr_ratio + (1 - hp.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda)
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        return adamw_warmup_cosine(self, self.hparams)

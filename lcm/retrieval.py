@@ -122,3 +122,30 @@ class SentenceBank:
         if dim is not None and index.d != dim:
             raise LCMError(f"sentence bank at {folder} has dimension {index.d}, the model predicts {dim}")
         return cls(texts, vectors, meta["encoder_id"], _faiss_index=index)
+
+
+def write_banks(trainer, factories: dict) -> None:
+    """Persist sentence banks next to the checkpoints (rank zero): `{folder name: () -> SentenceBank | None}`.
+
+    A valid bank already there is kept; a missing or broken one is rebuilt. Under `lcm validate --ckpt_path`
+    the banks go next to the validated checkpoint (the repair path for a deleted bank).
+    """
+    dm, ckpt = trainer.datamodule, trainer.checkpoint_callback
+    if not trainer.is_global_zero or dm is None:
+        return
+    if trainer.state.fn == "validate" and trainer.ckpt_path:
+        dirpath = Path(trainer.ckpt_path).parent
+    elif ckpt is not None and ckpt.dirpath is not None:
+        dirpath = Path(ckpt.dirpath)
+    else:
+        return
+    for name, make in factories.items():
+        folder = dirpath / name
+        try:
+            SentenceBank.load(folder, encoder_id=dm.encoder.id, dim=dm.embed_dim)
+            continue  # a valid bank is already there
+        except LCMError:
+            pass
+        bank = make()
+        if bank is not None:
+            bank.save(folder)

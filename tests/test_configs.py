@@ -2,26 +2,30 @@
 import pytest
 from conftest import CONFIGS
 
+from lcm.decoder import SentenceDecoderLM
 from lcm.model import LCMConfig
 from lcm.module import ConceptLM
-from lcm.train import ConceptDataModule
-from lcm.train.cli import LCMCLI
+from lcm.train import ConceptDataModule, SentenceDataModule
+from lcm.train.cli import make_cli
 
 SHIPPED = sorted(CONFIGS.glob("*.yaml"))
 
 
 def test_configs_are_shipped():
-    assert {p.name for p in SHIPPED} >= {"quickstart.yaml", "jsonl_example.yaml"}
+    assert {p.name for p in SHIPPED} >= {"quickstart.yaml", "jsonl_example.yaml", "decoder_quickstart.yaml"}
 
 
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
 def test_config_instantiates(path, monkeypatch):
     monkeypatch.chdir(CONFIGS.parent.parent)  # configs use repo-relative data paths
-    cli = LCMCLI(ConceptLM, ConceptDataModule, args=["-c", str(path)], run=False, auto_configure_optimizers=False)
-    assert isinstance(cli.model, ConceptLM) and isinstance(cli.model.arch, LCMConfig)
-    assert isinstance(cli.datamodule, ConceptDataModule)
+    cli = make_cli(["-c", str(path)], run=False)
+    assert isinstance(cli.model.arch, LCMConfig) and isinstance(cli.datamodule, ConceptDataModule)
     assert cli.datamodule.max_seq_len == cli.model.arch.max_seq_len  # linked
-    assert any(type(c).__name__ == "GenerationPreview" for c in cli.trainer.callbacks)
+    if path.name.startswith("decoder"):  # model chosen in the YAML
+        assert isinstance(cli.model, SentenceDecoderLM) and isinstance(cli.datamodule, SentenceDataModule)
+    else:
+        assert type(cli.model) is ConceptLM and type(cli.datamodule) is ConceptDataModule
+        assert any(type(c).__name__ == "GenerationPreview" for c in cli.trainer.callbacks)
 
 
 def test_print_config(capsys):
@@ -29,4 +33,4 @@ def test_print_config(capsys):
 
     code, _ = run_lcm(["fit", "-c", str(CONFIGS / "quickstart.yaml"), "--print_config"])
     out = capsys.readouterr().out
-    assert code == 0 and "GsmSymbolic" in out and "d_model: 256" in out
+    assert code == 0 and "GsmSymbolic" in out and "d_model: 256" in out and "lcm.module.ConceptLM" in out

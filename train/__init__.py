@@ -2,5 +2,6 @@
 from lcm.train.corpus import CorpusSource, DatasetSource, GsmSymbolic
 from lcm.train.datamodule import ConceptDataModule
 from lcm.train.documents import Document
+from lcm.train.sentences import SentenceDataModule
 
-__all__ = ["ConceptDataModule", "CorpusSource", "DatasetSource", "Document", "GsmSymbolic"]
+__all__ = ["ConceptDataModule", "CorpusSource", "DatasetSource", "Document", "GsmSymbolic", "SentenceDataModule"]

@@ -1,6 +1,13 @@
-"""`lcm fit|validate|test|predict` through LightningCLI."""
+"""`lcm fit|validate|test|predict` through LightningCLI.
+
+The model and data classes are chosen in the YAML (`model: {class_path: ..., init_args: ...}`); without a
+class_path they default to the concept model (`lcm.module.ConceptLM`) and `lcm.train.ConceptDataModule`,
+so `model: {arch: ...}` keeps working. `lcm.decoder.SentenceDecoderLM` with `lcm.train.SentenceDataModule`
+trains the sentence decoder.
+"""
 from __future__ import annotations
 
+import lightning as L
 import torch
 from lightning.pytorch.cli import LightningCLI
 
@@ -12,7 +19,9 @@ _CKPT_ALIASES = {"last", "best", "hpc", "registry"}
 
 class LCMCLI(LightningCLI):
     def add_arguments_to_parser(self, parser) -> None:
-        parser.link_arguments("model.arch.max_seq_len", "data.max_seq_len")
+        parser.set_defaults({"model": {"class_path": "lcm.module.ConceptLM"},
+                             "data": {"class_path": "lcm.train.ConceptDataModule"}})
+        parser.link_arguments("model.init_args.arch.max_seq_len", "data.init_args.max_seq_len")
         parser.set_defaults({"trainer.precision": "bf16-mixed" if torch.cuda.is_available() else "32-true"})
 
     def parse_arguments(self, parser, args) -> None:
@@ -27,14 +36,16 @@ class LCMCLI(LightningCLI):
             load_checkpoint(ckpt)
 
 
+def make_cli(args: list[str] | None, run: bool = True) -> LCMCLI:
+    """The `lcm` LightningCLI; `args=None` reads sys.argv."""
+    return LCMCLI(L.LightningModule, L.LightningDataModule, subclass_mode_model=True, subclass_mode_data=True,
+                  args=args, run=run, save_config_kwargs={"overwrite": True}, auto_configure_optimizers=False)
+
+
 def run(args: list[str]) -> None:
-    from lcm.module import ConceptLM
-    from lcm.train.datamodule import ConceptDataModule
+    import sys
 
     if not args:
         raise LCMError("usage: lcm {fit,validate,test,predict} -c CONFIG.yaml | lcm generate --ckpt PATH PROBLEM")
-    import sys
-
     # args=None lets LightningCLI read sys.argv itself (it warns when given both)
-    LCMCLI(ConceptLM, ConceptDataModule, args=None if args == sys.argv[1:] else args, save_config_kwargs={"overwrite": True},
-           auto_configure_optimizers=False)
+    make_cli(None if args == sys.argv[1:] else args)

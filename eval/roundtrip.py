@@ -1,0 +1,147 @@
+"""Round-trip evaluation: sentence -> frozen encoder -> decoder -> text, for retrieval, decoder and hybrid.
+
+Sentences are either the held-out step sentences of the decoder's own data config (steps of validation
+and test documents that never occur in training, hence never in the bank), or any UTF-8 text file you
+give (`--text`), split into sentences like prose data. Reports exact match, BLEU (sacrebleu), token F1
+and the cosine of the re-encoded output to the input embedding, plus time per sentence.
+
+    python -m lcm.eval.roundtrip --decoder runs/decoder_quickstart/version_0/checkpoints/best.ckpt
+    python -m lcm.eval.roundtrip --decoder ... --text /usr/share/common-licenses/GPL-3
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from lcm.errors import LCMError
+
+
+def text_file_sentences(path: Path, max_chars: int) -> list[str]:
+    """Unique sentences of a UTF-8 text file, in order (pysbd, then re-split at `max_chars`)."""
+    from lcm.train.corpus import check_utf8
+    from lcm.train.segment import cap_length, split_sentences
+
+    if not path.is_file():
+        raise LCMError(f"text file {path} does not exist")
+    check_utf8(path)
+    text = path.read_text(encoding="utf-8")
+    sentences = [p for s in split_sentences(text) for p in cap_length(s, max_chars)]
+    if not sentences:
+        raise LCMError(f"{path} holds no sentences (empty or blank)")
+    return list(dict.fromkeys(sentences))
+
+
+def heldout_sentences(config: Path) -> list[str]:
+    """Held-out step sentences (val + test documents, never in training) of a decoder data config."""
+    from lcm.train.cli import make_cli
+
+    if not config.is_file():
+        raise LCMError(f"config {config} does not exist; pass --config (the decoder's training config) or --text")
+    try:
+        cfg = yaml.safe_load(config.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+        raise LCMError(f"cannot read config {config} ({type(e).__name__})") from e
+    data = (cfg or {}).get("data") if isinstance(cfg, dict) else None
+    if not isinstance(data, dict) or "SentenceDataModule" not in str(data.get("class_path")):
+        raise LCMError(f"{config} is not a sentence-decoder config (data must be lcm.train.SentenceDataModule)")
+    data.setdefault("init_args", {})["show_progress"] = False
+    # only what builds the data: a run's saved fit config also holds ckpt_path, weights_only, ...
+    dm = make_cli({k: cfg[k] for k in ("model", "data") if k in cfg}, run=False).datamodule
+    if not hasattr(dm, "decoder_sentences"):
+        raise LCMError(f"{config} is not a sentence-decoder config (data must be lcm.train.SentenceDataModule)")
+    texts = dm.decoder_sentences("val", steps_only=True)[0] + dm.decoder_sentences("test", steps_only=True)[0]
+    return list(dict.fromkeys(texts))
+
+
+def evaluate(sentences: list[str], systems: dict, encoder) -> dict[str, dict]:
+    """Encode once, decode with each system, score. systems: {name: ConceptDecoder}."""
+    from lcm.eval.text_metrics import roundtrip_scores
+
+    emb = encoder.encode(sentences)  # (N, D) what each decoder must invert
+    results = {}
+    for name, system in systems.items():
+        start = time.perf_counter()
+        out = system.decode(emb)
+        seconds = time.perf_counter() - start
+        scores = roundtrip_scores([d.text for d in out], sentences, np.stack([d.embedding for d in out]), emb)
+        scores["generated_share"] = float(np.mean([d.source == "generated" for d in out]))
+        scores["ms_per_sentence"] = 1000 * seconds / len(sentences)
+        results[name] = scores
+    return results
+
+
+def build_systems(decoder_ckpt: Path, bank_dir: Path | None, beam: int, k: int, threshold: float):
+    from lcm.decoder import SentenceDecoderLM
+    from lcm.decoding import GenerativeDecoder, HybridDecoder, RetrievalDecoder
+    from lcm.encoders.base import encoder_from_config
+    from lcm.retrieval import SentenceBank
+
+    model = SentenceDecoderLM.from_checkpoint(decoder_ckpt)
+    try:
+        encoder = encoder_from_config(model.meta["encoder"])
+    except (KeyError, ImportError, AttributeError, TypeError) as e:
+        raise LCMError(f"cannot rebuild the encoder recorded in {decoder_ckpt} ({type(e).__name__}: {e})") from e
+    bank = SentenceBank.load(bank_dir or decoder_ckpt.parent / "bank", encoder_id=encoder.id, dim=encoder.dim)
+    systems = {"retrieval": RetrievalDecoder(bank), "decoder (greedy)": GenerativeDecoder(model, encoder)}
+    if beam > 1:
+        systems[f"decoder (beam {beam})"] = GenerativeDecoder(model, encoder, beam=beam)
+    systems[f"hybrid (k={k}, threshold {threshold:g}, beam {beam})"] = HybridDecoder(bank, model, encoder, k=k,
+                                                                                    threshold=threshold, beam=beam)
+    return systems, encoder, bank
+
+
+def format_table(results: dict[str, dict]) -> str:
+    cols = ("exact_match", "bleu", "token_f1", "cosine", "generated_share", "ms_per_sentence")
+    lines = ["| system | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
+    for name, r in results.items():
+        lines.append(f"| {name} | " + " | ".join(f"{r[c]:.3f}" if c != "bleu" and c != "ms_per_sentence"
+                                                 else f"{r[c]:.1f}" for c in cols) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--decoder", type=Path, required=True, help="sentence-decoder checkpoint (lcm fit -c decoder_*.yaml)")
+    p.add_argument("--bank", type=Path, default=None, help="retrieval bank folder (default: <checkpoint folder>/bank)")
+    p.add_argument("--text", type=Path, default=None, help="evaluate on the sentences of this UTF-8 text file")
+    p.add_argument("--config", type=Path, default=None,
+                   help="decoder data config for held-out sentences (default: the run's config.yaml)")
+    p.add_argument("--limit", type=int, default=500, help="evaluate the first N sentences")
+    p.add_argument("--beam", type=int, default=4)
+    p.add_argument("--k", type=int, default=4)
+    p.add_argument("--threshold", type=float, default=0.95)
+    p.add_argument("--max-chars", type=int, default=256)
+    p.add_argument("--out", type=Path, default=None, help="JSON results (default: runs/roundtrip/<name>.json)")
+    ns = p.parse_args(argv)
+    try:
+        if ns.text is not None:
+            sentences, name = text_file_sentences(ns.text, ns.max_chars), ns.text.name
+        else:
+            sentences, name = heldout_sentences(ns.config or ns.decoder.parent.parent / "config.yaml"), "heldout"
+        sentences = sentences[: ns.limit]
+        systems, encoder, bank = build_systems(ns.decoder, ns.bank, ns.beam, ns.k, ns.threshold)
+        in_bank = set(bank.texts)
+        results = evaluate(sentences, systems, encoder)
+    except LCMError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    from lcm.io import write_json
+
+    report = {"sentences": len(sentences), "in_bank_share": float(np.mean([s in in_bank for s in sentences])),
+              "source": str(ns.text) if ns.text else "heldout", "decoder": str(ns.decoder), "bank_size": len(bank),
+              "results": results}
+    out = ns.out or Path("runs/roundtrip") / f"{name}.json"
+    write_json(out, report)
+    print(f"{len(sentences)} sentences from {report['source']} ({report['in_bank_share']:.1%} of them in the "
+          f"{len(bank):,}-sentence bank)")
+    print(format_table(results))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,277 @@
+"""Embedding -> sentence: a small causal transformer conditioned on the embedding as prefix vectors.
+
+The sentence embedding is projected to `n_prefix` vectors that precede `<bos>` and the tokens
+(the zero-step model of vec2text / GEIA). Trained with teacher forcing on the corpus' own sentences
+and their frozen-encoder embeddings, optionally with Gaussian noise on the input embedding so that it
+also reads imperfect (predicted) embeddings, which the LCM paper found decoders need.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lcm.errors import LCMError
+from lcm.model import Block, LCMConfig, RMSNorm, init_gpt_weights, rotary_tables
+from lcm.optim import adamw_warmup_cosine
+from lcm.tokenizer import SentenceTokenizer
+
+DEFAULT_DECODER_ARCH = LCMConfig(d_model=256, n_layer=4, n_head=4, max_seq_len=96, dropout=0.1)
+
+
+def unit(x: torch.Tensor) -> torch.Tensor:
+    """Rows scaled to unit L2 norm: the decoder reads directions (predicted vectors' norms drift)."""
+    return x / x.norm(dim=-1, keepdim=True).clamp_min(1e-8)
+
+
+class PrefixDecoder(nn.Module):
+    """(unit embedding (B, D), tokens (B, L) starting with <bos>) -> next-token logits (B, L, V).
+
+    Sequence = [prefix_1 .. prefix_P, <bos>, t_1, ...]; causal self-attention (the transformer blocks of
+    `lcm.model`); the output head is tied to the token embedding.
+    """
+
+    def __init__(self, cfg: LCMConfig, vocab_size: int, n_prefix: int):
+        super().__init__()
+        if cfg.positions != "rope":
+            raise LCMError("the sentence decoder uses rotary positions (arch.positions: rope)")
+        self.cfg, self.n_prefix = cfg, n_prefix
+        self.prefix = nn.Linear(cfg.embed_dim, n_prefix * cfg.d_model)
+        self.tok_emb = nn.Embedding(vocab_size, cfg.d_model)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
+        self.norm = RMSNorm(cfg.d_model)
+        cos, sin = rotary_tables(cfg.d_model // cfg.n_head, cfg.max_seq_len, cfg.rope_base)
+        self.register_buffer("rope_cos", cos, persistent=False)
+        self.register_buffer("rope_sin", sin, persistent=False)
+        init_gpt_weights(self, cfg.n_layer)
+
+    @property
+    def max_tokens(self) -> int:
+        """Tokens after the prefix, <bos> included."""
+        return self.cfg.max_seq_len - self.n_prefix
+
+    def forward(self, emb: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        B, L = tokens.shape
+        if L > self.max_tokens:
+            raise ValueError(f"{L} tokens exceed the decoder's {self.max_tokens} (arch.max_seq_len - n_prefix)")
+        prefix = self.prefix(emb).view(B, self.n_prefix, self.cfg.d_model)  # (B, P, d)
+        h = torch.cat([prefix, self.tok_emb(tokens)], dim=1)  # (B, P+L, d)
+        for block in self.blocks:
+            h = block(h, (self.rope_cos, self.rope_sin))
+        return self.norm(h[:, self.n_prefix:]) @ self.tok_emb.weight.T  # (B, L, V)
+
+
+@torch.no_grad()
+def greedy_decode(net: PrefixDecoder, emb: torch.Tensor, bos: int, eos: int, max_new: int) -> list[list[int]]:
+    """emb (B, D) unit -> token ids per row (without bos/eos). Batched; each step re-runs the short prefix."""
+    B = emb.shape[0]
+    tokens = torch.full((B, 1), bos, dtype=torch.long, device=emb.device)
+    done = torch.zeros(B, dtype=torch.bool, device=emb.device)
+    for _ in range(min(max_new, net.max_tokens - 1)):
+        nxt = net(emb, tokens)[:, -1].argmax(-1)  # (B,)
+        nxt = torch.where(done, torch.full_like(nxt, eos), nxt)
+        tokens = torch.cat([tokens, nxt[:, None]], dim=1)
+        done |= nxt == eos
+        if bool(done.all()):
+            break
+    return [_strip(row, eos) for row in tokens[:, 1:].tolist()]
+
+
+@torch.no_grad()
+def beam_decode(net: PrefixDecoder, emb: torch.Tensor, bos: int, eos: int, max_new: int, beam: int,
+                length_penalty: float = 1.0) -> list[list[list[int]]]:
+    """emb (B, D) unit -> per row, `beam` hypotheses (token ids) best first, ranked by
+    log-probability / length**length_penalty. All rows and beams go through one forward per step."""
+    B, W = emb.shape[0], beam
+    V = net.tok_emb.num_embeddings
+    emb_w = emb.repeat_interleave(W, dim=0)  # (B*W, D)
+    tokens = torch.full((B * W, 1), bos, dtype=torch.long, device=emb.device)
+    scores = torch.full((B, W), float("-inf"), device=emb.device)
+    scores[:, 0] = 0.0  # one live beam at the start, so the first expansion has no duplicates
+    lengths = torch.zeros(B, W, device=emb.device)
+    done = torch.zeros(B, W, dtype=torch.bool, device=emb.device)
+    for _ in range(min(max_new, net.max_tokens - 1)):
+        logp = F.log_softmax(net(emb_w, tokens)[:, -1].float(), dim=-1).view(B, W, V)
+        # a finished beam only extends with <eos> at no cost, so it keeps its score
+        frozen = torch.full((V,), float("-inf"), device=emb.device)
+        frozen[eos] = 0.0
+        logp = torch.where(done[..., None], frozen, logp)
+        top, flat = (scores[..., None] + logp).view(B, W * V).topk(W, dim=-1)  # (B, W)
+        src, tok = flat // V, flat % V
+        rows = (torch.arange(B, device=emb.device)[:, None] * W + src).view(-1)
+        tokens = torch.cat([tokens[rows], tok.view(-1, 1)], dim=1)
+        was_done = done.gather(1, src)
+        lengths = lengths.gather(1, src) + (~was_done).float()
+        done = was_done | (tok == eos)
+        scores = top
+        if bool(done.all()):
+            break
+    ranked = (scores / lengths.clamp_min(1) ** length_penalty).argsort(dim=-1, descending=True)  # (B, W)
+    seqs = tokens[:, 1:].view(B, W, -1)
+    return [[_strip(seqs[b, w].tolist(), eos) for w in ranked[b].tolist() if scores[b, w] > float("-inf")]
+            for b in range(B)]
+
+
+def _strip(ids: list[int], eos: int) -> list[int]:
+    return ids[: ids.index(eos)] if eos in ids else ids
+
+
+class SentenceDecoderLM(L.LightningModule):
+    """Trains the embedding -> sentence decoder with teacher forcing (`lcm fit -c train/configs/decoder_*.yaml`).
+
+    Args:
+        arch: transformer shape; `max_seq_len` = n_prefix + 1 (<bos>) + the longest token sequence;
+            `embed_dim` must equal the encoder's dimension.
+        vocab_size: byte-level BPE vocabulary, trained on the training split's sentences at fit start.
+        n_prefix: prefix vectors the embedding is projected to.
+        noise_std: training-time input noise: each embedding gets Gaussian noise of norm ~sigma, sigma drawn
+            uniformly from [0, noise_std] per sentence (0 = off). A noise of norm s on a unit vector leaves
+            cosine ~ 1/sqrt(1 + s^2) to the clean one: 0.5 covers predictions at cosine 0.9.
+        max_new_tokens: cap on generated tokens at validation.
+        lr, weight_decay, betas, warmup_steps, min_lr_ratio: AdamW + warmup/cosine (as for the concept model).
+    """
+
+    def __init__(self, arch: LCMConfig = DEFAULT_DECODER_ARCH, vocab_size: int = 4096, n_prefix: int = 4,
+                 noise_std: float = 0.0, max_new_tokens: int = 64, lr: float = 1e-3, weight_decay: float = 0.1,
+                 betas: tuple[float, float] = (0.9, 0.95), warmup_steps: int = 100, min_lr_ratio: float = 0.1):
+        super().__init__()
+        if isinstance(arch, dict):  # from a checkpoint's hyperparameters
+            arch = LCMConfig(**arch)
+        if n_prefix < 1 or arch.max_seq_len < n_prefix + 2:
+            raise LCMError(f"n_prefix={n_prefix} and arch.max_seq_len={arch.max_seq_len} leave no room for tokens")
+        self.save_hyperparameters({"arch": asdict(arch), "vocab_size": vocab_size, "n_prefix": n_prefix,
+                                   "noise_std": noise_std, "max_new_tokens": max_new_tokens, "lr": lr,
+                                   "weight_decay": weight_decay, "betas": tuple(betas), "warmup_steps": warmup_steps,
+                                   "min_lr_ratio": min_lr_ratio})
+        self.arch = arch
+        self.net = PrefixDecoder(arch, vocab_size, n_prefix)
+        self.tokenizer: SentenceTokenizer | None = None
+        self.meta: dict = {}
+
+    # ---- wiring to the data ----------------------------------------------------------------------
+    def setup(self, stage: str) -> None:
+        dm = self.trainer.datamodule if self._trainer is not None else None
+        if dm is None or not hasattr(dm, "decoder_sentences"):
+            return
+        if dm.embed_dim != self.arch.embed_dim:
+            raise LCMError(f"encoder {dm.encoder.id} has dimension {dm.embed_dim} but model.arch.embed_dim is "
+                           f"{self.arch.embed_dim}; set model.arch.embed_dim: {dm.embed_dim}")
+        if self.tokenizer is None:  # a resumed checkpoint replaces it in on_load_checkpoint
+            self.tokenizer = SentenceTokenizer.train(dm.decoder_sentences("train")[0], self.hparams.vocab_size)
+            self.meta = {"encoder": dm.encoder.config(), "encoder_id": dm.encoder.id, "dim": dm.embed_dim,
+                         "kind": "decoder"}
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["lcm"] = dict(self.meta, tokenizer=self.tokenizer.to_str() if self.tokenizer else None)
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        meta = dict(checkpoint.get("lcm") or {})
+        if meta.get("kind") != "decoder" or not meta.get("tokenizer"):
+            raise LCMError("checkpoint is not a sentence-decoder checkpoint (no tokenizer record)")
+        dm = self.trainer.datamodule if self._trainer is not None else None
+        if dm is not None and hasattr(dm, "encoder") and meta.get("encoder_id") != dm.encoder.id:
+            raise LCMError(f"decoder checkpoint was trained with encoder {meta.get('encoder_id')!r}, "
+                           f"the data config uses {dm.encoder.id!r}")
+        self.tokenizer = SentenceTokenizer.from_str(meta.pop("tokenizer"))
+        self.meta = meta
+
+    def on_fit_start(self) -> None:
+        from lcm.retrieval import write_banks
+
+        write_banks(self.trainer, {"bank": self.trainer.datamodule.bank})
+
+    # ---- steps -----------------------------------------------------------------------------------
+    def _batch_tokens(self, texts: list[str]) -> tuple[torch.Tensor, int]:
+        """texts -> (B, L) [bos, tokens..., eos, pad...] truncated to the decoder's length; also the count
+        of truncated sentences."""
+        tok, cap = self.tokenizer, self.net.max_tokens
+        ids = [[tok.bos_id, *x, tok.eos_id] for x in tok.encode(texts)]
+        truncated = sum(len(x) > cap for x in ids)
+        ids = [x[:cap] for x in ids]
+        out = torch.full((len(ids), max(map(len, ids))), tok.pad_id, dtype=torch.long)
+        for b, x in enumerate(ids):
+            out[b, : len(x)] = torch.tensor(x)
+        return out.to(self.device), truncated
+
+    def _noisy(self, emb: torch.Tensor) -> torch.Tensor:
+        x = unit(emb.float())
+        if self.training and self.hparams.noise_std > 0:
+            sigma = torch.rand(x.shape[0], 1, device=x.device) * self.hparams.noise_std  # (B, 1)
+            x = unit(x + sigma * torch.randn_like(x) / x.shape[1] ** 0.5)
+        return x
+
+    def _loss(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        tokens, _ = self._batch_tokens(batch["text"])
+        logits = self.net(self._noisy(batch["emb"]), tokens[:, :-1])  # (B, L-1, V)
+        target = tokens[:, 1:]
+        loss = F.cross_entropy(logits.float().flatten(0, 1), target.flatten(), ignore_index=self.tokenizer.pad_id)
+        keep = target != self.tokenizer.pad_id
+        acc = (logits.argmax(-1) == target)[keep].float().mean()
+        return loss, acc, keep.sum()
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        loss, acc, n = self._loss(batch)
+        self.log("train/loss", loss, prog_bar=True, batch_size=int(n))
+        return loss
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self._evaluate(batch, batch_idx, "val")
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        self._evaluate(batch, batch_idx, "test")
+
+    @torch.no_grad()
+    def _evaluate(self, batch: dict, batch_idx: int, split: str) -> None:
+        loss, acc, n = self._loss(batch)
+        self.log(f"{split}/loss", loss, batch_size=int(n), on_epoch=True, prog_bar=True, sync_dist=True)
+        self.log(f"{split}/token_acc", acc, batch_size=int(n), on_epoch=True, sync_dist=True)
+        if batch_idx < 2:  # exact match of greedy decoding on the first two batches (sentences held out)
+            texts = self.decode_texts(batch["emb"])
+            exact = np.mean([a == b for a, b in zip(texts, batch["text"])])
+            self.log(f"{split}/exact_match", float(exact), batch_size=len(texts), on_epoch=True, sync_dist=True)
+
+    # ---- inference -------------------------------------------------------------------------------
+    @torch.no_grad()
+    def decode_texts(self, emb: torch.Tensor | np.ndarray, beam: int = 1,
+                     max_new_tokens: int | None = None) -> list[str] | list[list[str]]:
+        """Embeddings (N, D) -> N sentences (greedy, beam=1) or N lists of `beam` hypotheses, best first."""
+        if self.tokenizer is None:
+            raise LCMError("the decoder has no tokenizer: train it with `lcm fit` or load a checkpoint")
+        x = torch.as_tensor(np.asarray(emb, dtype=np.float32) if isinstance(emb, np.ndarray) else emb)
+        if x.ndim != 2 or x.shape[1] != self.arch.embed_dim:
+            raise LCMError(f"decoder expects embeddings of shape (N, {self.arch.embed_dim}), got {tuple(x.shape)}")
+        if not torch.isfinite(x).all():
+            raise LCMError("embedding to decode contains NaN/inf")
+        x = unit(x.float().to(self.device))
+        tok, max_new = self.tokenizer, max_new_tokens or self.hparams.max_new_tokens
+        if beam <= 1:
+            return tok.decode(greedy_decode(self.net, x, tok.bos_id, tok.eos_id, max_new))
+        hyps = beam_decode(self.net, x, tok.bos_id, tok.eos_id, max_new, beam)
+        return [tok.decode(h) for h in hyps]
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, device: str = "cpu") -> "SentenceDecoderLM":
+        from lcm.generate import load_checkpoint
+
+        ckpt = load_checkpoint(path)
+        meta = ckpt.get("lcm") or {}
+        if meta.get("kind") != "decoder":
+            raise LCMError(f"{path} is not a sentence-decoder checkpoint (train one with "
+                           "`lcm fit -c train/configs/decoder_quickstart.yaml`)")
+        try:
+            model = cls(**ckpt["hyper_parameters"])
+            model.load_state_dict(ckpt["state_dict"])
+        except (RuntimeError, TypeError, ValueError) as e:
+            raise LCMError(f"decoder checkpoint {path} does not match this version of lcm-trainer "
+                           f"({type(e).__name__}: {str(e).splitlines()[0][:200]})") from e
+        model.on_load_checkpoint(ckpt)
+        return model.to(device).eval()
+
+    # ---- optimisation ----------------------------------------------------------------------------
+    def configure_optimizers(self):
+        return adamw_warmup_cosine(self, self.hparams)

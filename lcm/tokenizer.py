@@ -1,0 +1,60 @@
+"""Byte-level BPE tokenizer for the sentence decoder, trained on the training split's sentences.
+
+Why our own BPE and not the encoder's WordPiece: MiniLM's tokenizer is uncased (a decoder built on it
+could never reproduce "Emma" or "$"), maps unseen characters to [UNK], and has a 30k vocabulary whose
+softmax would dominate a small decoder's cost on CPU. Byte-level BPE keeps case, has no unknown tokens
+(any UTF-8 text round-trips exactly), and its vocabulary size is ours to choose.
+"""
+from __future__ import annotations
+
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+from lcm.errors import LCMError
+
+PAD, BOS, EOS = "<pad>", "<bos>", "<eos>"
+SPECIALS = (PAD, BOS, EOS)
+
+
+class SentenceTokenizer:
+    """A `tokenizers.Tokenizer` with pad/bos/eos ids; serializes to one JSON string (kept in checkpoints)."""
+
+    def __init__(self, tok: Tokenizer):
+        self.tok = tok
+        ids = [tok.token_to_id(s) for s in SPECIALS]
+        if None in ids:
+            raise LCMError(f"tokenizer lacks the special tokens {SPECIALS}")
+        self.pad_id, self.bos_id, self.eos_id = ids
+
+    @classmethod
+    def train(cls, texts: list[str], vocab_size: int = 4096, min_frequency: int = 2) -> "SentenceTokenizer":
+        if not texts:
+            raise LCMError("cannot train a tokenizer on no sentences")
+        tok = Tokenizer(models.BPE())
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tok.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=list(SPECIALS),
+                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+        tok.train_from_iterator(texts, trainer=trainer)
+        return cls(tok)
+
+    @classmethod
+    def from_str(cls, data: str) -> "SentenceTokenizer":
+        try:
+            return cls(Tokenizer.from_str(data))
+        except Exception as e:  # noqa: BLE001 - the tokenizers library raises plain Exception on bad JSON
+            raise LCMError(f"stored tokenizer is corrupted ({type(e).__name__})") from e
+
+    def to_str(self) -> str:
+        return self.tok.to_str()
+
+    @property
+    def vocab_size(self) -> int:
+        return self.tok.get_vocab_size()
+
+    def encode(self, texts: list[str]) -> list[list[int]]:
+        """texts -> token ids, without bos/eos."""
+        return [e.ids for e in self.tok.encode_batch(list(texts), add_special_tokens=False)]
+
+    def decode(self, ids: list[list[int]]) -> list[str]:
+        """token ids (specials dropped) -> texts."""
+        return self.tok.decode_batch([list(map(int, x)) for x in ids], skip_special_tokens=True)

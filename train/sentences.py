@@ -1,0 +1,58 @@
+"""Sentence-decoder data: (embedding, text) pairs of a split's unique sentences, from the same corpus,
+splits and embedding cache as the concept model."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from lcm.errors import LCMError
+from lcm.retrieval import SentenceBank
+from lcm.train.datamodule import ConceptDataModule
+
+
+class SentenceCollate:
+    def __init__(self, table: np.ndarray, texts: list[str]):
+        self.table, self.texts = table, texts
+
+    def __call__(self, rows: list[int]) -> dict:
+        return {"emb": torch.from_numpy(self.table[rows]), "text": [self.texts[r] for r in rows]}  # emb (B, D)
+
+
+class SentenceDataModule(ConceptDataModule):
+    """Same arguments as `ConceptDataModule`; batches are `{"emb": (B, D), "text": [B strings]}`.
+
+    train = every unique sentence (prompts and steps) of the training documents; val / test = the
+    sentences of those documents that never occur in training, so decoder scores are on unseen text.
+    """
+
+    def decoder_sentences(self, split: str, steps_only: bool = False) -> tuple[list[str], np.ndarray]:
+        """Unique sentences of `split` (minus every training sentence unless split == "train") and their
+        table rows."""
+        c = self.corpus
+        train = set() if split == "train" else set(self.decoder_sentences("train")[0])
+        seen: dict[str, None] = {}
+        for doc in c.docs[split]:
+            for s in doc.steps if steps_only else doc.prompt + doc.steps:
+                if s not in train:
+                    seen.setdefault(s)
+        texts = list(seen)
+        row: dict[str, int] = {}
+        for i, t in enumerate(c.texts):  # first occurrence: the sentence's own embedding, not a plan vector
+            row.setdefault(t, i)
+        return texts, np.asarray([row[t] for t in texts], dtype=np.int64)
+
+    def bank(self) -> SentenceBank:
+        """Retrieval over what the decoder was trained on: every unique training sentence + end-of-text."""
+        return self._bank(np.concatenate([self.decoder_sentences("train")[1], [self.corpus.eot_id]]))
+
+    def plan_bank(self) -> None:
+        return None
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        _, rows = self.decoder_sentences(split)
+        if not len(rows):
+            raise LCMError(f"the {split} split has no sentences unseen in training; raise data.{split}_fraction")
+        return DataLoader(rows.tolist(), batch_size=self.batch_size, shuffle=shuffle,
+                          collate_fn=SentenceCollate(self.corpus.table, self.corpus.texts), num_workers=self.num_workers,
+                          pin_memory=torch.cuda.is_available(), persistent_workers=self.num_workers > 0)
