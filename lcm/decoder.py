@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lcm.errors import LCMError
-from lcm.model import Block, LCMConfig, RMSNorm, init_gpt_weights, rotary_tables
+from lcm.model import Block, KVCache, LCMConfig, RMSNorm, init_gpt_weights, rotary_tables
 from lcm.optim import adamw_warmup_cosine
 from lcm.tokenizer import SentenceTokenizer
 
@@ -55,25 +55,44 @@ class PrefixDecoder(nn.Module):
         """Tokens after the prefix, <bos> included."""
         return self.cfg.max_seq_len - self.n_prefix
 
-    def forward(self, emb: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    def forward(self, emb: torch.Tensor, tokens: torch.Tensor, caches: list[KVCache] | None = None) -> torch.Tensor:
         B, L = tokens.shape
         if L > self.max_tokens:
             raise ValueError(f"{L} tokens exceed the decoder's {self.max_tokens} (arch.max_seq_len - n_prefix)")
         prefix = self.prefix(emb).view(B, self.n_prefix, self.cfg.d_model)  # (B, P, d)
-        h = torch.cat([prefix, self.tok_emb(tokens)], dim=1)  # (B, P+L, d)
-        for block in self.blocks:
-            h = block(h, (self.rope_cos, self.rope_sin))
-        return self.norm(h[:, self.n_prefix:]) @ self.tok_emb.weight.T  # (B, L, V)
+        h = self._blocks(torch.cat([prefix, self.tok_emb(tokens)], dim=1), caches)  # (B, P+L, d)
+        return h[:, self.n_prefix:] @ self.tok_emb.weight.T  # (B, L, V)
+
+    def _blocks(self, h: torch.Tensor, caches: list[KVCache] | None) -> torch.Tensor:
+        for i, block in enumerate(self.blocks):
+            h = block(h, (self.rope_cos, self.rope_sin), caches[i] if caches is not None else None)
+        return self.norm(h)
+
+    def new_caches(self) -> list[KVCache]:
+        return [KVCache() for _ in self.blocks]
+
+    def next_logits(self, emb: torch.Tensor, tokens: torch.Tensor, caches: list[KVCache] | None) -> torch.Tensor:
+        """Logits (B, V) of the token after `tokens` (B, L). With KV caches (one per block, filled by the
+        previous calls), only the newest token is run through the blocks; without, the whole sequence."""
+        if caches is None:
+            return self(emb, tokens)[:, -1]
+        if caches[0].length == 0:
+            return self(emb, tokens, caches)[:, -1]  # prefill: prefix + tokens so far
+        h = self._blocks(self.tok_emb(tokens[:, -1:]), caches)  # (B, 1, d)
+        return h[:, -1] @ self.tok_emb.weight.T
 
 
 @torch.no_grad()
-def greedy_decode(net: PrefixDecoder, emb: torch.Tensor, bos: int, eos: int, max_new: int) -> list[list[int]]:
-    """emb (B, D) unit -> token ids per row (without bos/eos). Batched; each step re-runs the short prefix."""
+def greedy_decode(net: PrefixDecoder, emb: torch.Tensor, bos: int, eos: int, max_new: int,
+                  use_cache: bool = True) -> list[list[int]]:
+    """emb (B, D) unit -> token ids per row (without bos/eos). Batched; a KV cache makes each step run
+    one position (`use_cache=False` re-runs the whole sequence: the reference the cache must equal)."""
     B = emb.shape[0]
     tokens = torch.full((B, 1), bos, dtype=torch.long, device=emb.device)
     done = torch.zeros(B, dtype=torch.bool, device=emb.device)
+    caches = net.new_caches() if use_cache else None
     for _ in range(min(max_new, net.max_tokens - 1)):
-        nxt = net(emb, tokens)[:, -1].argmax(-1)  # (B,)
+        nxt = net.next_logits(emb, tokens, caches).argmax(-1)  # (B,)
         nxt = torch.where(done, torch.full_like(nxt, eos), nxt)
         tokens = torch.cat([tokens, nxt[:, None]], dim=1)
         done |= nxt == eos
@@ -84,7 +103,7 @@ def greedy_decode(net: PrefixDecoder, emb: torch.Tensor, bos: int, eos: int, max
 
 @torch.no_grad()
 def beam_decode(net: PrefixDecoder, emb: torch.Tensor, bos: int, eos: int, max_new: int, beam: int,
-                length_penalty: float = 1.0) -> list[list[list[int]]]:
+                length_penalty: float = 1.0, use_cache: bool = True) -> list[list[list[int]]]:
     """emb (B, D) unit -> per row, `beam` hypotheses (token ids) best first, ranked by
     log-probability / length**length_penalty. All rows and beams go through one forward per step."""
     B, W = emb.shape[0], beam
@@ -95,8 +114,9 @@ def beam_decode(net: PrefixDecoder, emb: torch.Tensor, bos: int, eos: int, max_n
     scores[:, 0] = 0.0  # one live beam at the start, so the first expansion has no duplicates
     lengths = torch.zeros(B, W, device=emb.device)
     done = torch.zeros(B, W, dtype=torch.bool, device=emb.device)
+    caches = net.new_caches() if use_cache else None
     for _ in range(min(max_new, net.max_tokens - 1)):
-        logp = F.log_softmax(net(emb_w, tokens)[:, -1].float(), dim=-1).view(B, W, V)
+        logp = F.log_softmax(net.next_logits(emb_w, tokens, caches).float(), dim=-1).view(B, W, V)
         # a finished beam only extends with <eos> at no cost, so it keeps its score
         frozen = torch.full((V,), float("-inf"), device=emb.device)
         frozen[eos] = 0.0
@@ -105,6 +125,8 @@ def beam_decode(net: PrefixDecoder, emb: torch.Tensor, bos: int, eos: int, max_n
         src, tok = flat // V, flat % V
         rows = (torch.arange(B, device=emb.device)[:, None] * W + src).view(-1)
         tokens = torch.cat([tokens[rows], tok.view(-1, 1)], dim=1)
+        for cache in caches or []:
+            cache.reorder(rows)
         was_done = done.gather(1, src)
         lengths = lengths.gather(1, src) + (~was_done).float()
         done = was_done | (tok == eos)

@@ -66,6 +66,27 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     return out.flatten(-2)
 
 
+class KVCache:
+    """Keys and values of one attention layer for incremental decoding. k, v: (B, H, T_seen, hd)."""
+
+    def __init__(self):
+        self.k: torch.Tensor | None = None
+        self.v: torch.Tensor | None = None
+
+    @property
+    def length(self) -> int:
+        return 0 if self.k is None else self.k.shape[2]
+
+    def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        self.k = k if self.k is None else torch.cat([self.k, k], dim=2)
+        self.v = v if self.v is None else torch.cat([self.v, v], dim=2)
+        return self.k, self.v
+
+    def reorder(self, rows: torch.Tensor) -> None:
+        """Keep batch rows `rows` (beam search: the surviving beams' histories)."""
+        self.k, self.v = self.k[rows], self.v[rows]
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, cfg: LCMConfig):
         super().__init__()
@@ -74,15 +95,24 @@ class CausalSelfAttention(nn.Module):
         self.proj = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
         self.dropout = cfg.dropout
 
-    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None,
+                cache: KVCache | None = None) -> torch.Tensor:
+        """x (B, T, C). With a cache, x holds the positions after the cached ones: either the whole
+        prompt (empty cache) or one new position."""
         B, T, C = x.shape
         q, k, v = self.qkv(x).view(B, T, 3, self.n_head, C // self.n_head).permute(2, 0, 3, 1, 4)  # 3 x (B, H, T, hd)
+        start = cache.length if cache is not None else 0
         if rope is not None:
-            cos, sin = rope[0][:T], rope[1][:T]
+            cos, sin = rope[0][start:start + T], rope[1][start:start + T]
             q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        if cache is not None:
+            if start and T != 1:
+                raise ValueError("a filled KV cache extends one position at a time")
+            k, v = cache.append(k, v)  # (B, H, start + T, hd)
         # Flash / memory-efficient kernels where available; right padding needs no extra mask.
+        # One new position attends to every cached one: no causal mask then.
         y = F.scaled_dot_product_attention(
-            q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0
+            q, k, v, is_causal=start == 0, dropout_p=self.dropout if self.training else 0.0
         )  # (B, H, T, hd)
         return self.proj(y.transpose(1, 2).reshape(B, T, C))
 
@@ -107,8 +137,8 @@ class Block(nn.Module):
         self.mlp = SwiGLU(cfg)
         self.drop = nn.Dropout(cfg.dropout)
 
-    def forward(self, x: torch.Tensor, rope) -> torch.Tensor:
-        x = x + self.drop(self.attn(self.norm1(x), rope))
+    def forward(self, x: torch.Tensor, rope, cache: KVCache | None = None) -> torch.Tensor:
+        x = x + self.drop(self.attn(self.norm1(x), rope, cache))
         return x + self.drop(self.mlp(self.norm2(x)))
 
 

@@ -81,10 +81,13 @@ def test_save_load_symmetry(decoder, tmp_path, encoder):
     assert again.decode_texts(emb, beam=3) == decoder.decode_texts(emb, beam=3)
 
 
-def test_beam_of_one_is_greedy_and_beams_are_ranked(decoder, encoder):
+def test_kv_cache_exact_beam_of_one_is_greedy_beams_distinct(decoder, encoder):
     x = unit(torch.from_numpy(encoder.encode(SENTENCES)))
     tok = decoder.tokenizer
     greedy = greedy_decode(decoder.net, x, tok.bos_id, tok.eos_id, 20)
+    assert greedy_decode(decoder.net, x, tok.bos_id, tok.eos_id, 20, use_cache=False) == greedy  # KV cache is exact
+    assert (beam_decode(decoder.net, x, tok.bos_id, tok.eos_id, 20, beam=3, use_cache=False)
+            == beam_decode(decoder.net, x, tok.bos_id, tok.eos_id, 20, beam=3))
     assert [h[0] for h in beam_decode(decoder.net, x, tok.bos_id, tok.eos_id, 20, beam=1)] == greedy
     hyps = decoder.decode_texts(encoder.encode(SENTENCES), beam=4, max_new_tokens=20)
     assert all(1 <= len(h) <= 4 and len(set(h)) == len(h) for h in hyps)  # distinct hypotheses per row
