@@ -278,19 +278,13 @@ class SentenceDecoderLM(L.LightningModule):
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str = "cpu") -> "SentenceDecoderLM":
-        from lcm.generate import load_checkpoint
+        from lcm.checkpoint import load_checkpoint, model_from_checkpoint
 
         ckpt = load_checkpoint(path)
-        meta = ckpt.get("lcm") or {}
-        if meta.get("kind") != "decoder":
+        if (ckpt.get("lcm") or {}).get("kind") != "decoder":
             raise LCMError(f"{path} is not a sentence-decoder checkpoint (train one with "
                            "`lcm fit -c train/configs/decoder_quickstart.yaml`)")
-        try:
-            model = cls(**ckpt["hyper_parameters"])
-            model.load_state_dict(ckpt["state_dict"])
-        except (RuntimeError, TypeError, ValueError) as e:
-            raise LCMError(f"decoder checkpoint {path} does not match this version of lcm-trainer "
-                           f"({type(e).__name__}: {str(e).splitlines()[0][:200]})") from e
+        model = model_from_checkpoint(cls, ckpt, path)
         model.on_load_checkpoint(ckpt)
         return model.to(device).eval()
 

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from lcm.checkpoint import load_checkpoint, model_from_checkpoint
 from lcm.concepts import DEFAULT_EOT_TEXT
 from lcm.decoding import ConceptDecoder, HybridDecoder, RetrievalDecoder
 from lcm.encoders.base import Encoder, encoder_from_config
@@ -73,20 +74,6 @@ def format_generation(gen: Generation) -> list[str]:
     return lines
 
 
-def load_checkpoint(path: str | Path) -> dict:
-    """torch.load with one clear error for a missing, truncated or foreign file."""
-    path = Path(path)
-    if not path.is_file():
-        raise LCMError(f"checkpoint {path} does not exist")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:  # noqa: BLE001 - pickle/zip errors of every kind mean the same thing here
-        raise LCMError(f"checkpoint {path} is corrupted or not a torch checkpoint ({type(e).__name__})") from e
-    if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "hyper_parameters" not in ckpt:
-        raise LCMError(f"checkpoint {path} is not an lcm-trainer checkpoint (no state_dict / hyper_parameters)")
-    return ckpt
-
-
 class ConceptGenerator:
     """Generates reasoning steps by predicting concepts and reading them out through the sentence bank.
 
@@ -139,12 +126,7 @@ class ConceptGenerator:
         meta = ckpt.get("lcm") or {}
         if not meta.get("encoder_id"):
             raise LCMError(f"checkpoint {path} has no encoder record; it was not written by `lcm fit`")
-        try:
-            model = ConceptLM(**ckpt["hyper_parameters"])
-            model.load_state_dict(ckpt["state_dict"])
-        except (RuntimeError, TypeError, ValueError) as e:
-            raise LCMError(f"checkpoint {path} does not match this version of lcm-trainer "
-                           f"({type(e).__name__}: {str(e).splitlines()[0][:200]})") from e
+        model = model_from_checkpoint(ConceptLM, ckpt, path)
         model.meta = meta
         if encoder is None:
             try:

@@ -41,17 +41,21 @@ def run_lcm(args: list[str], capsys=None) -> tuple[int, str]:
     return code, err
 
 
-@pytest.fixture(scope="session")
-def trained_run(tmp_path_factory):
-    """`lcm fit` on the quickstart config with a tiny model and 80 problems. Returns the run folder."""
-    work = tmp_path_factory.mktemp("fit")
+def fit_in(work: Path, config: str, args: list[str]) -> Path:
+    """`lcm fit -c train/configs/<config>` with runs/ and .cache/ inside `work`; returns runs/<name>/version_0."""
     cwd = os.getcwd()
-    os.chdir(work)  # runs/ and .cache/ land in the temp folder
+    os.chdir(work)
     try:
-        code, _ = run_lcm(["fit", "-c", str(CONFIGS / "quickstart.yaml"), *TINY_FIT])
+        code, _ = run_lcm(["fit", "-c", str(CONFIGS / config), *args])
     finally:
         os.chdir(cwd)
     assert code == 0
-    run = work / "runs" / "quickstart" / "version_0"
+    run = work / "runs" / Path(config).stem / "version_0"
     assert (run / "checkpoints" / "last.ckpt").is_file()
     return run
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory):
+    """`lcm fit` on the quickstart config with a tiny model and 80 problems. Returns the run folder."""
+    return fit_in(tmp_path_factory.mktemp("fit"), "quickstart.yaml", TINY_FIT)

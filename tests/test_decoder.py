@@ -1,13 +1,12 @@
 """Sentence decoder: tokenizer, `lcm fit` of a tiny real decoder, save/load symmetry, greedy/beam search,
 hybrid read-out, round-trip eval script, bad inputs."""
 import json
-import os
 
 import lightning as L
 import numpy as np
 import pytest
 import torch
-from conftest import CONFIGS, run_lcm
+from conftest import fit_in, run_lcm
 
 from lcm.decoder import SentenceDecoderLM, beam_decode, greedy_decode, unit
 from lcm.decoding import GenerativeDecoder, HybridDecoder, RetrievalDecoder, SonarDecoder
@@ -27,15 +26,7 @@ SENTENCES = ["Emma bought 3 packs of 12 forks for $4.50 each.", "So 36 - 12 = 24
 
 @pytest.fixture(scope="session")
 def decoder_run(tmp_path_factory):
-    work = tmp_path_factory.mktemp("decoder")
-    cwd = os.getcwd()
-    os.chdir(work)
-    try:
-        code, _ = run_lcm(["fit", "-c", str(CONFIGS / "decoder_quickstart.yaml"), *TINY_DECODER])
-    finally:
-        os.chdir(cwd)
-    assert code == 0
-    return work / "runs" / "decoder_quickstart" / "version_0"
+    return fit_in(tmp_path_factory.mktemp("decoder"), "decoder_quickstart.yaml", TINY_DECODER)
 
 
 @pytest.fixture(scope="session")

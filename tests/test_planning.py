@@ -1,10 +1,9 @@
 """Paragraph-level planning: segmentation edge cases, planners, sequence layout, generation with plans."""
-import os
 
 import numpy as np
 import pytest
 import torch
-from conftest import CONFIGS, TINY_FIT, run_lcm
+from conftest import CONFIGS, TINY_FIT, fit_in, run_lcm
 
 from lcm.concepts import ConceptType as C
 from lcm.errors import LCMError
@@ -98,16 +97,8 @@ def test_loss_weights():
 
 @pytest.fixture(scope="module")
 def planning_run(tmp_path_factory):
-    work = tmp_path_factory.mktemp("plan")
-    cwd = os.getcwd()
-    os.chdir(work)
-    try:
-        code, _ = run_lcm(["fit", "-c", str(CONFIGS / "quickstart_planning.yaml"), *TINY_FIT,
-                           "--data.source.init_args.n", "150", "--trainer.max_epochs", "8"])
-    finally:
-        os.chdir(cwd)
-    assert code == 0
-    return work / "runs" / "quickstart_planning" / "version_0" / "checkpoints"
+    return fit_in(tmp_path_factory.mktemp("plan"), "quickstart_planning.yaml",
+                  [*TINY_FIT, "--data.source.init_args.n", "150", "--trainer.max_epochs", "8"]) / "checkpoints"
 
 
 def test_planning_generation_and_supplied_plans(planning_run):

@@ -31,7 +31,7 @@ class LCMCLI(LightningCLI):
         subcommand = self.config.get("subcommand")
         ckpt = self.config[subcommand].get("ckpt_path") if subcommand else None
         if ckpt and ckpt not in _CKPT_ALIASES and not str(ckpt).startswith("registry:"):
-            from lcm.generate import load_checkpoint
+            from lcm.checkpoint import load_checkpoint
 
             load_checkpoint(ckpt)
 
