@@ -74,6 +74,20 @@ def format_generation(gen: Generation) -> list[str]:
     return lines
 
 
+def concept_model_class(meta: dict) -> type[ConceptLM]:
+    """The LightningModule class a checkpoint was written by (Base-LCM when it does not say)."""
+    import importlib
+
+    module, _, name = meta.get("model_class", "lcm.module.ConceptLM").rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as e:
+        raise LCMError(f"checkpoint names a model class {meta.get('model_class')!r} this install does not have") from e
+    if not (isinstance(cls, type) and issubclass(cls, ConceptLM)):
+        raise LCMError(f"checkpoint model class {meta.get('model_class')!r} is not a concept model")
+    return cls
+
+
 class ConceptGenerator:
     """Generates reasoning steps by predicting concepts and reading them out through the sentence bank.
 
@@ -126,7 +140,7 @@ class ConceptGenerator:
         meta = ckpt.get("lcm") or {}
         if not meta.get("encoder_id"):
             raise LCMError(f"checkpoint {path} has no encoder record; it was not written by `lcm fit`")
-        model = model_from_checkpoint(ConceptLM, ckpt, path)
+        model = model_from_checkpoint(concept_model_class(meta), ckpt, path)
         model.meta = meta
         if encoder is None:
             try:
@@ -159,8 +173,12 @@ class ConceptGenerator:
     def generate(self, problems: str | list[str], max_steps: int = 16, eot_threshold: float = 0.9,
                  feedback: Literal["decoded", "predicted", "retrieved"] = "decoded", stop_on_repeat: bool = True,
                  plans: list[str] | list[list[str]] | None = None, break_threshold: float = 0.9,
-                 max_paragraph_steps: int = 9) -> Generation | list[Generation]:
+                 max_paragraph_steps: int = 9, num_samples: int = 1, seed: int | None = None, noise: float = 0.0,
+                 guidance: float | None = None, diffusion_steps: int | None = None):
         """Generate steps for one problem (returns a `Generation`) or a batch (returns a list).
+
+        With `num_samples=k > 1`, k sampled reasoning paths per problem: a list of k `Generation`s for one
+        problem, a list of such lists for a batch. All samples of all problems share one forward per step.
 
         Args:
             max_steps: cap on generated steps (plans included) per problem.
@@ -173,7 +191,14 @@ class ConceptGenerator:
                 problem, or one list per problem.
             break_threshold: planning: cosine to the break concept at which the paragraph ends.
             max_paragraph_steps: planning: steps after which a break is forced (counted in `breaks_forced`).
+            num_samples: sampled paths per problem (see above).
+            seed: seed of all sampling noise (same call + same seed = same output); None = fresh noise.
+            noise: Base-LCM only: sample by adding N(0, noise^2) to each prediction in normalized space (Base-LCM
+                is otherwise deterministic: its k samples are then identical).
+            guidance, diffusion_steps: diffusion models only: override the checkpoint's guidance scale / DDIM steps.
         """
+        if num_samples < 1:
+            raise LCMError(f"num_samples must be >= 1, not {num_samples}")
         single = isinstance(problems, str)
         problems = [problems] if single else list(problems)
         if not problems:
@@ -188,6 +213,12 @@ class ConceptGenerator:
         chunks = list(torch.split(emb, [len(p) for p in prompts] + [len(ps) for ps in plan_lists]))
         seqs = [list(c) for c in chunks[: len(prompts)]]
         plan_vecs = [list(c) for c in chunks[len(prompts):]]
+        n_problems, k = len(problems), num_samples
+        if k > 1:  # every sample is a row of the same batch
+            problems, plan_lists = [p for p in problems for _ in range(k)], [p for p in plan_lists for _ in range(k)]
+            seqs, plan_vecs = [list(x) for x in seqs for _ in range(k)], [x for x in plan_vecs for _ in range(k)]
+        generator = torch.Generator().manual_seed(seed) if seed is not None else None
+        sampling = {"noise": noise, "guidance": guidance, "steps": diffusion_steps}
         max_len = self.model.arch.max_seq_len
         if max(len(s) for s in seqs) >= max_len:
             raise LCMError(f"problem has more sentences than the model's context ({max_len} concepts)")
@@ -199,7 +230,7 @@ class ConceptGenerator:
         if feedback not in ("decoded", "retrieved", "predicted"):
             raise LCMError(f"feedback must be 'decoded' or 'predicted', not {feedback!r}")
         while active:
-            preds = self._next_concepts([seqs[i] for i in active])  # (A, D)
+            preds = self._next_concepts([seqs[i] for i in active], generator, sampling)  # (A, D)
             eot_cos = F.cosine_similarity(preds, eot.expand_as(preds), dim=-1).cpu().numpy()
             brk_cos = F.cosine_similarity(preds, brk.expand_as(preds), dim=-1).cpu().numpy()
             pred_np = preds.cpu().numpy()
@@ -257,6 +288,9 @@ class ConceptGenerator:
                 seqs[i].append(self._feedback(pred_np[j], d.embedding, feedback))
                 advance(i)
             active = sorted(still)
+        if k > 1:
+            grouped = [results[i * k:(i + 1) * k] for i in range(n_problems)]
+            return grouped[0] if single else grouped
         return results[0] if single else results
 
     @staticmethod
@@ -277,11 +311,12 @@ class ConceptGenerator:
                            f"({n} problems)")
         return lists
 
-    def _next_concepts(self, seqs: list[list[torch.Tensor]]) -> torch.Tensor:
-        """Right-padded batch forward; returns the prediction after each sequence's last concept. (A, D)"""
+    def _next_concepts(self, seqs: list[list[torch.Tensor]], generator: torch.Generator | None = None,
+                       sampling: dict | None = None) -> torch.Tensor:
+        """Right-padded batch; the model's (possibly sampled) concept after each sequence's last one. (A, D)"""
         lengths = torch.tensor([len(s) for s in seqs])
         x = torch.zeros(len(seqs), int(lengths.max()), self.model.arch.embed_dim)
         for b, s in enumerate(seqs):
             x[b, : len(s)] = torch.stack(s)
-        pred = self.model(x.to(self.device))  # (A, T, D) raw
-        return pred[torch.arange(len(seqs)), lengths.to(self.device) - 1].float()
+        return self.model.next_concept(x.to(self.device), lengths, generator,
+                                       **{k: v for k, v in (sampling or {}).items() if v is not None})

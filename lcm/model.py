@@ -157,16 +157,19 @@ def init_gpt_weights(module: nn.Module, n_layer: int) -> None:
 
 
 class BaseLCM(nn.Module):
-    """Maps a sequence of normalized concepts (B, T, D) to next-concept predictions (B, T, D)."""
+    """Maps a sequence of normalized concepts (B, T, D) to next-concept predictions (B, T, D).
 
-    def __init__(self, cfg: LCMConfig):
+    `output=False` leaves out the output projection: the trunk alone (the diffusion model's contextualizer).
+    """
+
+    def __init__(self, cfg: LCMConfig, output: bool = True):
         super().__init__()
         self.cfg = cfg
         self.in_proj = nn.Linear(cfg.embed_dim, cfg.d_model)
         self.pos_emb = nn.Embedding(cfg.max_seq_len, cfg.d_model) if cfg.positions == "learned" else None
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
         self.norm = RMSNorm(cfg.d_model)
-        self.out_proj = nn.Linear(cfg.d_model, cfg.embed_dim)
+        self.out_proj = nn.Linear(cfg.d_model, cfg.embed_dim) if output else None
         if cfg.positions == "rope":
             cos, sin = rotary_tables(cfg.d_model // cfg.n_head, cfg.max_seq_len, cfg.rope_base)
             self.register_buffer("rope_cos", cos, persistent=False)

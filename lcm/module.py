@@ -47,7 +47,8 @@ class ConceptLM(L.LightningModule):
             arch = LCMConfig(**arch)
         self.save_hyperparameters({"arch": asdict(arch), "lr": lr, "weight_decay": weight_decay, "betas": tuple(betas),
                                    "warmup_steps": warmup_steps, "min_lr_ratio": min_lr_ratio,
-                                   "loss_weights": dict(loss_weights or {}), "boundary_threshold": boundary_threshold})
+                                   "loss_weights": dict(loss_weights or {}), "boundary_threshold": boundary_threshold,
+                                   **self.extra_hparams()})
         unknown = set(loss_weights or {}) - {TYPE_NAMES[t] for t in TARGET_TYPES}
         if unknown:
             raise LCMError(f"loss_weights has unknown position types {sorted(unknown)}; use step, eot, plan, break")
@@ -56,13 +57,21 @@ class ConceptLM(L.LightningModule):
             weights[int(t)] = float((loss_weights or {}).get(TYPE_NAMES[t], 1.0))
         self.register_buffer("type_weights", weights, persistent=False)
         self.arch = arch
-        self.net = BaseLCM(arch)
+        self.net = self.build_net(arch)
         self.normalizer = RobustScaler(arch.embed_dim)
         self.register_buffer("mean_target", torch.zeros(arch.embed_dim))  # mean-embedding baseline
         self.register_buffer("eot_embedding", torch.zeros(arch.embed_dim))
         self.register_buffer("break_embedding", torch.zeros(arch.embed_dim))  # planning only
         self.meta: dict = {}  # encoder config / id and end-of-text text: what generation needs to rebuild inputs
         self._val_index = None
+
+    def build_net(self, arch: LCMConfig) -> torch.nn.Module:
+        """The network: (B, T, D) normalized concepts -> next-concept predictions. Subclasses swap it."""
+        return BaseLCM(arch)
+
+    def extra_hparams(self) -> dict:
+        """Subclass arguments to store in checkpoints next to the shared ones."""
+        return {}
 
     # ---- wiring to the data ----------------------------------------------------------------------
     def setup(self, stage: str) -> None:
@@ -85,7 +94,8 @@ class ConceptLM(L.LightningModule):
                          "break_text": getattr(dm, "break_text", None)}
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["lcm"] = dict(self.meta)
+        # the class travels with the checkpoint: generation rebuilds Base-LCM or a diffusion LCM alike
+        checkpoint["lcm"] = dict(self.meta, model_class=f"{type(self).__module__}.{type(self).__qualname__}")
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         meta = checkpoint.get("lcm") or {}
@@ -122,6 +132,20 @@ class ConceptLM(L.LightningModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Raw concepts (B, T, D) -> raw next-concept predictions (B, T, D)."""
         return self.normalizer.denormalize(self.net(self.normalizer.normalize(x)))
+
+    def next_concept(self, x: torch.Tensor, lengths: torch.Tensor, generator: torch.Generator | None = None,
+                     noise: float = 0.0, **sampling) -> torch.Tensor:
+        """Prediction after each sequence's last concept: x (A, T, D) raw, right-padded; lengths (A,) -> (A, D) raw.
+
+        Base-LCM is deterministic; `noise` > 0 samples from it by adding N(0, noise^2) to the prediction in
+        normalized space (each dimension in units of its robust scale). `sampling` is for diffusion models."""
+        pred = self.net(self.normalizer.normalize(x))  # (A, T, D) normalized
+        pred = pred[torch.arange(len(x), device=x.device), lengths.to(x.device) - 1].float()  # (A, D)
+        if noise > 0:
+            from lcm.diffusion import randn_like
+
+            pred = pred + noise * randn_like(pred, generator)
+        return self.normalizer.denormalize(pred)
 
     def _predict(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         xn = self.normalizer.normalize(batch["x"])  # (B, T, D)

@@ -3,6 +3,7 @@ import pytest
 from conftest import CONFIGS
 
 from lcm.decoder import SentenceDecoderLM
+from lcm.diffusion import DiffusionLCM
 from lcm.model import LCMConfig
 from lcm.module import ConceptLM
 from lcm.train import ConceptDataModule, SentenceDataModule
@@ -12,7 +13,8 @@ SHIPPED = sorted(CONFIGS.glob("*.yaml"))
 
 
 def test_configs_are_shipped():
-    assert {p.name for p in SHIPPED} >= {"quickstart.yaml", "jsonl_example.yaml", "decoder_quickstart.yaml"}
+    assert {p.name for p in SHIPPED} >= {"quickstart.yaml", "jsonl_example.yaml", "decoder_quickstart.yaml",
+                                          "quickstart_diffusion.yaml"}
 
 
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
@@ -24,7 +26,8 @@ def test_config_instantiates(path, monkeypatch):
     if path.name.startswith("decoder"):  # model chosen in the YAML
         assert isinstance(cli.model, SentenceDecoderLM) and isinstance(cli.datamodule, SentenceDataModule)
     else:
-        assert type(cli.model) is ConceptLM and type(cli.datamodule) is ConceptDataModule
+        expected = DiffusionLCM if "diffusion" in path.name else ConceptLM
+        assert type(cli.model) is expected and type(cli.datamodule) is ConceptDataModule
         assert any(type(c).__name__ == "GenerationPreview" for c in cli.trainer.callbacks)
 
 

@@ -1,0 +1,276 @@
+"""Two-tower diffusion LCM: a causal contextualizer over the concept sequence, and a denoiser that turns a
+noisy next concept into a clean one while cross-attending to the context (LCM paper, section 2.3).
+
+- Contextualizer: the Base-LCM trunk (`BaseLCM(output=False)`) over normalized concepts ≤ t.
+- Denoiser: per position, input projection of the noisy concept x_τ, timestep τ (sinusoidal -> MLP)
+  applied by AdaLN-Zero modulation in every block (DiT), cross-attention to the contextualizer outputs
+  with a causal mask (denoiser position t, which denoises concept t+1, sees contexts 0..t) plus a
+  learned null context that every position can always see, then SwiGLU. Predicts the clean x0.
+- Training: x_τ = sqrt(ᾱ_τ) x0 + sqrt(1 - ᾱ_τ) ε with τ uniform; MSE on x0 at target positions. A share
+  `cfg_dropout` of positions sees only the null context (classifier-free guidance).
+- Sampling: DDIM over `steps` evenly spaced timesteps from an initial noise of scale `init_noise`, with
+  guidance x0 = x0_u + g (x0_c - x0_u) and rescale φ (Lin et al. 2024): mix of the guided x0 rescaled to the
+  conditional's std and the guided x0.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Callable, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lcm.errors import LCMError
+from lcm.model import BaseLCM, LCMConfig, SwiGLU, init_gpt_weights
+from lcm.module import ConceptLM, target_mask
+
+
+@dataclass
+class DiffusionConfig:
+    """Diffusion process and sampling defaults (the LCM paper's: 40 steps, noise 0.6, guidance 3, rescale 0.7)."""
+
+    denoiser_layers: int = 2
+    timesteps: int = 100  # training noise levels
+    schedule: Literal["cosine", "sigmoid"] = "cosine"
+    cfg_dropout: float = 0.15  # share of training positions that see no context
+    steps: int = 40  # DDIM steps at inference
+    init_noise: float = 0.6  # scale of the starting noise
+    guidance: float = 3.0  # classifier-free guidance scale; 1 = off
+    guidance_rescale: float = 0.7
+    eta: float = 0.0  # 0 = deterministic DDIM given the starting noise
+
+    def __post_init__(self) -> None:
+        if self.timesteps < 2 or not 1 <= self.steps <= self.timesteps:
+            raise ValueError(f"need timesteps >= 2 and 1 <= steps <= timesteps (got {self.timesteps}, {self.steps})")
+        if not 0 <= self.cfg_dropout < 1 or self.guidance < 0 or not 0 <= self.guidance_rescale <= 1:
+            raise ValueError("cfg_dropout must be in [0, 1), guidance >= 0, guidance_rescale in [0, 1]")
+
+
+# ---- noise schedules ----------------------------------------------------------------------------
+def _cosine(t: torch.Tensor, s: float = 0.008) -> torch.Tensor:
+    return torch.cos((t + s) / (1 + s) * math.pi / 2) ** 2
+
+
+def _sigmoid(t: torch.Tensor, start: float = -3.0, end: float = 3.0, tau: float = 1.0) -> torch.Tensor:
+    lo, hi = torch.sigmoid(torch.tensor(start / tau, dtype=t.dtype)), torch.sigmoid(torch.tensor(end / tau, dtype=t.dtype))
+    return (hi - torch.sigmoid((t * (end - start) + start) / tau)) / (hi - lo)
+
+
+def alphas_cumprod(schedule: str, timesteps: int) -> torch.Tensor:
+    """ᾱ_τ for τ = 0..T-1 (T,), strictly decreasing from ~1: betas = 1 - ᾱ(τ+1)/ᾱ(τ) clipped at 0.999."""
+    curves = {"cosine": _cosine, "sigmoid": _sigmoid}
+    if schedule not in curves:
+        raise LCMError(f"unknown noise schedule {schedule!r}; use one of {sorted(curves)}")
+    t = torch.linspace(0, 1, timesteps + 1, dtype=torch.float64)
+    abar = curves[schedule](t)
+    betas = (1 - abar[1:] / abar[:-1]).clamp(1e-8, 0.999)
+    return torch.cumprod(1 - betas, dim=0).float()
+
+
+def ddim_timesteps(timesteps: int, steps: int) -> list[int]:
+    """`steps` noise levels evenly spaced from T-1 down to 0 (distinct, descending)."""
+    return sorted({round(x) for x in torch.linspace(timesteps - 1, 0, steps).tolist()}, reverse=True)
+
+
+def ddim(denoise: Callable[[torch.Tensor, int], torch.Tensor], x: torch.Tensor, abar: torch.Tensor, taus: list[int],
+         eta: float = 0.0, generator: torch.Generator | None = None) -> torch.Tensor:
+    """DDIM with an x0-predicting `denoise(x_τ, τ)`; x: starting noise (..., D). Returns the clean sample."""
+    for i, tau in enumerate(taus):
+        x0 = denoise(x, tau)
+        a = abar[tau]
+        a_prev = abar[taus[i + 1]] if i + 1 < len(taus) else torch.ones_like(a)
+        eps = (x - a.sqrt() * x0) / (1 - a).sqrt()
+        sigma = eta * ((1 - a_prev) / (1 - a)).sqrt() * (1 - a / a_prev).sqrt()
+        x = a_prev.sqrt() * x0 + (1 - a_prev - sigma**2).clamp_min(0).sqrt() * eps
+        if eta > 0 and i + 1 < len(taus):
+            x = x + sigma * randn_like(x, generator)
+    return x
+
+
+def guide(x0_cond: torch.Tensor, x0_uncond: torch.Tensor, scale: float, rescale: float) -> torch.Tensor:
+    """Classifier-free guidance with std rescaling. scale 1 returns the conditional prediction exactly."""
+    if scale == 1.0:
+        return x0_cond
+    g = x0_uncond + scale * (x0_cond - x0_uncond)
+    if rescale > 0:
+        ratio = x0_cond.std(-1, keepdim=True) / g.std(-1, keepdim=True).clamp_min(1e-8)
+        g = rescale * g * ratio + (1 - rescale) * g
+    return g
+
+
+def randn_like(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """Normal noise drawn from `generator` on its own device (CPU generators give the same numbers on any device)."""
+    device = generator.device if generator is not None else x.device
+    return torch.randn(x.shape, generator=generator, device=device, dtype=x.dtype).to(x.device)
+
+
+# ---- denoiser -----------------------------------------------------------------------------------
+def timestep_embedding(tau: torch.Tensor, dim: int) -> torch.Tensor:
+    """Sinusoidal embedding of integer noise levels (...,) -> (..., dim)."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(10000.0) * torch.arange(half, device=tau.device).float() / half)
+    angles = tau.float()[..., None] * freqs
+    return torch.cat([angles.cos(), angles.sin()], dim=-1)
+
+
+class DenoiserBlock(nn.Module):
+    """AdaLN(τ) -> cross-attention to the context -> gate; AdaLN(τ) -> SwiGLU -> gate (AdaLN-Zero)."""
+
+    def __init__(self, cfg: LCMConfig):
+        super().__init__()
+        d = cfg.d_model
+        self.n_head = cfg.n_head
+        self.norm1 = nn.LayerNorm(d, elementwise_affine=False)
+        self.q = nn.Linear(d, d, bias=False)
+        self.kv = nn.Linear(d, 2 * d, bias=False)
+        self.proj = nn.Linear(d, d, bias=False)
+        self.norm2 = nn.LayerNorm(d, elementwise_affine=False)
+        self.mlp = SwiGLU(cfg)
+        self.modulation = nn.Linear(d, 6 * d)
+
+    def forward(self, x: torch.Tensor, temb: torch.Tensor, ctx: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """x, temb (B, Q, d); ctx (B, S, d); mask (B, 1, Q, S) bool, True = may attend."""
+        B, Q, d = x.shape
+        shift1, scale1, gate1, shift2, scale2, gate2 = self.modulation(F.silu(temb)).chunk(6, dim=-1)
+        h = self.norm1(x) * (1 + scale1) + shift1
+        q = self.q(h).view(B, Q, self.n_head, d // self.n_head).transpose(1, 2)  # (B, H, Q, hd)
+        k, v = self.kv(ctx).view(B, ctx.shape[1], 2, self.n_head, d // self.n_head).permute(2, 0, 3, 1, 4)  # (B, H, S, hd)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, H, Q, hd)
+        x = x + gate1 * self.proj(y.transpose(1, 2).reshape(B, Q, d))
+        return x + gate2 * self.mlp(self.norm2(x) * (1 + scale2) + shift2)
+
+
+class TwoTowerLCM(nn.Module):
+    """contextualizer(concepts ≤ t) + denoiser(x_τ of concept t+1, τ) -> x0 of concept t+1."""
+
+    def __init__(self, cfg: LCMConfig, diffusion: DiffusionConfig):
+        super().__init__()
+        self.cfg, self.diffusion = cfg, diffusion
+        d = cfg.d_model
+        self.context = BaseLCM(cfg, output=False)
+        self.null_context = nn.Parameter(torch.zeros(1, 1, d))
+        self.in_proj = nn.Linear(cfg.embed_dim, d)
+        self.time_mlp = nn.Sequential(nn.Linear(d, d), nn.SiLU(), nn.Linear(d, d))
+        self.blocks = nn.ModuleList(DenoiserBlock(cfg) for _ in range(diffusion.denoiser_layers))
+        self.final_norm = nn.LayerNorm(d, elementwise_affine=False)
+        self.final_modulation = nn.Linear(d, 2 * d)
+        self.out_proj = nn.Linear(d, cfg.embed_dim)
+        init_gpt_weights(self.blocks, diffusion.denoiser_layers)
+        for m in (*[b.modulation for b in self.blocks], self.final_modulation):  # AdaLN-Zero: blocks start as identity
+            nn.init.zeros_(m.weight)
+            nn.init.zeros_(m.bias)
+        nn.init.normal_(self.null_context, std=0.02)
+        self.register_buffer("abar", alphas_cumprod(diffusion.schedule, diffusion.timesteps), persistent=False)
+
+    def denoise(self, ctx: torch.Tensor, x_tau: torch.Tensor, tau: torch.Tensor, qpos: torch.Tensor,
+                keep: torch.Tensor | None) -> torch.Tensor:
+        """ctx (B, T, d) contextualizer outputs; x_tau (B, Q, D) noisy concepts; tau (B, Q) noise levels;
+        qpos (B, Q): the context position each query follows (it sees ctx[0..qpos]); keep (B, Q) bool:
+        False = this query sees only the null context (None = all keep). Returns x0 estimates (B, Q, D)."""
+        B, T, d = ctx.shape
+        kv = torch.cat([self.null_context.expand(B, 1, d).to(ctx.dtype), ctx], dim=1)  # (B, 1+T, d)
+        visible = torch.arange(T, device=ctx.device)[None, None, :] <= qpos[..., None]  # (B, Q, T)
+        if keep is not None:
+            visible = visible & keep[..., None]
+        mask = torch.cat([torch.ones_like(visible[..., :1]), visible], dim=-1)[:, None]  # (B, 1, Q, 1+T)
+        temb = self.time_mlp(timestep_embedding(tau, d).to(ctx.dtype))  # (B, Q, d)
+        h = self.in_proj(x_tau)
+        for block in self.blocks:
+            h = block(h, temb, kv, mask)
+        shift, scale = self.final_modulation(F.silu(temb)).chunk(2, dim=-1)
+        return self.out_proj(self.final_norm(h) * (1 + scale) + shift)
+
+    def guided(self, ctx: torch.Tensor, x_tau: torch.Tensor, tau: torch.Tensor, qpos: torch.Tensor,
+               scale: float, rescale: float) -> torch.Tensor:
+        """x0 with classifier-free guidance: conditional and unconditional passes in one batched forward."""
+        if scale == 1.0:
+            return self.denoise(ctx, x_tau, tau, qpos, None)
+        keep = torch.cat([torch.ones_like(qpos, dtype=torch.bool), torch.zeros_like(qpos, dtype=torch.bool)])
+        both = self.denoise(torch.cat([ctx, ctx]), torch.cat([x_tau, x_tau]), torch.cat([tau, tau]),
+                            torch.cat([qpos, qpos]), keep)
+        cond, uncond = both.chunk(2)
+        return guide(cond, uncond, scale, rescale)
+
+    def sample(self, ctx: torch.Tensor, qpos: torch.Tensor, generator: torch.Generator | None = None,
+               **overrides) -> torch.Tensor:
+        """Clean next concepts after context positions qpos (B, Q) -> (B, Q, D), by DDIM. `overrides`:
+        steps, init_noise, guidance, guidance_rescale, eta (default: the config's)."""
+        cfg = DiffusionConfig(**{**asdict(self.diffusion), **{k: v for k, v in overrides.items() if v is not None}})
+        B, Q = qpos.shape
+        x = cfg.init_noise * randn_like(ctx.new_empty(B, Q, self.cfg.embed_dim).float(), generator)
+        taus = ddim_timesteps(cfg.timesteps, cfg.steps)
+
+        def denoise(x_tau: torch.Tensor, tau: int) -> torch.Tensor:
+            levels = torch.full_like(qpos, tau)
+            return self.guided(ctx, x_tau.to(ctx.dtype), levels, qpos, cfg.guidance, cfg.guidance_rescale).float()
+
+        return ddim(denoise, x, self.abar, taus, cfg.eta, generator)
+
+
+class DiffusionLCM(ConceptLM):
+    """Two-tower diffusion LCM, trained and used like Base-LCM (`model: {class_path: lcm.diffusion.DiffusionLCM}`).
+
+    Args:
+        arch: contextualizer shape (its d_model / n_head / dropout also shape the denoiser).
+        diffusion: denoiser depth, noise schedule, CFG dropout and the sampling defaults.
+        eval_seed: seed of the noise used for validation / test samples (scores are reproducible).
+        Other arguments as `ConceptLM`.
+    """
+
+    def __init__(self, arch: LCMConfig = LCMConfig(), diffusion: DiffusionConfig = DiffusionConfig(),
+                 lr: float = 1e-3, weight_decay: float = 0.1, betas: tuple[float, float] = (0.9, 0.95),
+                 warmup_steps: int = 100, min_lr_ratio: float = 0.1, loss_weights: dict[str, float] | None = None,
+                 boundary_threshold: float = 0.9, eval_seed: int = 0):
+        if isinstance(diffusion, dict):  # from a checkpoint's hyperparameters
+            diffusion = DiffusionConfig(**diffusion)
+        self.diffusion, self.eval_seed = diffusion, eval_seed  # read by build_net / extra_hparams below
+        super().__init__(arch, lr=lr, weight_decay=weight_decay, betas=betas, warmup_steps=warmup_steps,
+                         min_lr_ratio=min_lr_ratio, loss_weights=loss_weights, boundary_threshold=boundary_threshold)
+
+    def extra_hparams(self) -> dict:
+        return {"diffusion": asdict(self.diffusion), "eval_seed": self.eval_seed}
+
+    def build_net(self, arch: LCMConfig) -> nn.Module:
+        return TwoTowerLCM(arch, self.diffusion)
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        xn = self.normalizer.normalize(batch["x"])  # (B, T, D)
+        ctx = self.net.context.hidden_states(xn[:, :-1])  # (B, T-1, d)
+        x0 = xn[:, 1:]
+        B, T = x0.shape[:2]
+        tau = torch.randint(0, self.diffusion.timesteps, (B, T), device=x0.device)
+        a = self.net.abar[tau][..., None]  # (B, T, 1)
+        x_tau = a.sqrt() * x0 + (1 - a).sqrt() * torch.randn_like(x0)
+        keep = torch.rand(B, T, device=x0.device) >= self.diffusion.cfg_dropout
+        qpos = torch.arange(T, device=x0.device).expand(B, T)
+        pred = self.net.denoise(ctx, x_tau, tau, qpos, keep)
+        loss = self._loss(pred, x0, batch["types"])
+        self.log("train/loss", loss, prog_bar=True, batch_size=B)
+        return loss
+
+    def _sample_all(self, xn: torch.Tensor) -> torch.Tensor:
+        """Normalized concepts (B, T, D) -> a sampled next concept after every position (B, T, D), with the
+        inference settings and the fixed `eval_seed` (teacher-forced scores are reproducible)."""
+        ctx = self.net.context.hidden_states(xn)
+        B, T = ctx.shape[:2]
+        generator = torch.Generator().manual_seed(self.eval_seed)
+        return self.net.sample(ctx, torch.arange(T, device=ctx.device).expand(B, T), generator)
+
+    def _predict(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        xn = self.normalizer.normalize(batch["x"])
+        return self._sample_all(xn[:, :-1]), xn[:, 1:], target_mask(batch["types"])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Raw concepts (B, T, D) -> a sampled raw next concept after every position (B, T, D)."""
+        return self.normalizer.denormalize(self._sample_all(self.normalizer.normalize(x)))
+
+    def next_concept(self, x: torch.Tensor, lengths: torch.Tensor, generator: torch.Generator | None = None,
+                     noise: float = 0.0, **sampling) -> torch.Tensor:
+        """Sampled next concept after each sequence's last position. x (A, T, D) raw -> (A, D) raw.
+        `sampling`: steps, init_noise, guidance, guidance_rescale, eta overrides; `noise` is not used."""
+        xn = self.normalizer.normalize(x)
+        ctx = self.net.context.hidden_states(xn)  # (A, T, d)
+        pred = self.net.sample(ctx, (lengths - 1)[:, None].to(ctx.device), generator, **sampling)[:, 0]  # (A, D)
+        return self.normalizer.denormalize(pred).float()

@@ -1,0 +1,141 @@
+"""Two-tower diffusion LCM: schedule maths, DDIM, guidance, causal context, sampling API, checkpoints."""
+import numpy as np
+import pytest
+import torch
+from conftest import TINY_FIT, fit_in
+
+from lcm.diffusion import (
+    DiffusionConfig,
+    DiffusionLCM,
+    TwoTowerLCM,
+    alphas_cumprod,
+    ddim,
+    ddim_timesteps,
+    guide,
+)
+from lcm.errors import LCMError
+from lcm.generate import ConceptGenerator
+from lcm.model import LCMConfig
+
+TINY_DIFFUSION = [a.replace("--model.", "--model.init_args.") for a in TINY_FIT] + [
+    "--model.init_args.diffusion.denoiser_layers", "1", "--model.init_args.diffusion.steps", "5"]
+PROBLEM = "Tom has 12 apples. He gives 5 to Ann. How many apples does Tom have left?"
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "sigmoid"])
+def test_schedules_decrease_from_one_to_near_zero(schedule):
+    abar = alphas_cumprod(schedule, 100)
+    assert abar.shape == (100,) and bool((abar[1:] < abar[:-1]).all())
+    assert 0.99 < abar[0] <= 1 and 0 < abar[-1] < 0.01
+    with pytest.raises(LCMError, match="unknown noise schedule"):
+        alphas_cumprod("linear-ish", 100)
+
+
+def test_ddim_timesteps():
+    assert ddim_timesteps(100, 1) == [99] and ddim_timesteps(100, 100) == list(range(99, -1, -1))
+    steps = ddim_timesteps(100, 40)
+    assert len(steps) == 40 and steps[0] == 99 and steps[-1] == 0 and steps == sorted(set(steps), reverse=True)
+
+
+@pytest.mark.parametrize("steps", [1, 100])
+@pytest.mark.parametrize("eta", [0.0, 1.0])
+def test_ddim_returns_the_denoisers_clean_sample(steps, eta):
+    abar = alphas_cumprod("cosine", 100)
+    x0 = torch.randn(3, 8)
+    taus = ddim_timesteps(100, steps)
+    # a perfect denoiser: whatever the noise level, the clean sample is x0
+    out = ddim(lambda x, tau: x0, torch.randn(3, 8), abar, taus, eta, torch.Generator().manual_seed(0))
+    assert torch.allclose(out, x0, atol=1e-5)
+    # the implied noise of one DDIM step from q(x_tau | x0) is exactly the noise that was added
+    eps, tau = torch.randn(3, 8), taus[0]
+    x_tau = abar[tau].sqrt() * x0 + (1 - abar[tau]).sqrt() * eps
+    assert torch.allclose((x_tau - abar[tau].sqrt() * x0) / (1 - abar[tau]).sqrt(), eps, atol=1e-5)
+
+
+def test_guidance_scale_one_is_the_conditional_and_rescale_matches_std():
+    c, u = torch.randn(4, 16), torch.randn(4, 16)
+    assert torch.equal(guide(c, u, 1.0, 0.7), c)
+    assert torch.allclose(guide(c, u, 3.0, 0.0), u + 3 * (c - u))
+    assert torch.allclose(guide(c, u, 3.0, 1.0).std(-1), c.std(-1), atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def net():
+    torch.manual_seed(0)
+    cfg = LCMConfig(embed_dim=12, d_model=16, n_layer=2, n_head=2, max_seq_len=16, dropout=0.0)
+    model = TwoTowerLCM(cfg, DiffusionConfig(denoiser_layers=2, steps=4)).eval()
+    for p in model.parameters():  # AdaLN-Zero starts as identity: perturb so the tests see real attention
+        p.data.add_(0.05 * torch.randn_like(p))
+    return model
+
+
+def test_denoiser_shapes_and_causal_context(net):
+    x = torch.randn(2, 6, 12)
+    ctx = net.context.hidden_states(x)
+    assert ctx.shape == (2, 6, 16)
+    qpos = torch.tensor([[1, 3], [0, 5]])
+    x_tau, tau = torch.randn(2, 2, 12), torch.tensor([[10, 50], [99, 0]])
+    out = net.denoise(ctx, x_tau, tau, qpos, None)
+    assert out.shape == (2, 2, 12)
+    later = x.clone()
+    later[:, 4:] = torch.randn(2, 2, 12)  # concepts after position 3: invisible to queries at 1 and 3 (row 0)
+    out2 = net.denoise(net.context.hidden_states(later), x_tau, tau, qpos, None)
+    assert torch.allclose(out[0], out2[0], atol=1e-6) and not torch.allclose(out[1, 1], out2[1, 1])
+    dropped = torch.zeros(2, 2, dtype=torch.bool)  # classifier-free: no context at all
+    other = net.context.hidden_states(torch.randn(2, 6, 12))
+    assert torch.allclose(net.denoise(ctx, x_tau, tau, qpos, dropped), net.denoise(other, x_tau, tau, qpos, dropped),
+                          atol=1e-6)
+
+
+def test_cfg_off_equals_guidance_one_and_sampling_is_seeded(net):
+    ctx = net.context.hidden_states(torch.randn(3, 5, 12))
+    qpos = torch.tensor([[4], [2], [0]])
+    x_tau, tau = torch.randn(3, 1, 12), torch.full((3, 1), 30)
+    assert torch.equal(net.guided(ctx, x_tau, tau, qpos, 1.0, 0.7), net.denoise(ctx, x_tau, tau, qpos, None))
+    a = net.sample(ctx, qpos, torch.Generator().manual_seed(1), guidance=1.0)
+    b = ddim(lambda x, t: net.denoise(ctx, x, torch.full_like(qpos, t), qpos, None),
+             0.6 * torch.randn(3, 1, 12, generator=torch.Generator().manual_seed(1)), net.abar, ddim_timesteps(100, 4))
+    assert a.shape == (3, 1, 12) and torch.allclose(a, b, atol=1e-6)
+    again = net.sample(ctx, qpos, torch.Generator().manual_seed(1), guidance=1.0)
+    other = net.sample(ctx, qpos, torch.Generator().manual_seed(2), guidance=1.0)
+    assert torch.equal(a, again) and not torch.allclose(a, other)
+
+
+@pytest.fixture(scope="module")
+def diffusion_run(tmp_path_factory):
+    return fit_in(tmp_path_factory.mktemp("diffusion"), "quickstart_diffusion.yaml", TINY_DIFFUSION)
+
+
+def test_diffusion_checkpoint_round_trip_and_k_samples(diffusion_run):
+    ckpt = torch.load(diffusion_run / "checkpoints" / "last.ckpt", weights_only=False)
+    assert ckpt["lcm"]["model_class"] == "lcm.diffusion.DiffusionLCM"
+    assert ckpt["hyper_parameters"]["diffusion"]["steps"] == 5
+    assert "val/step_cosine" in (diffusion_run / "metrics.csv").read_text()
+    gen = ConceptGenerator.from_checkpoint(diffusion_run / "checkpoints" / "last.ckpt")
+    assert type(gen.model) is DiffusionLCM and gen.model.diffusion.denoiser_layers == 1
+    for k, v in gen.model.state_dict().items():
+        assert torch.equal(v, ckpt["state_dict"][k]), k
+    samples = gen.generate(PROBLEM, num_samples=4, seed=0, max_steps=3, stop_on_repeat=False, eot_threshold=1.01)
+    again = gen.generate(PROBLEM, num_samples=4, seed=0, max_steps=3, stop_on_repeat=False, eot_threshold=1.01)
+    assert len(samples) == 4 and all(1 <= len(s.steps) + (s.stop_reason == "end_of_text") for s in samples)
+    for a, b in zip(samples, again):  # seeded: the same call gives the same paths
+        assert a.stop_reason == b.stop_reason and [t.text for t in a.steps] == [t.text for t in b.steps]
+        assert all(np.array_equal(x.embedding, y.embedding) for x, y in zip(a.steps, b.steps))
+    x = torch.from_numpy(gen.encoder.encode([PROBLEM])).expand(4, 1, -1)  # 4 copies of a one-concept prompt
+    nxt = gen.model.next_concept(x, torch.ones(4, dtype=torch.long), torch.Generator().manual_seed(0))
+    assert nxt.shape == (4, 384) and (nxt - nxt[0]).abs().max() > 1e-4  # different noise per sample
+    batch = gen.generate([PROBLEM, "Sam reads 4 pages a day. How many pages in 7 days?"], num_samples=2, seed=0,
+                         max_steps=2, guidance=1.0, diffusion_steps=2)
+    assert len(batch) == 2 and all(len(group) == 2 for group in batch)
+
+
+def test_base_lcm_samples_with_its_noise_option(trained_run):
+    gen = ConceptGenerator.from_checkpoint(trained_run / "checkpoints" / "last.ckpt")
+    same = gen.generate(PROBLEM, num_samples=3, max_steps=2, stop_on_repeat=False, eot_threshold=1.01)
+    assert len({tuple(s.steps[0].embedding.round(5)) for s in same}) == 1  # deterministic without noise
+    noisy = gen.generate(PROBLEM, num_samples=3, seed=3, noise=0.5, max_steps=2, stop_on_repeat=False, eot_threshold=1.01)
+    assert len({tuple(s.steps[0].embedding.round(5)) for s in noisy}) == 3
+    again = gen.generate(PROBLEM, num_samples=3, seed=3, noise=0.5, max_steps=2, stop_on_repeat=False, eot_threshold=1.01)
+    assert all(np.array_equal(a.steps[0].embedding, b.steps[0].embedding) for a, b in zip(noisy, again))
+    with pytest.raises(LCMError, match="num_samples"):
+        gen.generate(PROBLEM, num_samples=0)
