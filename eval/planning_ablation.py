@@ -41,6 +41,25 @@ def finished(run: Path) -> bool:
     return bool(rows) and int(rows[-1]["epoch"]) == max_epochs - 1 and (run / "checkpoints" / "last.ckpt").is_file()
 
 
+def train_run(config: str, seed: int, root: Path, retrain: bool = False, label: str = "") -> Path:
+    """`lcm fit -c config` with `seed` under `root`, or the finished run already there; returns the run folder.
+    The config's content is in the run name: an edited config never reuses an older run."""
+    digest = hashlib.blake2b(Path(config).read_bytes(), digest_size=4).hexdigest()
+    run_name = f"{Path(config).stem}-{digest}_seed{seed}"
+    cmd = [sys.executable, "-m", "lcm.cli", "fit", "-c", config, "--seed_everything", str(seed),
+           "--trainer.logger.init_args.save_dir", str(root), "--trainer.logger.init_args.name", run_name,
+           "--trainer.logger.init_args.version", "0", "--trainer.enable_progress_bar", "false",
+           "--data.init_args.show_progress", "false"]
+    run = root / run_name / "version_0"
+    if finished(run) and not retrain:
+        print(f"[{label or config}, seed {seed}] reusing {run}", flush=True)
+    else:
+        shutil.rmtree(run, ignore_errors=True)  # an interrupted run starts over
+        print(f"[{label or config}, seed {seed}] {' '.join(cmd[2:])}", flush=True)
+        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+    return run
+
+
 def generation_stats(ckpt: Path, problems: list[str], max_steps: int) -> dict[str, float]:
     from lcm.generate import ConceptGenerator
 
@@ -59,7 +78,7 @@ def test_problems(config: str) -> list[str]:
     """Held-out problems exactly as `lcm fit` splits them (built from the config, cache reused)."""
     from lcm.train.cli import make_cli
 
-    cli = make_cli(["-c", config, "--data.show_progress", "false"], run=False)
+    cli = make_cli(["-c", config, "--data.init_args.show_progress", "false"], run=False)
     return [d.prompt_text for d in cli.datamodule.corpus.docs["test"]]
 
 
@@ -75,20 +94,7 @@ def main() -> None:
     results: dict[str, list[dict]] = {name: [] for name in CONFIGS}
     for seed in args.seeds:
         for name, config in CONFIGS.items():
-            # the config's content is in the name: an edited config never reuses an older run
-            digest = hashlib.blake2b(Path(config).read_bytes(), digest_size=4).hexdigest()
-            run_name = f"{Path(config).stem}-{digest}_seed{seed}"
-            cmd = [sys.executable, "-m", "lcm.cli", "fit", "-c", config, "--seed_everything", str(seed),
-                   "--trainer.logger.init_args.save_dir", str(args.root), "--trainer.logger.init_args.name", run_name,
-                   "--trainer.logger.init_args.version", "0", "--trainer.enable_progress_bar", "false",
-                   "--data.show_progress", "false"]
-            run = args.root / run_name / "version_0"
-            if finished(run) and not args.retrain:
-                print(f"[{name}, seed {seed}] reusing {run}", flush=True)  # a finished run: resume the ablation
-            else:
-                shutil.rmtree(run, ignore_errors=True)  # an interrupted run starts over
-                print(f"[{name}, seed {seed}] {' '.join(cmd[2:])}", flush=True)
-                subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+            run = train_run(config, seed, args.root, args.retrain, label=name)
             row = {"seed": seed, **last_validation(run / "metrics.csv"),
                    **generation_stats(run / "checkpoints" / "last.ckpt", problems, args.max_steps)}
             results[name].append(row)

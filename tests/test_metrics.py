@@ -22,3 +22,24 @@ def test_retrieval_hits():
     rows = np.array([10, 20, 30])  # table ids of the indexed sentences
     pred = np.array([[0.9, 0.1, 0], [0, 0, 5.0], [0, 1, 0]], dtype=np.float32)
     assert retrieval_hits(index, rows, pred, np.array([10, 30, 10])).tolist() == [True, True, False]
+
+
+def test_token_f1_bleu_and_roundtrip_scores_hand_values():
+    from lcm.eval.text_metrics import corpus_bleu, roundtrip_scores, token_f1, tokens
+
+    assert tokens("So 36 - 12 = 24 forks.") == ["So", "36", "-", "12", "=", "24", "forks", "."]
+    assert token_f1("a b c d", "a b c d") == 1.0 and token_f1("x y", "a b") == 0.0
+    assert abs(token_f1("a b c x", "a b c d e") - 2 * 0.75 * 0.6 / (0.75 + 0.6)) < 1e-12  # P 3/4, R 3/5
+    assert token_f1("Emma", "emma") == 0.0  # cased: a decoder must get names right
+    assert abs(corpus_bleu(["the cat sat on the mat ."], ["the cat sat on the mat ."]) - 100.0) < 1e-9
+    emb = np.array([[1.0, 0.0], [0.0, 1.0]], dtype=np.float32)
+    out = roundtrip_scores(["a b", "c"], ["a b", "d"], np.array([[2.0, 0.0], [1.0, 1.0]]), emb)
+    assert out["exact_match"] == 0.5 and abs(out["token_f1"] - 0.5) < 1e-12
+    assert abs(out["cosine"] - (1 + 2 ** -0.5) / 2) < 1e-6
+
+
+def test_pairwise_cosine_distance_hand_values():
+    from lcm.eval.diffusion_compare import pairwise_cosine_distance
+
+    assert abs(pairwise_cosine_distance(np.array([[1.0, 0], [2.0, 0]]))) < 1e-7  # same direction
+    assert abs(pairwise_cosine_distance(np.array([[1.0, 0], [0, 1.0], [-1.0, 0]])) - 4 / 3) < 1e-6  # 1, 2, 1 over 3 pairs
