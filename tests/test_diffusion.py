@@ -139,3 +139,14 @@ def test_base_lcm_samples_with_its_noise_option(trained_run):
     assert all(np.array_equal(a.steps[0].embedding, b.steps[0].embedding) for a, b in zip(noisy, again))
     with pytest.raises(LCMError, match="num_samples"):
         gen.generate(PROBLEM, num_samples=0)
+
+
+def test_diffusion_with_planning_and_supplied_plans(tmp_path):
+    run = fit_in(tmp_path, "quickstart_diffusion.yaml",
+                 [*TINY_DIFFUSION, "--trainer.max_epochs", "1", "--data.init_args.planning", "true",
+                  "--data.init_args.flat_grouping", "fixed"])
+    assert "val/plan_cosine" in (run / "metrics.csv").read_text()
+    gen = ConceptGenerator.from_checkpoint(run / "checkpoints" / "last.ckpt")
+    assert gen.planning and type(gen.model) is DiffusionLCM
+    outs = gen.generate(PROBLEM, plans=["First find what is left."], num_samples=2, seed=0, max_steps=4)
+    assert len(outs) == 2 and all(o.steps[0].is_plan and o.steps[0].source == "supplied" for o in outs)
