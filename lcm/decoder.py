@@ -21,6 +21,7 @@ from lcm.model import Block, KVCache, LCMConfig, RMSNorm, init_gpt_weights, rota
 from lcm.optim import adamw_warmup_cosine
 from lcm.tokenizer import SentenceTokenizer
 
+MIN_VOCAB = 256 + 3  # byte-level BPE always holds the 256 bytes, plus <pad> <bos> <eos>
 DEFAULT_DECODER_ARCH = LCMConfig(d_model=256, n_layer=4, n_head=4, max_seq_len=96, dropout=0.1)
 
 
@@ -164,6 +165,8 @@ class SentenceDecoderLM(L.LightningModule):
         super().__init__()
         if isinstance(arch, dict):  # from a checkpoint's hyperparameters
             arch = LCMConfig(**arch)
+        if vocab_size < MIN_VOCAB:
+            raise LCMError(f"vocab_size={vocab_size} is below the {MIN_VOCAB} byte-level tokens + specials; use >= {MIN_VOCAB}")
         if n_prefix < 1 or arch.max_seq_len < n_prefix + 2:
             raise LCMError(f"n_prefix={n_prefix} and arch.max_seq_len={arch.max_seq_len} leave no room for tokens")
         self.save_hyperparameters({"arch": asdict(arch), "vocab_size": vocab_size, "n_prefix": n_prefix,
@@ -286,7 +289,10 @@ class SentenceDecoderLM(L.LightningModule):
                            "`lcm fit -c train/configs/decoder_quickstart.yaml`)")
         model = model_from_checkpoint(cls, ckpt, path)
         model.on_load_checkpoint(ckpt)
-        return model.to(device).eval()
+        try:
+            return model.to(device).eval()
+        except (RuntimeError, AssertionError) as e:  # e.g. device="cuda" on a machine without CUDA
+            raise LCMError(f"cannot use device {device!r}: {str(e).splitlines()[0][:200]}") from e
 
     # ---- optimisation ----------------------------------------------------------------------------
     def configure_optimizers(self):

@@ -84,6 +84,8 @@ class GenerativeDecoder(ConceptDecoder):
 
     def __init__(self, decoder, encoder: Encoder, beam: int = 1):
         _check_encoder(decoder, encoder)
+        if beam < 1:
+            raise LCMError(f"beam must be >= 1, not {beam}")
         self.model, self.encoder, self.beam = decoder, encoder, beam
         self.encoder_id, self.dim = encoder.id, encoder.dim
 
@@ -112,6 +114,8 @@ class HybridDecoder(ConceptDecoder):
                  beam: int = 1):
         if bank.encoder_id != encoder.id:
             raise LCMError(f"sentence bank encoder {bank.encoder_id!r} differs from {encoder.id!r}")
+        if k < 1 or beam < 1:
+            raise LCMError(f"hybrid decoding needs k >= 1 and beam >= 1 (got k={k}, beam={beam})")
         self.retrieval = RetrievalDecoder(bank)
         self.generator = GenerativeDecoder(decoder, encoder, beam=beam)
         self.bank, self.encoder, self.k, self.threshold = bank, encoder, k, threshold

@@ -197,7 +197,10 @@ class TwoTowerLCM(nn.Module):
                **overrides) -> torch.Tensor:
         """Clean next concepts after context positions qpos (B, Q) -> (B, Q, D), by DDIM. `overrides`:
         steps, init_noise, guidance, guidance_rescale, eta (default: the config's)."""
-        cfg = DiffusionConfig(**{**asdict(self.diffusion), **{k: v for k, v in overrides.items() if v is not None}})
+        try:
+            cfg = DiffusionConfig(**{**asdict(self.diffusion), **{k: v for k, v in overrides.items() if v is not None}})
+        except (TypeError, ValueError) as e:
+            raise LCMError(f"diffusion sampling settings: {e}") from e
         B, Q = qpos.shape
         x = cfg.init_noise * randn_like(ctx.new_empty(B, Q, self.cfg.embed_dim).float(), generator)
         taus = ddim_timesteps(cfg.timesteps, cfg.steps)

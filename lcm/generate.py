@@ -138,6 +138,9 @@ class ConceptGenerator:
         """
         ckpt = load_checkpoint(path)
         meta = ckpt.get("lcm") or {}
+        if meta.get("kind") == "decoder":
+            raise LCMError(f"{path} is a sentence-decoder checkpoint; pass a concept model as the checkpoint and "
+                           "this one as decoder= (lcm generate --decoder)")
         if not meta.get("encoder_id"):
             raise LCMError(f"checkpoint {path} has no encoder record; it was not written by `lcm fit`")
         model = model_from_checkpoint(concept_model_class(meta), ckpt, path)

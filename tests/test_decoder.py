@@ -93,6 +93,16 @@ def test_decoder_bad_inputs(decoder, trained_run):
         decoder.decode_texts(bad)
     with pytest.raises(LCMError, match="not a sentence-decoder checkpoint"):
         SentenceDecoderLM.from_checkpoint(trained_run / "checkpoints" / "last.ckpt")  # a concept model
+    with pytest.raises(LCMError, match="vocab_size=100"):
+        SentenceDecoderLM(vocab_size=100)  # byte-level BPE cannot be that small
+
+
+def test_decoder_checkpoint_in_the_wrong_place(decoder_run, trained_run, encoder, capsys):
+    code, err = run_lcm(["generate", "--ckpt", str(decoder_run / "checkpoints" / "last.ckpt"), "Tom has 3 eggs."], capsys)
+    assert code == 2 and "sentence-decoder checkpoint" in err and "Traceback" not in err
+    code, err = run_lcm(["generate", "--ckpt", str(trained_run / "checkpoints" / "last.ckpt"), "--decoder",
+                         str(decoder_run / "checkpoints" / "last.ckpt"), "--k", "0", "Tom has 3 eggs."], capsys)
+    assert code == 2 and "k >= 1" in err
 
 
 def test_hybrid_keeps_the_closest_candidate(decoder, decoder_run, encoder):

@@ -127,6 +127,8 @@ def test_diffusion_checkpoint_round_trip_and_k_samples(diffusion_run):
     batch = gen.generate([PROBLEM, "Sam reads 4 pages a day. How many pages in 7 days?"], num_samples=2, seed=0,
                          max_steps=2, guidance=1.0, diffusion_steps=2)
     assert len(batch) == 2 and all(len(group) == 2 for group in batch)
+    with pytest.raises(LCMError, match="diffusion sampling settings"):
+        gen.generate(PROBLEM, diffusion_steps=0)
 
 
 def test_base_lcm_samples_with_its_noise_option(trained_run):
