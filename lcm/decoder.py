@@ -18,6 +18,7 @@ from torch import nn
 
 from lcm.errors import LCMError
 from lcm.model import Block, KVCache, LCMConfig, RMSNorm, init_gpt_weights, rotary_tables
+from lcm.module import check_embed_dim
 from lcm.optim import adamw_warmup_cosine
 from lcm.tokenizer import SentenceTokenizer
 
@@ -183,9 +184,7 @@ class SentenceDecoderLM(L.LightningModule):
         dm = self.trainer.datamodule if self._trainer is not None else None
         if dm is None or not hasattr(dm, "decoder_sentences"):
             return
-        if dm.embed_dim != self.arch.embed_dim:
-            raise LCMError(f"encoder {dm.encoder.id} has dimension {dm.embed_dim} but model.arch.embed_dim is "
-                           f"{self.arch.embed_dim}; set model.arch.embed_dim: {dm.embed_dim}")
+        check_embed_dim(dm, self.arch)
         if self.tokenizer is None:  # a resumed checkpoint replaces it in on_load_checkpoint
             self.tokenizer = SentenceTokenizer.train(dm.decoder_sentences("train")[0], self.hparams.vocab_size)
             self.meta = {"encoder": dm.encoder.config(), "encoder_id": dm.encoder.id, "dim": dm.embed_dim,

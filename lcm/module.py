@@ -24,6 +24,13 @@ def target_mask(types: torch.Tensor) -> torch.Tensor:
     return mask
 
 
+def check_embed_dim(dm, arch: LCMConfig) -> None:
+    """The data's encoder must produce the vectors the model was built for."""
+    if dm.embed_dim != arch.embed_dim:
+        raise LCMError(f"encoder {dm.encoder.id} has dimension {dm.embed_dim} but model.arch.embed_dim is "
+                       f"{arch.embed_dim}; set model.arch.embed_dim: {dm.embed_dim}")
+
+
 class ConceptLM(L.LightningModule):
     """Base-LCM trainer.
 
@@ -78,9 +85,7 @@ class ConceptLM(L.LightningModule):
         dm = self.trainer.datamodule if self._trainer is not None else None
         if dm is None or not hasattr(dm, "corpus"):
             return
-        if dm.embed_dim != self.arch.embed_dim:
-            raise LCMError(f"encoder {dm.encoder.id} has dimension {dm.embed_dim} but model.arch.embed_dim is "
-                           f"{self.arch.embed_dim}; set model.arch.embed_dim: {dm.embed_dim}")
+        check_embed_dim(dm, self.arch)
         if not bool(self.normalizer.fitted):  # a checkpoint, when resumed, overwrites these afterwards
             targets = torch.from_numpy(dm.train_targets())
             self.normalizer.fit(targets)
