@@ -2,6 +2,7 @@
 from lcm.train.corpus import CorpusSource, DatasetSource, GsmSymbolic
 from lcm.train.datamodule import ConceptDataModule
 from lcm.train.documents import Document
+from lcm.train.logic import LogicChains
 from lcm.train.sentences import SentenceDataModule
 
-__all__ = ["ConceptDataModule", "CorpusSource", "DatasetSource", "Document", "GsmSymbolic", "SentenceDataModule"]
+__all__ = ["ConceptDataModule", "CorpusSource", "DatasetSource", "Document", "GsmSymbolic", "LogicChains", "SentenceDataModule"]

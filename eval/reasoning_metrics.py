@@ -1,0 +1,142 @@
+"""Metrics of the concept-vs-token comparison (definitions: DESIGN.md section 3).
+
+Pure functions over numbers and strings, so each one is tested against hand-computed values.
+"""
+from __future__ import annotations
+
+import math
+import re
+from collections import Counter
+
+import numpy as np
+import torch
+
+from lcm.eval.text_metrics import tokens
+
+ANSWER = re.compile(r"####\s*(.+?)\s*$", re.MULTILINE)
+
+
+# ---- answers ---------------------------------------------------------------------------------------
+def parse_answer(text: str) -> str | None:
+    """The final answer of a solution: the last `#### X` line, or None when there is none."""
+    found = ANSWER.findall(text)
+    return found[-1].strip() if found else None
+
+
+def answers_match(pred: str | None, gold: str) -> bool:
+    """Exact match after trimming; numbers compare by value ("1,200" == "1200.0")."""
+    if pred is None:
+        return False
+    p, g = pred.replace(",", "").strip(), gold.replace(",", "").strip()
+    try:
+        return math.isclose(float(p), float(g), rel_tol=0, abs_tol=1e-9)
+    except ValueError:
+        return p.lower() == g.lower()
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k from n samples of which c are correct: 1 - C(n-c, k) / C(n, k)."""
+    if not 0 <= c <= n or not 1 <= k <= n:
+        raise ValueError(f"need 0 <= c <= n and 1 <= k <= n (n={n}, c={c}, k={k})")
+    if n - c < k:
+        return 1.0
+    return 1.0 - math.comb(n - c, k) / math.comb(n, k)
+
+
+# ---- token entropy -----------------------------------------------------------------------------------
+def token_entropy(logits: torch.Tensor) -> torch.Tensor:
+    """H = logsumexp(z) - sum softmax(z) * z per position (nats, temperature 1). (..., V) -> (...)"""
+    z = logits.float()
+    return torch.logsumexp(z, dim=-1) - (torch.softmax(z, dim=-1) * z.nan_to_num(neginf=0.0)).sum(-1)
+
+
+def entropy_threshold(entropies: np.ndarray, rho: float = 0.2) -> float:
+    """Entropy at the (1 - rho) quantile: tokens at or above it are the forking tokens."""
+    return float(np.quantile(np.asarray(entropies, dtype=np.float64), 1.0 - rho))
+
+
+def forking_tokens(entropies: np.ndarray, token_texts: list[str], threshold: float,
+                   top: int = 10) -> tuple[float, list[tuple[str, int]]]:
+    """(share of tokens with entropy >= threshold, the `top` most frequent such tokens with counts)."""
+    h = np.asarray(entropies, dtype=np.float64)
+    if len(h) != len(token_texts):
+        raise ValueError(f"{len(h)} entropies for {len(token_texts)} tokens")
+    if not len(h):
+        return 0.0, []
+    fork = h >= threshold
+    counts = Counter(t for t, f in zip(token_texts, fork) if f)
+    return float(fork.mean()), counts.most_common(top)
+
+
+# ---- representation rank and diversity ------------------------------------------------------------
+def effective_rank(h: np.ndarray) -> float:
+    """Roy & Vetterli effective rank of (T, d) states: centre over positions, p_i = s_i / sum s,
+    exp(-sum p_i log p_i). 1 for states on a line, min(T - 1, d) at most."""
+    x = np.asarray(h, dtype=np.float64)
+    if x.ndim != 2 or len(x) < 2:
+        return float("nan")
+    s = np.linalg.svd(x - x.mean(0, keepdims=True), compute_uv=False)
+    s = s[s > s.max() * 1e-12] if s.max() > 0 else s[:0]
+    if not len(s):
+        return 0.0  # every position identical
+    p = s / s.sum()
+    return float(np.exp(-(p * np.log(p)).sum()))
+
+
+def vendi_score(emb: np.ndarray) -> float:
+    """Vendi score of k samples (k, D) under the cosine kernel: exp(entropy of eig(K / k)).
+    1 when all samples are the same direction, k when they are orthogonal."""
+    x = np.asarray(emb, dtype=np.float64)
+    x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    lam = np.linalg.eigvalsh(x @ x.T / len(x))
+    lam = lam[lam > 1e-12]
+    return float(np.exp(-(lam * np.log(lam)).sum()))
+
+
+def distinct_n(texts: list[str], n: int) -> float:
+    """Unique n-grams / total n-grams, pooled over `texts` (the denominator is the total count)."""
+    grams = [tuple(t[i:i + n]) for t in map(tokens, texts) for i in range(len(t) - n + 1)]
+    return len(set(grams)) / len(grams) if grams else 0.0
+
+
+def self_bleu(texts: list[str]) -> float:
+    """Mean sacrebleu sentence BLEU (0-100) of each text against all the others as references."""
+    import sacrebleu
+
+    if len(texts) < 2:
+        return float("nan")
+    scores = [sacrebleu.sentence_bleu(t, texts[:i] + texts[i + 1:]).score for i, t in enumerate(texts)]
+    return float(np.mean(scores))
+
+
+# ---- text quality --------------------------------------------------------------------------------
+def rouge_l(pred: str, ref: str) -> float:
+    """ROUGE-L F1 over word/punctuation tokens: longest common subsequence, beta = 1."""
+    p, r = tokens(pred), tokens(ref)
+    if not p or not r:
+        return float(p == r)
+    prev = [0] * (len(r) + 1)
+    for x in p:
+        cur = [0]
+        for j, y in enumerate(r):
+            cur.append(prev[j] + 1 if x == y else max(prev[j + 1], cur[j]))
+        prev = cur
+    lcs = prev[-1]
+    if lcs == 0:
+        return 0.0
+    precision, recall = lcs / len(p), lcs / len(r)
+    return 2 * precision * recall / (precision + recall)
+
+
+# ---- entropy-performance curve -------------------------------------------------------------------
+def fit_entropy_performance(entropy: list[float], score: list[float]) -> dict[str, float]:
+    """Least-squares fit of R = -a * exp(H) + b (linear in a, b) over checkpoints; a, b and R^2."""
+    h, r = np.asarray(entropy, dtype=np.float64), np.asarray(score, dtype=np.float64)
+    if len(h) < 2 or len(h) != len(r):
+        raise ValueError(f"need >= 2 (entropy, score) pairs of equal length, got {len(h)} and {len(r)}")
+    design = np.stack([-np.exp(h), np.ones_like(h)], axis=1)  # (N, 2)
+    (a, b), *_ = np.linalg.lstsq(design, r, rcond=None)
+    resid = r - design @ np.array([a, b])
+    total = ((r - r.mean()) ** 2).sum()
+    r2 = 1.0 - (resid ** 2).sum() / total if total > 0 else float("nan")
+    return {"a": float(a), "b": float(b), "r2": float(r2)}

@@ -1,0 +1,86 @@
+"""Comparison metrics against hand-computed values."""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from lcm.eval.reasoning_metrics import (answers_match, distinct_n, effective_rank, entropy_threshold,
+                                        fit_entropy_performance, forking_tokens, parse_answer, pass_at_k, rouge_l,
+                                        self_bleu, token_entropy, vendi_score)
+
+
+def test_token_entropy_known_distributions():
+    uniform = torch.zeros(4)
+    assert token_entropy(uniform).item() == pytest.approx(math.log(4))
+    two = torch.log(torch.tensor([0.5, 0.25, 0.25]))  # H = 1.5 log 2
+    assert token_entropy(two).item() == pytest.approx(1.5 * math.log(2))
+    certain = torch.tensor([0.0, float("-inf"), float("-inf")])
+    assert token_entropy(certain).item() == pytest.approx(0.0)
+    assert token_entropy(torch.zeros(2, 3, 8)).shape == (2, 3)
+
+
+def test_forking_share_at_the_80th_percentile():
+    h = np.arange(10, dtype=float)  # 0..9: the 0.8 quantile is 7.2 -> tokens 8 and 9 fork
+    t = entropy_threshold(h, rho=0.2)
+    assert t == pytest.approx(7.2)
+    share, top = forking_tokens(h, list("aabbccddxx"), t)
+    assert share == pytest.approx(0.2) and top == [("x", 2)]
+    # another system's entropies against this threshold
+    assert forking_tokens(np.array([0.0, 8.0]), ["p", "q"], t)[0] == pytest.approx(0.5)
+
+
+def test_effective_rank_of_a_known_spectrum():
+    # centred rows with singular values sqrt(8) and sqrt(2): p = (2/3, 1/3)
+    h = np.array([[0.0, 1.0], [0.0, -1.0], [2.0, 0.0], [-2.0, 0.0]])
+    p = np.array([2 / 3, 1 / 3])
+    assert effective_rank(h) == pytest.approx(math.exp(-(p * np.log(p)).sum()))
+    assert effective_rank(np.outer(np.arange(5.0), [1.0, 2.0, 3.0])) == pytest.approx(1.0)  # a line
+    assert effective_rank(np.ones((4, 3))) == 0.0
+    assert effective_rank(np.eye(4) * 3) == pytest.approx(3.0, rel=1e-6)  # 4 points of a simplex: rank 3, equal s
+
+
+def test_pass_at_k_closed_forms():
+    assert pass_at_k(5, 2, 1) == pytest.approx(2 / 5)
+    assert pass_at_k(5, 2, 2) == pytest.approx(1 - 3 / 10)  # 1 - C(3,2)/C(5,2)
+    assert pass_at_k(5, 0, 3) == 0.0
+    assert pass_at_k(5, 3, 3) == 1.0  # fewer than k wrong samples
+    with pytest.raises(ValueError):
+        pass_at_k(3, 1, 4)
+
+
+def test_distinct_n_on_a_toy_set():
+    assert distinct_n(["a b a b"], 1) == pytest.approx(2 / 4)
+    assert distinct_n(["a b a b"], 2) == pytest.approx(2 / 3)  # ab, ba, ab
+    assert distinct_n(["a b", "a b"], 2) == pytest.approx(1 / 2)
+    assert distinct_n(["a"], 2) == 0.0
+
+
+def test_self_bleu_and_vendi():
+    assert self_bleu(["the cat sat on the mat"] * 3) == pytest.approx(100.0)
+    assert self_bleu(["the cat sat on the mat", "zebra quantum violin xylophone"]) < 5
+    assert vendi_score(np.ones((4, 3))) == pytest.approx(1.0)
+    assert vendi_score(np.eye(3)) == pytest.approx(3.0)
+    assert vendi_score(np.array([[1.0, 0], [1.0, 0], [0, 1.0], [0, 1.0]])) == pytest.approx(2.0)
+
+
+def test_rouge_l_hand_value():
+    assert rouge_l("a b c d", "a c d e") == pytest.approx(0.75)  # LCS a c d: P = R = 3/4
+    assert rouge_l("x y", "a b") == 0.0
+    assert rouge_l("", "") == 1.0
+
+
+def test_answer_parsing():
+    assert parse_answer("So 3 + 4 = 7.\n#### 7") == "7"
+    assert parse_answer("#### 1\n#### 2") == "2"
+    assert parse_answer("no answer") is None
+    assert answers_match("1,200", "1200.0") and answers_match("true", "True")
+    assert not answers_match("7", "8") and not answers_match(None, "8")
+
+
+def test_entropy_performance_fit_recovers_known_curve():
+    h = np.array([0.2, 0.5, 0.9, 1.3])
+    fit = fit_entropy_performance(h, -2.0 * np.exp(h) + 5.0)
+    assert fit["a"] == pytest.approx(2.0) and fit["b"] == pytest.approx(5.0) and fit["r2"] == pytest.approx(1.0)
+    with pytest.raises(ValueError):
+        fit_entropy_performance([1.0], [0.5])

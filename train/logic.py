@@ -1,0 +1,83 @@
+"""Logic chains: an offline generator of multi-hop deduction problems whose steps are sentences.
+
+ProntoQA-style: fictional categories linked by rules ("Every wumpus is a yumpus."), one property rule
+at the end of the chain ("No zumpus is red."), distractor rules about other categories with the opposite
+polarity, and a question "True or false: Alex is red." The solution walks the chain one hop per paragraph
+(the rule, then what follows for the entity) and ends with `#### True` or `#### False`; answers are
+balanced, so chance accuracy is 0.5. Unlike gsm_symbolic, every step is a natural-language sentence and
+no arithmetic is needed: the task a small model trained from scratch can learn.
+"""
+from __future__ import annotations
+
+import random
+from typing import Iterator
+
+from lcm.errors import LCMError
+from lcm.train.corpus import CorpusSource, _cap_all
+from lcm.train.documents import Document
+
+CATEGORIES = ("wumpus", "yumpus", "zumpus", "dumpus", "rompus", "numpus", "tumpus", "vumpus", "impus", "jompus",
+              "gorpus", "shumpus", "lempus", "sterpus", "grimpus", "lorpus", "brimpus", "timpus")
+PROPERTIES = ("red", "blue", "green", "hot", "cold", "small", "large", "happy", "sad", "bright", "dull", "fast",
+              "slow", "wooden", "metallic", "sweet", "sour", "loud", "quiet", "shy")
+NAMES = ("Alex", "Sam", "Max", "Fae", "Rex", "Wren", "Polly", "Stella", "Sally", "Jack")
+
+
+def a(noun: str) -> str:
+    return f"an {noun}" if noun[0] in "aeiou" else f"a {noun}"
+
+
+def property_rule(category: str, prop: str, holds: bool) -> str:
+    return f"Every {category} is {prop}." if holds else f"No {category} is {prop}."
+
+
+def logic_problem(rng: random.Random, hops: int, distractors: int) -> tuple[list[str], list[list[str]], str]:
+    """(prompt sentences, solution paragraphs, answer "True"/"False") of one problem."""
+    cats = rng.sample(CATEGORIES, hops + 1 + distractors)
+    chain, others = cats[: hops + 1], cats[hops + 1:]
+    prop, other_prop = rng.sample(PROPERTIES, 2)
+    holds = rng.random() < 0.5
+    name = rng.choice(NAMES)
+    links = [f"Every {x} is {a(y)}." for x, y in zip(chain, chain[1:])]
+    final = property_rule(chain[-1], prop, holds)
+    # distractors: other categories with the opposite polarity, a link between them, and an unrelated
+    # property of a chain member; none of them decides the question
+    noise = [property_rule(c, prop, not holds) for c in others]
+    noise += [f"Every {x} is {a(y)}." for x, y in zip(others, others[1:])]
+    noise.append(property_rule(rng.choice(chain), other_prop, rng.random() < 0.5))
+    facts = links + [final] + noise
+    rng.shuffle(facts)
+    prompt = facts + [f"{name} is {a(chain[0])}.", f"True or false: {name} is {prop}."]
+    paragraphs = [[link, f"So {name} is {a(y)}."] for link, y in zip(links, chain[1:])]
+    paragraphs.append([final, f"So {name} is {'' if holds else 'not '}{prop}.", f"#### {holds}"])
+    return prompt, paragraphs, str(holds)
+
+
+class LogicChains(CorpusSource):
+    """Generated multi-hop deduction problems (see the module docstring).
+
+    Args:
+        n: number of problems.
+        seed: generator seed (problem i depends only on seed and i).
+        min_hops / max_hops: chain length, drawn uniformly per problem.
+        distractors: categories outside the chain that carry the opposite property.
+    """
+
+    def __init__(self, n: int = 2000, seed: int = 0, min_hops: int = 2, max_hops: int = 4, distractors: int = 2):
+        if n < 1 or not 1 <= min_hops <= max_hops or distractors < 0:
+            raise LCMError(f"LogicChains needs n >= 1, 1 <= min_hops <= max_hops, distractors >= 0 "
+                           f"(got n={n}, hops {min_hops}..{max_hops}, distractors={distractors})")
+        if max_hops + 1 + distractors > len(CATEGORIES):
+            raise LCMError(f"max_hops + 1 + distractors must be <= {len(CATEGORIES)} categories")
+        self.n, self.seed = n, seed
+        self.min_hops, self.max_hops, self.distractors = min_hops, max_hops, distractors
+
+    def describe(self) -> str:
+        return f"logic chains (n={self.n}, seed={self.seed}, {self.min_hops}-{self.max_hops} hops)"
+
+    def documents(self, max_chars: int) -> Iterator[Document]:
+        for i in range(self.n):
+            rng = random.Random(f"{self.seed}:{i}")
+            prompt, paragraphs, answer = logic_problem(rng, rng.randint(self.min_hops, self.max_hops), self.distractors)
+            yield Document(prompt=_cap_all(prompt, max_chars), paragraphs=[_cap_all(p, max_chars) for p in paragraphs],
+                           answer=answer, meta={"source": "logic_chains", "index": i})
