@@ -35,21 +35,22 @@ def finished(run: Path) -> bool:
 
     try:
         max_epochs = yaml.safe_load(open(run / "config.yaml"))["trainer"]["max_epochs"]
-        rows = [r for r in csv.DictReader(open(run / "metrics.csv")) if r.get("val/step_cosine")]
+        rows = [r for r in csv.DictReader(open(run / "metrics.csv")) if r.get("val/loss")]
     except (OSError, KeyError, TypeError):
         return False
     return bool(rows) and int(rows[-1]["epoch"]) == max_epochs - 1 and (run / "checkpoints" / "last.ckpt").is_file()
 
 
-def train_run(config: str, seed: int, root: Path, retrain: bool = False, label: str = "") -> Path:
-    """`lcm fit -c config` with `seed` under `root`, or the finished run already there; returns the run folder.
-    The config's content is in the run name: an edited config never reuses an older run."""
-    digest = hashlib.blake2b(Path(config).read_bytes(), digest_size=4).hexdigest()
+def train_run(config: str, seed: int, root: Path, retrain: bool = False, label: str = "",
+              overrides: tuple[str, ...] | list[str] = ()) -> Path:
+    """`lcm fit -c config [overrides]` with `seed` under `root`, or the finished run already there; returns the
+    run folder. The config's content and the overrides are in the run name: an edited config never reuses
+    an older run."""
+    digest = hashlib.blake2b(Path(config).read_bytes() + "\0".join(overrides).encode(), digest_size=4).hexdigest()
     run_name = f"{Path(config).stem}-{digest}_seed{seed}"
-    cmd = [sys.executable, "-m", "lcm.cli", "fit", "-c", config, "--seed_everything", str(seed),
+    cmd = [sys.executable, "-m", "lcm.cli", "fit", "-c", config, *overrides, "--seed_everything", str(seed),
            "--trainer.logger.init_args.save_dir", str(root), "--trainer.logger.init_args.name", run_name,
-           "--trainer.logger.init_args.version", "0", "--trainer.enable_progress_bar", "false",
-           "--data.init_args.show_progress", "false"]
+           "--trainer.logger.init_args.version", "0", "--trainer.enable_progress_bar", "false"]
     run = root / run_name / "version_0"
     if finished(run) and not retrain:
         print(f"[{label or config}, seed {seed}] reusing {run}", flush=True)

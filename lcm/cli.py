@@ -1,4 +1,4 @@
-"""The `lcm` command: LightningCLI subcommands plus `lcm generate`.
+"""The `lcm` command: LightningCLI subcommands, `lcm generate` and `lcm eval`.
 
 Known bad input (LCMError) ends with one `error: ...` line and exit code 2, never a traceback.
 """
@@ -44,12 +44,26 @@ def generate_main(args: list[str]) -> None:
         print(f"  [stop: {out.stop_reason}]")
 
 
+EVAL_COMMANDS = {"compare": "lcm.eval.compare", "roundtrip": "lcm.eval.roundtrip"}
+
+
+def eval_main(args: list[str]) -> None:
+    """`lcm eval compare -c eval/configs/<name>.yaml` (and the other eval scripts by name)."""
+    import importlib
+
+    if not args or args[0] not in EVAL_COMMANDS:
+        raise LCMError(f"usage: lcm eval {{{','.join(EVAL_COMMANDS)}}} ... (got {' '.join(args[:1]) or 'nothing'})")
+    importlib.import_module(EVAL_COMMANDS[args[0]]).main(args[1:])
+
+
 def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else list(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
         if args and args[0] == "generate":
             generate_main(args[1:])
+        elif args and args[0] == "eval":
+            eval_main(args[1:])
         else:
             from lcm.train.cli import run
 

@@ -31,19 +31,15 @@ def unit(x: torch.Tensor) -> torch.Tensor:
     return x / x.norm(dim=-1, keepdim=True).clamp_min(1e-8)
 
 
-class PrefixDecoder(nn.Module):
-    """(unit embedding (B, D), tokens (B, L) starting with <bos>) -> next-token logits (B, L, V).
+class CausalTokenStack(nn.Module):
+    """Token embedding, the pre-norm causal blocks of `lcm.model` with rotary positions, a final norm and an
+    output head tied to the embedding: the GPT shared by the sentence decoder and the token baseline."""
 
-    Sequence = [prefix_1 .. prefix_P, <bos>, t_1, ...]; causal self-attention (the transformer blocks of
-    `lcm.model`); the output head is tied to the token embedding.
-    """
-
-    def __init__(self, cfg: LCMConfig, vocab_size: int, n_prefix: int):
+    def __init__(self, cfg: LCMConfig, vocab_size: int):
         super().__init__()
         if cfg.positions != "rope":
-            raise LCMError("the sentence decoder uses rotary positions (arch.positions: rope)")
-        self.cfg, self.n_prefix = cfg, n_prefix
-        self.prefix = nn.Linear(cfg.embed_dim, n_prefix * cfg.d_model)
+            raise LCMError("token models use rotary positions (arch.positions: rope)")
+        self.cfg = cfg
         self.tok_emb = nn.Embedding(vocab_size, cfg.d_model)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
         self.norm = RMSNorm(cfg.d_model)
@@ -51,6 +47,33 @@ class PrefixDecoder(nn.Module):
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
         init_gpt_weights(self, cfg.n_layer)
+
+    def _blocks(self, h: torch.Tensor, caches: list[KVCache] | None) -> torch.Tensor:
+        """Input vectors (B, T, d) -> final-layer hidden states (B, T, d); with caches, T follows the cached
+        positions (the whole prompt into empty caches, or one new position)."""
+        for i, block in enumerate(self.blocks):
+            h = block(h, (self.rope_cos, self.rope_sin), caches[i] if caches is not None else None)
+        return self.norm(h)
+
+    def head(self, h: torch.Tensor) -> torch.Tensor:
+        return h @ self.tok_emb.weight.T  # (..., d) -> (..., V)
+
+    def new_caches(self) -> list[KVCache]:
+        return [KVCache() for _ in self.blocks]
+
+
+class PrefixDecoder(CausalTokenStack):
+    """(unit embedding (B, D), tokens (B, L) starting with <bos>) -> next-token logits (B, L, V).
+
+    Sequence = [prefix_1 .. prefix_P, <bos>, t_1, ...]; causal self-attention (the transformer blocks of
+    `lcm.model`); the output head is tied to the token embedding.
+    """
+
+    def __init__(self, cfg: LCMConfig, vocab_size: int, n_prefix: int):
+        super().__init__(cfg, vocab_size)
+        self.n_prefix = n_prefix
+        self.prefix = nn.Linear(cfg.embed_dim, n_prefix * cfg.d_model)
+        init_gpt_weights(self.prefix, cfg.n_layer)
 
     @property
     def max_tokens(self) -> int:
@@ -63,15 +86,7 @@ class PrefixDecoder(nn.Module):
             raise ValueError(f"{L} tokens exceed the decoder's {self.max_tokens} (arch.max_seq_len - n_prefix)")
         prefix = self.prefix(emb).view(B, self.n_prefix, self.cfg.d_model)  # (B, P, d)
         h = self._blocks(torch.cat([prefix, self.tok_emb(tokens)], dim=1), caches)  # (B, P+L, d)
-        return h[:, self.n_prefix:] @ self.tok_emb.weight.T  # (B, L, V)
-
-    def _blocks(self, h: torch.Tensor, caches: list[KVCache] | None) -> torch.Tensor:
-        for i, block in enumerate(self.blocks):
-            h = block(h, (self.rope_cos, self.rope_sin), caches[i] if caches is not None else None)
-        return self.norm(h)
-
-    def new_caches(self) -> list[KVCache]:
-        return [KVCache() for _ in self.blocks]
+        return self.head(h[:, self.n_prefix:])  # (B, L, V)
 
     def next_logits(self, emb: torch.Tensor, tokens: torch.Tensor, caches: list[KVCache] | None) -> torch.Tensor:
         """Logits (B, V) of the token after `tokens` (B, L). With KV caches (one per block, filled by the
@@ -81,7 +96,7 @@ class PrefixDecoder(nn.Module):
         if caches[0].length == 0:
             return self(emb, tokens, caches)[:, -1]  # prefill: prefix + tokens so far
         h = self._blocks(self.tok_emb(tokens[:, -1:]), caches)  # (B, 1, d)
-        return h[:, -1] @ self.tok_emb.weight.T
+        return self.head(h[:, -1])
 
 
 @torch.no_grad()

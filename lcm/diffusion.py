@@ -269,6 +269,16 @@ class DiffusionLCM(ConceptLM):
         """Raw concepts (B, T, D) -> a sampled raw next concept after every position (B, T, D)."""
         return self.normalizer.denormalize(self._sample_all(self.normalizer.normalize(x)))
 
+    def hidden_states(self, x: torch.Tensor) -> torch.Tensor:
+        """Raw concepts (B, T, D) -> the contextualizer's final-layer hidden states (B, T, d)."""
+        return self.net.context.hidden_states(self.normalizer.normalize(x))
+
+    def denoiser_evals(self, guidance: float | None = None, diffusion_steps: int | None = None, **_) -> int:
+        """Denoiser forward passes per predicted concept: DDIM steps, twice with classifier-free guidance
+        (the conditional and unconditional passes share one batched call)."""
+        scale = self.diffusion.guidance if guidance is None else guidance
+        return (diffusion_steps or self.diffusion.steps) * (1 if scale == 1.0 else 2)
+
     def next_concept(self, x: torch.Tensor, lengths: torch.Tensor, generator: torch.Generator | None = None,
                      noise: float = 0.0, **sampling) -> torch.Tensor:
         """Sampled next concept after each sequence's last position. x (A, T, D) raw -> (A, D) raw.

@@ -45,6 +45,9 @@ class Generation:
     stop_reason: StopReason = "max_steps"
     breaks_predicted: int = 0  # planning: paragraph ends the model predicted
     breaks_forced: int = 0  # planning: paragraph ends forced by max_paragraph_steps
+    calls: int = 0  # concept-model predictions made for this solution (one per loop step, the stopping one too)
+    prompt_concepts: int = 0  # leading entries of `inputs` that are the problem's sentences
+    inputs: list[np.ndarray] = field(default_factory=list, repr=False)  # every concept fed to the model (D,)
 
     @property
     def paragraphs(self) -> list[list[Step]]:
@@ -234,6 +237,8 @@ class ConceptGenerator:
             raise LCMError(f"feedback must be 'decoded' or 'predicted', not {feedback!r}")
         while active:
             preds = self._next_concepts([seqs[i] for i in active], generator, sampling)  # (A, D)
+            for i in active:
+                results[i].calls += 1
             eot_cos = F.cosine_similarity(preds, eot.expand_as(preds), dim=-1).cpu().numpy()
             brk_cos = F.cosine_similarity(preds, brk.expand_as(preds), dim=-1).cpu().numpy()
             pred_np = preds.cpu().numpy()
@@ -291,6 +296,8 @@ class ConceptGenerator:
                 seqs[i].append(self._feedback(pred_np[j], d.embedding, feedback))
                 advance(i)
             active = sorted(still)
+        for gen, seq, prompt in zip(results, seqs, (p for p in prompts for _ in range(k))):
+            gen.inputs, gen.prompt_concepts = [v.numpy() for v in seq], len(prompt)
         if k > 1:
             grouped = [results[i * k:(i + 1) * k] for i in range(n_problems)]
             return grouped[0] if single else grouped

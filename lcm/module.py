@@ -138,6 +138,14 @@ class ConceptLM(L.LightningModule):
         """Raw concepts (B, T, D) -> raw next-concept predictions (B, T, D)."""
         return self.normalizer.denormalize(self.net(self.normalizer.normalize(x)))
 
+    def hidden_states(self, x: torch.Tensor) -> torch.Tensor:
+        """Raw concepts (B, T, D) -> final-layer hidden states of the causal transformer over them (B, T, d)."""
+        return self.net.hidden_states(self.normalizer.normalize(x))
+
+    def denoiser_evals(self, **sampling) -> int:
+        """Denoiser forward passes per predicted concept (none: Base-LCM predicts in one pass)."""
+        return 0
+
     def next_concept(self, x: torch.Tensor, lengths: torch.Tensor, generator: torch.Generator | None = None,
                      noise: float = 0.0, **sampling) -> torch.Tensor:
         """Prediction after each sequence's last concept: x (A, T, D) raw, right-padded; lengths (A,) -> (A, D) raw.

@@ -5,9 +5,20 @@ import numpy as np
 import pytest
 import torch
 
-from lcm.eval.reasoning_metrics import (answers_match, distinct_n, effective_rank, entropy_threshold,
-                                        fit_entropy_performance, forking_tokens, parse_answer, pass_at_k, rouge_l,
-                                        self_bleu, token_entropy, vendi_score)
+from lcm.eval.reasoning_metrics import (
+    answers_match,
+    distinct_n,
+    effective_rank,
+    entropy_threshold,
+    fit_entropy_performance,
+    forking_tokens,
+    parse_answer,
+    pass_at_k,
+    rouge_l,
+    self_bleu,
+    token_entropy,
+    vendi_score,
+)
 
 
 def test_token_entropy_known_distributions():

@@ -4,5 +4,7 @@ from lcm.train.datamodule import ConceptDataModule
 from lcm.train.documents import Document
 from lcm.train.logic import LogicChains
 from lcm.train.sentences import SentenceDataModule
+from lcm.train.token_data import TokenDataModule
 
-__all__ = ["ConceptDataModule", "CorpusSource", "DatasetSource", "Document", "GsmSymbolic", "LogicChains", "SentenceDataModule"]
+__all__ = ["ConceptDataModule", "CorpusSource", "DatasetSource", "Document", "GsmSymbolic", "LogicChains", "SentenceDataModule",
+           "TokenDataModule"]

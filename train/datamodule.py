@@ -33,6 +33,36 @@ def split_of(doc: Document, val_fraction: float, test_fraction: float, seed: int
     return "test" if u < test_fraction else "val" if u < test_fraction + val_fraction else "train"
 
 
+def check_split_args(val_fraction: float, test_fraction: float, max_chars: int) -> None:
+    if not 0 <= val_fraction < 1 or not 0 <= test_fraction < 1 or val_fraction + test_fraction >= 1:
+        raise LCMError(f"val_fraction={val_fraction} and test_fraction={test_fraction} must leave training data")
+    if max_chars < 16:
+        raise LCMError(f"max_chars={max_chars} is too small to hold a sentence (use >= 16)")
+
+
+def load_documents(source: CorpusSource, max_chars: int, val_fraction: float, test_fraction: float,
+                   split_seed: int) -> tuple[dict[str, list[Document]], dict]:
+    """A source's usable documents by split (blank and repeated problems skipped, counted in the stats).
+    Every model -- concept, decoder, token baseline -- sees the same split of the same documents."""
+    stats = {"blank": 0, "duplicate": 0}
+    seen: set[str] = set()
+    docs: dict[str, list[Document]] = {s: [] for s in SPLITS}
+    for doc in source.documents(max_chars):
+        if doc.is_blank():
+            stats["blank"] += 1
+            continue
+        if doc.prompt_text in seen:  # same problem twice would leak across splits
+            stats["duplicate"] += 1
+            continue
+        seen.add(doc.prompt_text)
+        docs[split_of(doc, val_fraction, test_fraction, split_seed)].append(doc)
+    if not docs["train"]:
+        n = sum(len(d) for d in docs.values())
+        raise LCMError(f"{source.describe()}: no usable training documents "
+                       f"({stats['blank']} blank skipped, {n} held out); check the source fields")
+    return docs, stats
+
+
 @dataclass
 class Corpus:
     """Everything the model needs, built once: texts, their embeddings, and per-split sequences."""
@@ -118,10 +148,7 @@ class ConceptDataModule(L.LightningDataModule):
                  flat_grouping: Literal["none", "fixed", "similarity"] = "none", group_size: int = 3,
                  similarity_threshold: float = 0.5, break_text: str = DEFAULT_BREAK_TEXT):
         super().__init__()
-        if not 0 <= val_fraction < 1 or not 0 <= test_fraction < 1 or val_fraction + test_fraction >= 1:
-            raise LCMError(f"val_fraction={val_fraction} and test_fraction={test_fraction} must leave training data")
-        if max_chars < 16:
-            raise LCMError(f"max_chars={max_chars} is too small to hold a sentence (use >= 16)")
+        check_split_args(val_fraction, test_fraction, max_chars)
         self.source = source
         self.encoder = encoder if encoder is not None else SentenceTransformerEncoder()
         self.cache_dir = Path(cache_dir)
@@ -170,27 +197,9 @@ class ConceptDataModule(L.LightningDataModule):
             self._corpus = self._build()
         return self._corpus
 
-    def _load_documents(self) -> tuple[dict[str, list[Document]], dict]:
-        stats = {"blank": 0, "duplicate": 0}
-        seen: set[str] = set()
-        docs: dict[str, list[Document]] = {s: [] for s in SPLITS}
-        for doc in self.source.documents(self.max_chars):
-            if doc.is_blank():
-                stats["blank"] += 1
-                continue
-            if doc.prompt_text in seen:  # same problem twice would leak across splits
-                stats["duplicate"] += 1
-                continue
-            seen.add(doc.prompt_text)
-            docs[split_of(doc, self.val_fraction, self.test_fraction, self.split_seed)].append(doc)
-        if not docs["train"]:
-            n = sum(len(d) for d in docs.values())
-            raise LCMError(f"{self.source.describe()}: no usable training documents "
-                           f"({stats['blank']} blank skipped, {n} held out); check the source fields")
-        return docs, stats
-
     def _build(self) -> Corpus:
-        docs, stats = self._load_documents()
+        docs, stats = load_documents(self.source, self.max_chars, self.val_fraction, self.test_fraction,
+                                     self.split_seed)
         index: dict[str, int] = {}
         texts: list[str] = []
 
@@ -276,6 +285,9 @@ class ConceptDataModule(L.LightningDataModule):
             else:
                 raw = group_by_similarity(raw[0], table[[index[s] for s in raw[0]]], self.similarity_threshold)
         return structure(raw, max_steps=self.max_paragraph_steps, min_steps=self.min_paragraph_steps)
+
+    def documents(self, split: str) -> list[Document]:
+        return self.corpus.docs[split]
 
     # ---- what the model asks for -----------------------------------------------------------------
     def train_targets(self) -> np.ndarray:

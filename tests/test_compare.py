@@ -1,0 +1,61 @@
+"""The whole concept-vs-token comparison on tiny real models: train, generate, score, report, plot."""
+import json
+
+import pytest
+import yaml
+from conftest import REPO, run_lcm
+
+TINY = ["--data.source.init_args.n", "60", "--data.batch_size", "8", "--model.arch.d_model", "32",
+        "--model.arch.n_layer", "1", "--model.arch.n_head", "2", "--model.warmup_steps", "2",
+        "--trainer.max_epochs", "4", "--trainer.enable_model_summary", "false"]
+
+
+def tiny_config(work, **extra) -> str:
+    cfg = {
+        "name": "smoke", "out_dir": str(work / "report"), "runs_dir": str(work / "runs"), "problems": 3, "k": 2,
+        "max_steps": 6, "show_progress": False, "train_overrides": TINY, "curve_problems": 2,
+        "concept": [{"name": "Base-LCM + planning", "config": str(REPO / "train/configs/logic_planning.yaml"),
+                     "sampling": {"noise": 0.5}},
+                    {"name": "Diffusion + planning", "config": str(REPO / "train/configs/logic_diffusion.yaml"),
+                     "sampling": {"diffusion_steps": 4}}],
+        "token": {"config": str(REPO / "train/configs/token_baseline_logic.yaml"), "max_new_tokens": 24},
+        **extra,
+    }
+    path = work / "compare.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return str(path)
+
+
+@pytest.mark.timeout(300)
+def test_compare_pipeline_smoke(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)  # embedding cache of the training configs lands here
+    code, err = run_lcm(["eval", "compare", "-c", tiny_config(tmp_path)], capsys)
+    assert code == 0, err
+    report = json.loads((tmp_path / "report" / "metrics.json").read_text())
+    res = report["results"]
+    assert set(res) == {"Base-LCM + planning", "Diffusion + planning", "token GPT", "Soft Thinking"}
+    for name, r in res.items():
+        assert 0 <= r["accuracy"] <= r["pass_at_k"] <= 1 and len(r["pass_curve"]) == r["k"]
+        assert r["seconds_per_problem"] > 0 and r["forward_passes_per_problem"] > 0
+    assert res["Soft Thinking"]["k"] == 1 and "distinct_2" not in res["Soft Thinking"]
+    assert 0 <= res["token GPT"]["forking_share"] <= 1 and res["token GPT"]["entropy_mean"] > 0
+    assert "forking_share" not in res["Base-LCM + planning"]  # no token softmax in the concept loop
+    assert res["token GPT"]["time_per_step_vs_token"] == pytest.approx(1.0)
+    assert report["systems"]["Diffusion + planning"]["denoiser_evals_per_call"] == 8  # 4 DDIM steps x CFG
+    assert report["chance_accuracy"] is not None  # True / False answers
+    assert len(report["entropy_curve"]["points"]) == 2 and "fit" in report["entropy_curve"]
+    for png in ("entropy_histogram", "accuracy_vs_samples", "diversity", "entropy_curve"):
+        assert (tmp_path / "report" / f"{png}.png").read_bytes()[:4] == b"\x89PNG"
+    md = (tmp_path / "report" / "report.md").read_text()
+    assert "| token GPT |" in md and "Soft Thinking" in md
+
+
+def test_compare_config_errors(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\nout_dir: y\nconcept: []\ntoken: {config: z}\nproblemz: 3\n")
+    code, err = run_lcm(["eval", "compare", "-c", str(bad)], capsys)
+    assert code == 2 and "unknown key(s) ['problemz']" in err and "Traceback" not in err
+    code, err = run_lcm(["eval", "nothing"], capsys)
+    assert code == 2 and err.startswith("error: usage: lcm eval")
+    code, err = run_lcm(["eval", "compare", "-c", str(tmp_path / "missing.yaml")], capsys)
+    assert code == 2 and "cannot read compare config" in err
