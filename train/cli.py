@@ -38,14 +38,19 @@ class LCMCLI(LightningCLI):
 
 def make_cli(args: list[str] | None, run: bool = True) -> LCMCLI:
     """The `lcm` LightningCLI; `args=None` reads sys.argv."""
-    return LCMCLI(L.LightningModule, L.LightningDataModule, subclass_mode_model=True, subclass_mode_data=True,
-                  args=args, run=run, save_config_kwargs={"overwrite": True}, auto_configure_optimizers=False)
+    import warnings
+
+    with warnings.catch_warnings():  # called from a script with its own argv, e.g. `lcm eval compare`
+        warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
+        return LCMCLI(L.LightningModule, L.LightningDataModule, subclass_mode_model=True, subclass_mode_data=True,
+                      args=args, run=run, save_config_kwargs={"overwrite": True}, auto_configure_optimizers=False)
 
 
 def run(args: list[str]) -> None:
     import sys
 
     if not args:
-        raise LCMError("usage: lcm {fit,validate,test,predict} -c CONFIG.yaml | lcm generate --ckpt PATH PROBLEM")
+        raise LCMError("usage: lcm {fit,validate,test,predict} -c CONFIG.yaml | lcm generate --ckpt PATH PROBLEM | "
+                       "lcm eval compare -c CONFIG.yaml")
     # args=None lets LightningCLI read sys.argv itself (it warns when given both)
     make_cli(None if args == sys.argv[1:] else args)
