@@ -314,6 +314,7 @@ COLUMNS = (("accuracy", "acc", ".3f"), ("pass_at_k", "pass@k", ".3f"), ("rouge_l
            ("distinct_2", "distinct-2", ".3f"), ("self_bleu", "self-BLEU", ".1f"), ("vendi", "Vendi", ".2f"),
            ("steps_per_solution", "steps", ".1f"), ("seconds_per_problem", "s/problem", ".3f"),
            ("seconds_per_step", "s/step", ".4f"), ("time_per_step_vs_token", "step time vs token", ".2f"),
+           ("time_per_problem_vs_token", "problem time vs token", ".2f"),
            ("forward_passes_per_step", "fwd/step", ".1f"))
 
 
