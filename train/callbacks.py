@@ -1,4 +1,4 @@
-"""Callbacks: show what the model generates when training ends."""
+"""Callbacks: show what the model generates when training ends; log which data each rank trained on."""
 from __future__ import annotations
 
 import lightning as L
@@ -62,3 +62,43 @@ class GenerationPreview(L.Callback):
             console.print("[bold]reference[/bold]")
             for i, step in enumerate(doc.steps, 1):
                 console.print(f"  {i:2d}. {step}", highlight=False)
+
+
+class DataShardLog(L.Callback):
+    """Records which training sequences each rank saw and writes `<dirpath>/rank<k>.json` at the end of fit:
+    an audit that data-parallel ranks train on disjoint shards that together cover the training split.
+
+    A sequence is identified by a hash of its content (concept ids, or texts for text batches).
+
+    Args:
+        dirpath: folder of the per-rank JSON files.
+    """
+
+    def __init__(self, dirpath: str = "runs/data_shards"):
+        self.dirpath = dirpath
+        self.seen: set[str] = set()
+
+    @staticmethod
+    def signatures(batch: dict) -> list[str]:
+        import hashlib
+
+        if "ids" in batch:  # concept batches: (B, T) table rows, -1 = padding
+            rows = [r[r >= 0].tobytes() for r in batch["ids"].cpu().numpy()]
+        else:  # text batches: lists of strings per field
+            fields = [v for v in batch.values() if isinstance(v, list)]
+            rows = ["\x00".join(parts).encode() for parts in zip(*fields)]
+        return [hashlib.blake2b(r, digest_size=8).hexdigest() for r in rows]
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module) -> None:
+        self.seen = set()
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module, batch, batch_idx: int) -> None:
+        self.seen.update(self.signatures(batch))
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module) -> None:
+        from pathlib import Path
+
+        from lcm.io import write_json
+
+        write_json(Path(self.dirpath) / f"rank{trainer.global_rank}.json",
+                   {"rank": trainer.global_rank, "world_size": trainer.world_size, "sequences": sorted(self.seen)})
