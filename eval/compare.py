@@ -10,6 +10,7 @@ generates k solutions per held-out problem on one device, and writes to `out_dir
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -268,10 +269,11 @@ def run_compare(cfg: CompareConfig) -> dict:
         groups, seconds, meta = concept_samples(runs[s.name] / "checkpoints" / "best.ckpt", problems, cfg, s.sampling,
                                                 show, s.name)
         results[s.name] = summarize(groups, golds, refs, seconds)
-        info[s.name] = {"config": s.config, "sampling": s.sampling, **meta}
+        info[s.name] = {"config": s.config, "sampling": s.sampling, **meta, "load_avg_1min": os.getloadavg()[0]}
     model = TokenLM.from_checkpoint(token_run / "checkpoints" / "best.ckpt", device=cfg.device)
     token_groups, seconds = token_samples(model, problems, cfg, encoder, soft=False, show=show, label="token GPT")
     results["token GPT"] = summarize(token_groups, golds, refs, seconds)
+    token_load = os.getloadavg()[0]  # other processes on the machine slow every system; recorded, not hidden
     soft_groups, seconds = token_samples(model, problems, cfg, encoder, soft=True, show=show, label="Soft Thinking")
     results["Soft Thinking"] = summarize(soft_groups, golds, refs, seconds)
     threshold = rm.entropy_threshold(np.concatenate([s.entropies for g in token_groups for s in g]))
@@ -279,8 +281,9 @@ def run_compare(cfg: CompareConfig) -> dict:
         token_entropy_stats(results[name], groups, threshold)
     token_info = {"config": cfg.token.config, "params": model.num_params(), "temperature": cfg.token.temperature,
                   "top_p": cfg.token.top_p}
-    info["token GPT"] = token_info
-    info["Soft Thinking"] = {**token_info, "soft_thinking": vars(cfg.soft_thinking), "deterministic": True}
+    info["token GPT"] = {**token_info, "load_avg_1min": token_load}
+    info["Soft Thinking"] = {**token_info, "soft_thinking": vars(cfg.soft_thinking), "deterministic": True,
+                             "load_avg_1min": os.getloadavg()[0]}
     curve = entropy_curve(token_run, problems[: cfg.curve_problems], golds[: cfg.curve_problems], cfg, show)
     base = results["token GPT"]
     for name, r in results.items():  # cost against the token baseline, same device
