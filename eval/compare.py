@@ -23,12 +23,19 @@ from lcm.eval import reasoning_metrics as rm
 from lcm.io import atomic_path, write_json
 from lcm.progress import progress_bar
 
+SAMPLING_KEYS = {"noise", "guidance", "diffusion_steps"}
+
 
 @dataclass
 class ConceptSystem:
     name: str
     config: str
-    sampling: dict = field(default_factory=dict)  # generate() keywords: noise (Base-LCM), guidance, ...
+    sampling: dict = field(default_factory=dict)  # generate() keywords: noise (Base-LCM), guidance, diffusion_steps
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.sampling, dict) or set(self.sampling) - SAMPLING_KEYS:
+            raise LCMError(f"concept system {self.name!r}: sampling must be a mapping with keys from "
+                           f"{sorted(SAMPLING_KEYS)}, got {self.sampling!r}")
 
 
 @dataclass
@@ -102,11 +109,22 @@ class Sample:
 
     text: str  # steps, one per line (plans excluded)
     steps: list[str]
-    step_emb: np.ndarray  # (S, D) step embeddings (predicted concepts, or encoder embeddings of token lines)
+    step_emb: np.ndarray | None  # (S, D) encoder embeddings of the step texts (same encoder for every system)
     hidden: np.ndarray  # (T, d) final-layer hidden states that produced the solution
     forward_passes: int  # network evaluations of the main model
     entropies: np.ndarray | None = None  # token systems: (n,) per-token entropy
     token_texts: list[str] | None = None
+    soft_tokens: int = 0  # Soft Thinking: tokens generated as probability-weighted embeddings
+
+
+def attach_step_embeddings(groups: list[list[Sample]], encoder) -> None:
+    """Every system's steps embedded by the same encoder (one call over the unique step texts), so step
+    trajectories and diversity compare like with like (a concept model's raw predictions carry its noise)."""
+    lines = sorted({x for group in groups for s in group for x in s.steps})
+    table = dict(zip(lines, encoder.encode(lines))) if lines else {}
+    for group in groups:
+        for s in group:
+            s.step_emb = np.stack([table[x] for x in s.steps]) if s.steps else np.zeros((0, encoder.dim), np.float32)
 
 
 def concept_samples(ckpt: Path, problems: list[str], cfg: CompareConfig, sampling: dict, show: bool,
@@ -123,17 +141,18 @@ def concept_samples(ckpt: Path, problems: list[str], cfg: CompareConfig, samplin
             start = time.perf_counter()
             group = gen.generate(problem, num_samples=cfg.k, seed=cfg.seed + i, max_steps=cfg.max_steps, **sampling)
             seconds += time.perf_counter() - start
+            group = [group] if cfg.k == 1 else group
             rows = []
             for g in group:
                 steps = [s for s in g.steps if not s.is_plan]
                 with torch.no_grad():  # the states that produced each generated concept
                     h = model.hidden_states(torch.from_numpy(np.stack(g.inputs))[None].to(model.device))[0]
-                rows.append(Sample(text="\n".join(s.text for s in steps), steps=[s.text for s in steps],
-                                   step_emb=np.stack([s.embedding for s in steps]) if steps else np.zeros((0, 1)),
+                rows.append(Sample(text="\n".join(s.text for s in steps), steps=[s.text for s in steps], step_emb=None,
                                    hidden=h[g.prompt_concepts - 1: g.prompt_concepts - 1 + g.calls].float().cpu().numpy(),
                                    forward_passes=g.calls))
             out.append(rows)
             advance(1)
+    attach_step_embeddings(out, gen.encoder)
     params = sum(p.numel() for p in model.net.parameters())
     return out, seconds, {"params": params, "model_class": type(model).__name__,
                           "denoiser_evals_per_call": model.denoiser_evals(**sampling)}
@@ -155,13 +174,9 @@ def token_samples(model, problems: list[str], cfg: CompareConfig, encoder, soft:
             seconds += time.perf_counter() - start
             out.append([Sample(text="\n".join(solution_steps(s.text)), steps=solution_steps(s.text), step_emb=None,
                                hidden=s.hidden, forward_passes=s.forward_passes, entropies=s.entropies,
-                               token_texts=s.token_texts) for s in group])
+                               token_texts=s.token_texts, soft_tokens=s.soft_tokens) for s in group])
             advance(1)
-    lines = sorted({x for group in out for s in group for x in s.steps})  # step embeddings: one encoder call
-    table = dict(zip(lines, encoder.encode(lines))) if lines else {}
-    for group in out:
-        for s in group:
-            s.step_emb = np.stack([table[x] for x in s.steps]) if s.steps else np.zeros((0, 1))
+    attach_step_embeddings(out, encoder)
     return out, seconds
 
 
@@ -172,45 +187,52 @@ def summarize(groups: list[list[Sample]], golds: list[str], refs: list[str], sec
     pass_curve = [float(np.mean([rm.pass_at_k(k, sum(c), j) for c in correct])) for j in range(1, k + 1)]
     samples = [s for group in groups for s in group]
     steps = sum(len(s.steps) for s in samples)
+    n_correct = int(np.sum(correct))
+    nan = float("nan")
     ranks = [rm.effective_rank(s.hidden) for s in samples if len(s.hidden) >= 2]
     traj = [rm.effective_rank(s.step_emb) for s in samples if len(s.step_emb) >= 2]
+    fwd = sum(s.forward_passes for s in samples)
     out = {
         "accuracy": float(np.mean(correct)), "pass_at_k": pass_curve[-1], "pass_curve": pass_curve, "k": k,
         "answered": float(np.mean([rm.parse_answer(s.text) is not None for s in samples])),
         "rouge_l": float(np.mean([rm.rouge_l(s.text, refs[i // k]) for i, s in enumerate(samples)])),
-        "effective_rank_hidden": float(np.mean(ranks)) if ranks else float("nan"),
+        "effective_rank_hidden": float(np.mean(ranks)) if ranks else nan,
         "hidden_positions": float(np.mean([len(s.hidden) for s in samples])),
-        "effective_rank_steps": float(np.mean(traj)) if traj else float("nan"),
+        "effective_rank_steps": float(np.mean(traj)) if traj else nan,
         "steps_per_solution": steps / len(samples),
+        # time: k samples of a problem run as one batch (Soft Thinking: one sample), on the same device
         "seconds_per_problem": seconds / n_problems,
-        "seconds_per_step": seconds / max(steps, 1),
-        "forward_passes_per_problem": sum(s.forward_passes for s in samples) / n_problems,
-        "forward_passes_per_step": sum(s.forward_passes for s in samples) / max(steps, 1),
+        "seconds_per_sample": seconds / len(samples),
+        "seconds_per_step": seconds / steps if steps else nan,
+        "seconds_per_correct_sample": seconds / n_correct if n_correct else nan,
+        "forward_passes_per_problem": fwd / n_problems,
+        "forward_passes_per_step": fwd / steps if steps else nan,
     }
     if k > 1:
         def solution_vec(s: Sample) -> np.ndarray:  # mean unit step embedding
             e = s.step_emb / np.maximum(np.linalg.norm(s.step_emb, axis=1, keepdims=True), 1e-12)
             return e.mean(0)
 
-        with_steps = [[s for s in g if s.steps] for g in groups]
+        vendi = [rm.vendi_score(np.stack([solution_vec(s) for s in g if s.steps])) for g in groups
+                 if sum(bool(s.steps) for s in g) >= 2]
         out.update({
             "distinct_1": float(np.mean([rm.distinct_n([s.text for s in g], 1) for g in groups])),
             "distinct_2": float(np.mean([rm.distinct_n([s.text for s in g], 2) for g in groups])),
-            "self_bleu": float(np.nanmean([rm.self_bleu([s.text for s in g]) for g in groups])),
+            "self_bleu": float(np.mean([rm.self_bleu([s.text for s in g]) for g in groups])),
             "distinct_solutions": float(np.mean([len({s.text for s in g}) / k for g in groups])),
-            "vendi": float(np.mean([rm.vendi_score(np.stack([solution_vec(s) for s in g])) if len(g) >= 2 else 1.0
-                                    for g in with_steps])),
+            "vendi": float(np.mean(vendi)) if vendi else nan,
         })
     if samples[0].entropies is not None:
         ent = np.concatenate([s.entropies for s in samples])
-        out["entropy_mean"] = float(ent.mean())
+        out["entropy_mean"] = float(ent.mean()) if len(ent) else nan
+        out["soft_token_share"] = sum(s.soft_tokens for s in samples) / max(len(ent), 1)
     return out
 
 
 def token_entropy_stats(stats: dict, groups: list[list[Sample]], threshold: float) -> None:
     samples = [s for g in groups for s in g]
     ent = np.concatenate([s.entropies for s in samples])
-    toks = [t for s in samples for t in s.token_texts]
+    toks = [t for s in samples for t in s.token_texts]  # aligned with `ent`: one text per generated token
     share, top = rm.forking_tokens(ent, toks, threshold)
     stats.update({"forking_threshold": threshold, "forking_share": share,
                   "top_forking_tokens": [[repr(t), c] for t, c in top]})
@@ -233,7 +255,7 @@ def entropy_curve(run: Path, problems: list[str], golds: list[str], cfg: Compare
                 advance(1)
             points.append({"checkpoint": ckpt.name, "entropy": float(np.mean(ent)), "accuracy": float(np.mean(right))})
     curve = {"points": points}
-    if len(points) >= 2:
+    if len(points) >= 3:  # two points fit two parameters exactly (R^2 = 1 says nothing)
         curve["fit"] = rm.fit_entropy_performance([p["entropy"] for p in points], [p["accuracy"] for p in points])
     return curve
 
@@ -253,6 +275,8 @@ def run_compare(cfg: CompareConfig) -> dict:
     root, out = Path(cfg.runs_dir) / cfg.name, Path(cfg.out_dir)
     docs = make_cli(["-c", cfg.token.config, *cfg.train_overrides], run=False).datamodule.documents("test")
     docs = docs[: cfg.problems]
+    if not docs:
+        raise LCMError(f"{cfg.token.config} holds out no test problems; raise data test_fraction or add documents")
     problems, golds, refs = [d.prompt_text for d in docs], [d.answer for d in docs], [render_solution(d) for d in docs]
     if any(g is None for g in golds):
         raise LCMError("held-out documents without an answer: accuracy needs a `#### answer` per problem")
@@ -285,6 +309,9 @@ def run_compare(cfg: CompareConfig) -> dict:
     info["Soft Thinking"] = {**token_info, "soft_thinking": vars(cfg.soft_thinking), "deterministic": True,
                              "load_avg_1min": os.getloadavg()[0]}
     curve = entropy_curve(token_run, problems[: cfg.curve_problems], golds[: cfg.curve_problems], cfg, show)
+    for s in cfg.concept:
+        r = results[s.name]
+        r["denoiser_evals_per_step"] = r["forward_passes_per_step"] * info[s.name]["denoiser_evals_per_call"]
     base = results["token GPT"]
     for name, r in results.items():  # cost against the token baseline, same device
         r["time_per_problem_vs_token"] = r["seconds_per_problem"] / base["seconds_per_problem"]
@@ -295,11 +322,22 @@ def run_compare(cfg: CompareConfig) -> dict:
               "systems": info, "results": results, "entropy_curve": curve,
               "chance_accuracy": chance_accuracy(golds)}
     out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "metrics.json", report)
+    write_json(out / "metrics.json", finite_or_null(report))
     plots(out, report, histograms)
     with atomic_path(out / "report.md") as tmp:
         tmp.write_text(markdown(report), encoding="utf-8")
     return report
+
+
+def finite_or_null(obj):
+    """NaN/inf -> None, so metrics.json is strict JSON (n/a metrics, e.g. a rank of fewer than 2 states)."""
+    if isinstance(obj, float):
+        return obj if np.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: finite_or_null(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [finite_or_null(v) for v in obj]
+    return obj
 
 
 def chance_accuracy(golds: list[str]) -> float | None:
@@ -316,9 +354,11 @@ COLUMNS = (("accuracy", "acc", ".3f"), ("pass_at_k", "pass@k", ".3f"), ("rouge_l
            ("effective_rank_hidden", "ER hidden", ".2f"), ("effective_rank_steps", "ER steps", ".2f"),
            ("distinct_2", "distinct-2", ".3f"), ("self_bleu", "self-BLEU", ".1f"), ("vendi", "Vendi", ".2f"),
            ("steps_per_solution", "steps", ".1f"), ("seconds_per_problem", "s/problem", ".3f"),
+           ("seconds_per_sample", "s/sample", ".3f"), ("seconds_per_correct_sample", "s/correct", ".3f"),
            ("seconds_per_step", "s/step", ".4f"), ("time_per_step_vs_token", "step time vs token", ".2f"),
            ("time_per_problem_vs_token", "problem time vs token", ".2f"),
-           ("forward_passes_per_step", "fwd/step", ".1f"))
+           ("forward_passes_per_step", "fwd/step", ".1f"), ("denoiser_evals_per_step", "denoiser/step", ".0f"),
+           ("soft_token_share", "soft share", ".2f"))
 
 
 def table(report: dict) -> list[str]:
@@ -349,8 +389,13 @@ def markdown(report: dict) -> str:
              "ER steps: of the step-embedding trajectory.",
              "- distinct-2: unique / total bigrams pooled over the k solutions of a problem; self-BLEU 0-100 (lower "
              "= more diverse); Vendi over the k solutions' mean step embeddings.",
-             "- fwd/step: network evaluations of the main model per reasoning step (a token GPT step is a line of "
-             "tokens; a diffusion step additionally runs its denoiser, see metrics.json).", ""]
+             "- Time: the k samples of a problem run as one batch on the same device (Soft Thinking: one sample, "
+             "batch 1); s/correct = wall time per correct sample. fwd/step: main-network evaluations per reasoning "
+             "step -- one new position per token for the GPT (KV cache), the whole concept sequence per call for "
+             "concept models (no KV cache); denoiser/step: the diffusion model's DDIM denoiser passes (CFG doubles "
+             "the rows). Retrieval and the encoder are in the wall time, not in the counts.",
+             "- soft share: share of Soft Thinking tokens produced as probability-weighted embeddings before a cold "
+             "stop.", ""]
     for name in ("token GPT", "Soft Thinking"):
         top = ", ".join(f"{t} ({c})" for t, c in r[name]["top_forking_tokens"])
         lines.append(f"Top forking tokens, {name}: {top}")
@@ -394,18 +439,21 @@ def plots(out: Path, report: dict, histograms: dict[str, list[float]]) -> None:
     ax.legend()
     save(fig, "accuracy_vs_samples.png")
 
-    names = [n for n in res if "distinct_2" in res[n]]
+    names = [n for n in res if "distinct_2" in res[n]]  # none when k = 1
     metrics = (("distinct_2", "distinct-2"), ("distinct_solutions", "distinct solutions"), ("vendi", "Vendi / k"))
-    fig, ax = plt.subplots(figsize=(7, 3.5))
-    width = 0.8 / len(names)
-    for j, name in enumerate(names):
-        vals = [res[name][m] / (report["k"] if m == "vendi" else 1) for m, _ in metrics]
-        ax.bar(np.arange(len(metrics)) + j * width, vals, width, label=name)
-    ax.set_xticks(np.arange(len(metrics)) + width * (len(names) - 1) / 2, [m[1] for m in metrics])
-    ax.legend()
-    save(fig, "diversity.png")
+    if names:
+        fig, ax = plt.subplots(figsize=(7, 3.5))
+        width = 0.8 / len(names)
+        for j, name in enumerate(names):
+            vals = [res[name][m] / (report["k"] if m == "vendi" else 1) for m, _ in metrics]
+            ax.bar(np.arange(len(metrics)) + j * width, vals, width, label=name)
+        ax.set_xticks(np.arange(len(metrics)) + width * (len(names) - 1) / 2, [m[1] for m in metrics])
+        ax.legend()
+        save(fig, "diversity.png")
 
     pts = report["entropy_curve"]["points"]
+    if not pts:  # no epoch*.ckpt in the token run
+        return
     fig, ax = plt.subplots(figsize=(5, 3.5))
     ax.scatter([p["entropy"] for p in pts], [p["accuracy"] for p in pts], label="checkpoints")
     if "fit" in report["entropy_curve"]:

@@ -13,7 +13,7 @@ import torch
 
 from lcm.eval.text_metrics import tokens
 
-ANSWER = re.compile(r"####\s*(.+?)\s*$", re.MULTILINE)
+ANSWER = re.compile(r"####[ \t]*(\S.*?)[ \t]*$", re.MULTILINE)
 
 
 # ---- answers ---------------------------------------------------------------------------------------

@@ -38,13 +38,13 @@ DEFAULT_TOKEN_ARCH = LCMConfig(d_model=256, n_layer=4, n_head=4, max_seq_len=512
 @dataclass
 class TokenSample:
     text: str
-    token_ids: list[int]
-    entropies: np.ndarray  # (n,) nats at temperature 1, one per generated token
+    token_ids: list[int]  # generated tokens without the final <eos>
+    entropies: np.ndarray  # (n,) nats at temperature 1, one per generated token (<eos> included)
     hidden: np.ndarray  # (n, d) final-layer hidden state that produced each token
     forward_passes: int  # network evaluations: the prompt prefill + one per generated token after the first
     stop_reason: Literal["eos", "max_tokens"] = "eos"
     soft_tokens: int = 0  # Soft Thinking: tokens produced in soft mode (before a cold stop)
-    token_texts: list[str] = field(default_factory=list)  # each generated token as text (for forking lists)
+    token_texts: list[str] = field(default_factory=list)  # (n,) each generated token as text, "<eos>" included
 
 
 def nucleus(probs: torch.Tensor, top_p: float = 1.0, top_k: int = 0) -> torch.Tensor:
@@ -197,7 +197,7 @@ class TokenLM(L.LightningModule):
         soft = torch.full((k,), mode == "soft", device=dev)
         soft_tokens = torch.zeros(k, dtype=torch.long, device=dev)
         calm = torch.zeros(k, dtype=torch.long, device=dev)  # consecutive low-entropy tokens
-        for _ in range(budget):
+        for t in range(budget):
             logits = net.head(h).float()  # (k, V)
             entropy = token_entropy(logits)  # (k,)
             probs = torch.softmax(logits / temperature, dim=-1)
@@ -213,7 +213,7 @@ class TokenLM(L.LightningModule):
             steps += live.long()
             soft_tokens += (live & soft).long()
             done = done | (nxt == eos)
-            if bool(done.all()):
+            if bool(done.all()) or t == budget - 1:  # no forward pass for a token that is never produced
                 break
             inp = net.tok_emb(nxt)  # (k, d)
             if mode == "soft":
@@ -236,5 +236,6 @@ class TokenLM(L.LightningModule):
             out.append(TokenSample(
                 text=tok.decode([body])[0], token_ids=body, entropies=ents[r, :n].cpu().numpy(),
                 hidden=hids[r, :n].cpu().numpy(), forward_passes=n, stop_reason="eos" if ended else "max_tokens",
-                soft_tokens=int(soft_tokens[r]), token_texts=tok.decode([[i] for i in row])))
+                soft_tokens=int(soft_tokens[r]),
+                token_texts=["<eos>" if i == tok.eos_id else t for i, t in zip(row, tok.decode([[i] for i in row]))]))
         return out

@@ -7,7 +7,7 @@ from conftest import REPO, run_lcm
 
 TINY = ["--data.source.init_args.n", "60", "--data.batch_size", "8", "--model.arch.d_model", "32",
         "--model.arch.n_layer", "1", "--model.arch.n_head", "2", "--model.warmup_steps", "2",
-        "--trainer.max_epochs", "4", "--trainer.enable_model_summary", "false"]
+        "--trainer.max_epochs", "6", "--trainer.enable_model_summary", "false"]
 
 
 def tiny_config(work, **extra) -> str:
@@ -43,7 +43,10 @@ def test_compare_pipeline_smoke(tmp_path, monkeypatch, capsys):
     assert res["token GPT"]["time_per_step_vs_token"] == pytest.approx(1.0)
     assert report["systems"]["Diffusion + planning"]["denoiser_evals_per_call"] == 8  # 4 DDIM steps x CFG
     assert report["chance_accuracy"] is not None  # True / False answers
-    assert len(report["entropy_curve"]["points"]) == 2 and "fit" in report["entropy_curve"]
+    assert len(report["entropy_curve"]["points"]) == 3 and "fit" in report["entropy_curve"]  # epochs 2, 4, 6
+    assert 0 <= res["Soft Thinking"]["soft_token_share"] <= 1
+    assert res["Diffusion + planning"]["denoiser_evals_per_step"] == pytest.approx(
+        8 * res["Diffusion + planning"]["forward_passes_per_step"])
     for png in ("entropy_histogram", "accuracy_vs_samples", "diversity", "entropy_curve"):
         assert (tmp_path / "report" / f"{png}.png").read_bytes()[:4] == b"\x89PNG"
     md = (tmp_path / "report" / "report.md").read_text()
@@ -59,3 +62,6 @@ def test_compare_config_errors(tmp_path, capsys):
     assert code == 2 and err.startswith("error: usage: lcm eval")
     code, err = run_lcm(["eval", "compare", "-c", str(tmp_path / "missing.yaml")], capsys)
     assert code == 2 and "cannot read compare config" in err
+    bad.write_text("name: x\nout_dir: y\ntoken: {config: z}\nconcept: [{name: a, config: b, sampling: {temp: 2}}]\n")
+    code, err = run_lcm(["eval", "compare", "-c", str(bad)], capsys)
+    assert code == 2 and "sampling must be a mapping with keys from" in err

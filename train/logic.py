@@ -1,11 +1,14 @@
 """Logic chains: an offline generator of multi-hop deduction problems whose steps are sentences.
 
 ProntoQA-style: fictional categories linked by rules ("Every wumpus is a yumpus."), one property rule
-at the end of the chain ("No zumpus is red."), distractor rules about other categories with the opposite
-polarity, and a question "True or false: Alex is red." The solution walks the chain one hop per paragraph
-(the rule, then what follows for the entity) and ends with `#### True` or `#### False`; answers are
-balanced, so chance accuracy is 0.5. Unlike gsm_symbolic, every step is a natural-language sentence and
-no arithmetic is needed: the task a small model trained from scratch can learn.
+at the end of the chain ("No zumpus is red."), and a question "True or false: Alex is red." A decoy chain
+of the same length over other categories ends in the same property with the opposite polarity, so the
+prompt always holds one positive and one negative rule about the asked property, in chains of the same
+shape: only following the chain from the entity's category decides the answer (no counting shortcut).
+An unrelated property rule on a random category adds noise. The solution walks the chain one hop per
+paragraph (the rule, then what follows for the entity) and ends with `#### True` or `#### False`;
+answers are balanced, so chance accuracy is 0.5. Unlike gsm_symbolic, every step is a natural-language
+sentence and no arithmetic is needed.
 """
 from __future__ import annotations
 
@@ -31,24 +34,23 @@ def property_rule(category: str, prop: str, holds: bool) -> str:
     return f"Every {category} is {prop}." if holds else f"No {category} is {prop}."
 
 
-def logic_problem(rng: random.Random, hops: int, distractors: int) -> tuple[list[str], list[list[str]], str]:
+def logic_problem(rng: random.Random, hops: int) -> tuple[list[str], list[list[str]], str]:
     """(prompt sentences, solution paragraphs, answer "True"/"False") of one problem."""
-    cats = rng.sample(CATEGORIES, hops + 1 + distractors)
-    chain, others = cats[: hops + 1], cats[hops + 1:]
+    cats = rng.sample(CATEGORIES, 2 * (hops + 1))
+    chain, decoy = cats[: hops + 1], cats[hops + 1:]
     prop, other_prop = rng.sample(PROPERTIES, 2)
     holds = rng.random() < 0.5
     name = rng.choice(NAMES)
-    links = [f"Every {x} is {a(y)}." for x, y in zip(chain, chain[1:])]
+
+    def links(c: list[str]) -> list[str]:
+        return [f"Every {x} is {a(y)}." for x, y in zip(c, c[1:])]
+
     final = property_rule(chain[-1], prop, holds)
-    # distractors: other categories with the opposite polarity, a link between them, and an unrelated
-    # property of a chain member; none of them decides the question
-    noise = [property_rule(c, prop, not holds) for c in others]
-    noise += [f"Every {x} is {a(y)}." for x, y in zip(others, others[1:])]
-    noise.append(property_rule(rng.choice(chain), other_prop, rng.random() < 0.5))
-    facts = links + [final] + noise
+    facts = links(chain) + [final] + links(decoy) + [property_rule(decoy[-1], prop, not holds),
+                                                     property_rule(rng.choice(cats), other_prop, rng.random() < 0.5)]
     rng.shuffle(facts)
     prompt = facts + [f"{name} is {a(chain[0])}.", f"True or false: {name} is {prop}."]
-    paragraphs = [[link, f"So {name} is {a(y)}."] for link, y in zip(links, chain[1:])]
+    paragraphs = [[link, f"So {name} is {a(y)}."] for link, y in zip(links(chain), chain[1:])]
     paragraphs.append([final, f"So {name} is {'' if holds else 'not '}{prop}.", f"#### {holds}"])
     return prompt, paragraphs, str(holds)
 
@@ -59,18 +61,16 @@ class LogicChains(CorpusSource):
     Args:
         n: number of problems.
         seed: generator seed (problem i depends only on seed and i).
-        min_hops / max_hops: chain length, drawn uniformly per problem.
-        distractors: categories outside the chain that carry the opposite property.
+        min_hops / max_hops: chain length, drawn uniformly per problem (the decoy chain has the same length).
     """
 
-    def __init__(self, n: int = 2000, seed: int = 0, min_hops: int = 2, max_hops: int = 4, distractors: int = 2):
-        if n < 1 or not 1 <= min_hops <= max_hops or distractors < 0:
-            raise LCMError(f"LogicChains needs n >= 1, 1 <= min_hops <= max_hops, distractors >= 0 "
-                           f"(got n={n}, hops {min_hops}..{max_hops}, distractors={distractors})")
-        if max_hops + 1 + distractors > len(CATEGORIES):
-            raise LCMError(f"max_hops + 1 + distractors must be <= {len(CATEGORIES)} categories")
+    def __init__(self, n: int = 2000, seed: int = 0, min_hops: int = 2, max_hops: int = 4):
+        limit = len(CATEGORIES) // 2 - 1  # two chains of max_hops + 1 distinct categories
+        if n < 1 or not 1 <= min_hops <= max_hops <= limit:
+            raise LCMError(f"LogicChains needs n >= 1 and 1 <= min_hops <= max_hops <= {limit} "
+                           f"(got n={n}, hops {min_hops}..{max_hops})")
         self.n, self.seed = n, seed
-        self.min_hops, self.max_hops, self.distractors = min_hops, max_hops, distractors
+        self.min_hops, self.max_hops = min_hops, max_hops
 
     def describe(self) -> str:
         return f"logic chains (n={self.n}, seed={self.seed}, {self.min_hops}-{self.max_hops} hops)"
@@ -78,6 +78,6 @@ class LogicChains(CorpusSource):
     def documents(self, max_chars: int) -> Iterator[Document]:
         for i in range(self.n):
             rng = random.Random(f"{self.seed}:{i}")
-            prompt, paragraphs, answer = logic_problem(rng, rng.randint(self.min_hops, self.max_hops), self.distractors)
+            prompt, paragraphs, answer = logic_problem(rng, rng.randint(self.min_hops, self.max_hops))
             yield Document(prompt=_cap_all(prompt, max_chars), paragraphs=[_cap_all(p, max_chars) for p in paragraphs],
                            answer=answer, meta={"source": "logic_chains", "index": i})
