@@ -106,18 +106,9 @@ class TokenLM(L.LightningModule):
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str = "cpu") -> "TokenLM":
-        from lcm.checkpoint import load_checkpoint, model_from_checkpoint
+        from lcm.checkpoint import load_module
 
-        ckpt = load_checkpoint(path)
-        if (ckpt.get("lcm") or {}).get("kind") != "token":
-            raise LCMError(f"{path} is not a token-baseline checkpoint (train one with "
-                           "`lcm fit -c train/configs/token_baseline.yaml`)")
-        model = model_from_checkpoint(cls, ckpt, path)
-        model.on_load_checkpoint(ckpt)
-        try:
-            return model.to(device).eval()
-        except (RuntimeError, AssertionError) as e:
-            raise LCMError(f"cannot use device {device!r}: {str(e).splitlines()[0][:200]}") from e
+        return load_module(cls, path, "token", "token-baseline", "lcm fit -c train/configs/token_baseline.yaml", device)
 
     # ---- training --------------------------------------------------------------------------------
     def prompt_ids(self, prompt: str) -> list[int]:

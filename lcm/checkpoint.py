@@ -31,3 +31,17 @@ def model_from_checkpoint(cls, ckpt: dict, path: str | Path):
         raise LCMError(f"checkpoint {path} does not match this version of lcm-trainer "
                        f"({type(e).__name__}: {str(e).splitlines()[0][:200]})") from e
     return model
+
+
+def load_module(cls, path: str | Path, kind: str, what: str, train_hint: str, device: str = "cpu"):
+    """An eval-mode `cls` from a checkpoint whose `lcm.kind` is `kind`, on `device`; one error line for a
+    checkpoint of another kind or an unusable device. `what` names the kind in messages."""
+    ckpt = load_checkpoint(path)
+    if (ckpt.get("lcm") or {}).get("kind") != kind:
+        raise LCMError(f"{path} is not a {what} checkpoint (train one with `{train_hint}`)")
+    model = model_from_checkpoint(cls, ckpt, path)
+    model.on_load_checkpoint(ckpt)
+    try:
+        return model.to(device).eval()
+    except (RuntimeError, AssertionError) as e:  # e.g. device="cuda" on a machine without CUDA
+        raise LCMError(f"cannot use device {device!r}: {str(e).splitlines()[0][:200]}") from e

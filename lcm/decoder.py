@@ -295,18 +295,9 @@ class SentenceDecoderLM(L.LightningModule):
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str = "cpu") -> "SentenceDecoderLM":
-        from lcm.checkpoint import load_checkpoint, model_from_checkpoint
+        from lcm.checkpoint import load_module
 
-        ckpt = load_checkpoint(path)
-        if (ckpt.get("lcm") or {}).get("kind") != "decoder":
-            raise LCMError(f"{path} is not a sentence-decoder checkpoint (train one with "
-                           "`lcm fit -c train/configs/decoder_quickstart.yaml`)")
-        model = model_from_checkpoint(cls, ckpt, path)
-        model.on_load_checkpoint(ckpt)
-        try:
-            return model.to(device).eval()
-        except (RuntimeError, AssertionError) as e:  # e.g. device="cuda" on a machine without CUDA
-            raise LCMError(f"cannot use device {device!r}: {str(e).splitlines()[0][:200]}") from e
+        return load_module(cls, path, "decoder", "sentence-decoder", "lcm fit -c train/configs/decoder_quickstart.yaml", device)
 
     # ---- optimisation ----------------------------------------------------------------------------
     def configure_optimizers(self):
