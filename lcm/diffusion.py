@@ -24,7 +24,7 @@ from torch import nn
 
 from lcm.errors import LCMError
 from lcm.model import BaseLCM, LCMConfig, SwiGLU, init_gpt_weights
-from lcm.module import ConceptLM, target_mask
+from lcm.module import ConceptLM, packed, target_mask
 
 
 @dataclass
@@ -165,13 +165,16 @@ class TwoTowerLCM(nn.Module):
         self.register_buffer("abar", alphas_cumprod(diffusion.schedule, diffusion.timesteps), persistent=False)
 
     def denoise(self, ctx: torch.Tensor, x_tau: torch.Tensor, tau: torch.Tensor, qpos: torch.Tensor,
-                keep: torch.Tensor | None) -> torch.Tensor:
+                keep: torch.Tensor | None, doc: torch.Tensor | None = None) -> torch.Tensor:
         """ctx (B, T, d) contextualizer outputs; x_tau (B, Q, D) noisy concepts; tau (B, Q) noise levels;
         qpos (B, Q): the context position each query follows (it sees ctx[0..qpos]); keep (B, Q) bool:
-        False = this query sees only the null context (None = all keep). Returns x0 estimates (B, Q, D)."""
+        False = this query sees only the null context (None = all keep); doc (B, T): document of each
+        context position in packed windows (a query sees only its own document). Returns x0 (B, Q, D)."""
         B, T, d = ctx.shape
         kv = torch.cat([self.null_context.expand(B, 1, d).to(ctx.dtype), ctx], dim=1)  # (B, 1+T, d)
         visible = torch.arange(T, device=ctx.device)[None, None, :] <= qpos[..., None]  # (B, Q, T)
+        if doc is not None:
+            visible = visible & (doc[:, None, :] == doc.gather(1, qpos)[..., None])
         if keep is not None:
             visible = visible & keep[..., None]
         mask = torch.cat([torch.ones_like(visible[..., :1]), visible], dim=-1)[:, None]  # (B, 1, Q, 1+T)
@@ -183,18 +186,18 @@ class TwoTowerLCM(nn.Module):
         return self.out_proj(self.final_norm(h) * (1 + scale) + shift)
 
     def guided(self, ctx: torch.Tensor, x_tau: torch.Tensor, tau: torch.Tensor, qpos: torch.Tensor,
-               scale: float, rescale: float) -> torch.Tensor:
+               scale: float, rescale: float, doc: torch.Tensor | None = None) -> torch.Tensor:
         """x0 with classifier-free guidance: conditional and unconditional passes in one batched forward."""
         if scale == 1.0:
-            return self.denoise(ctx, x_tau, tau, qpos, None)
+            return self.denoise(ctx, x_tau, tau, qpos, None, doc)
         keep = torch.cat([torch.ones_like(qpos, dtype=torch.bool), torch.zeros_like(qpos, dtype=torch.bool)])
         both = self.denoise(torch.cat([ctx, ctx]), torch.cat([x_tau, x_tau]), torch.cat([tau, tau]),
-                            torch.cat([qpos, qpos]), keep)
+                            torch.cat([qpos, qpos]), keep, None if doc is None else torch.cat([doc, doc]))
         cond, uncond = both.chunk(2)
         return guide(cond, uncond, scale, rescale)
 
     def sample(self, ctx: torch.Tensor, qpos: torch.Tensor, generator: torch.Generator | None = None,
-               **overrides) -> torch.Tensor:
+               doc: torch.Tensor | None = None, **overrides) -> torch.Tensor:
         """Clean next concepts after context positions qpos (B, Q) -> (B, Q, D), by DDIM. `overrides`:
         steps, init_noise, guidance, guidance_rescale, eta (default: the config's)."""
         try:
@@ -207,7 +210,7 @@ class TwoTowerLCM(nn.Module):
 
         def denoise(x_tau: torch.Tensor, tau: int) -> torch.Tensor:
             levels = torch.full_like(qpos, tau)
-            return self.guided(ctx, x_tau.to(ctx.dtype), levels, qpos, cfg.guidance, cfg.guidance_rescale).float()
+            return self.guided(ctx, x_tau.to(ctx.dtype), levels, qpos, cfg.guidance, cfg.guidance_rescale, doc).float()
 
         return ddim(denoise, x, self.abar, taus, cfg.eta, generator)
 
@@ -219,18 +222,21 @@ class DiffusionLCM(ConceptLM):
         arch: contextualizer shape (its d_model / n_head / dropout also shape the denoiser).
         diffusion: denoiser depth, noise schedule, CFG dropout and the sampling defaults.
         eval_seed: seed of the noise used for validation / test samples (scores are reproducible).
+        compile: as `ConceptLM`; here each contextualizer block and each denoiser block is compiled (the
+            training step calls `hidden_states` and `denoise`, not the network's `forward`).
         Other arguments as `ConceptLM`.
     """
 
     def __init__(self, arch: LCMConfig = LCMConfig(), diffusion: DiffusionConfig = DiffusionConfig(),
                  lr: float = 1e-3, weight_decay: float = 0.1, betas: tuple[float, float] = (0.9, 0.95),
                  warmup_steps: int = 100, min_lr_ratio: float = 0.1, loss_weights: dict[str, float] | None = None,
-                 boundary_threshold: float = 0.9, eval_seed: int = 0):
+                 boundary_threshold: float = 0.9, eval_seed: int = 0, compile: bool = False):
         if isinstance(diffusion, dict):  # from a checkpoint's hyperparameters
             diffusion = DiffusionConfig(**diffusion)
         self.diffusion, self.eval_seed = diffusion, eval_seed  # read by build_net / extra_hparams below
         super().__init__(arch, lr=lr, weight_decay=weight_decay, betas=betas, warmup_steps=warmup_steps,
-                         min_lr_ratio=min_lr_ratio, loss_weights=loss_weights, boundary_threshold=boundary_threshold)
+                         min_lr_ratio=min_lr_ratio, loss_weights=loss_weights, boundary_threshold=boundary_threshold,
+                         compile=compile)
 
     def extra_hparams(self) -> dict:
         return {"diffusion": asdict(self.diffusion), "eval_seed": self.eval_seed}
@@ -238,9 +244,15 @@ class DiffusionLCM(ConceptLM):
     def build_net(self, arch: LCMConfig) -> nn.Module:
         return TwoTowerLCM(arch, self.diffusion)
 
+    def compile_net(self) -> None:
+        if not getattr(self, "_net_compiled", False):
+            for block in (*self.net.context.blocks, *self.net.blocks):
+                block.compile()
+            self._net_compiled = True
+
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         xn = self.normalizer.normalize(batch["x"])  # (B, T, D)
-        ctx = self.net.context.hidden_states(xn[:, :-1])  # (B, T-1, d)
+        ctx = self.net.context.hidden_states(xn[:, :-1], **packed(batch))  # (B, T-1, d)
         x0 = xn[:, 1:]
         B, T = x0.shape[:2]
         tau = torch.randint(0, self.diffusion.timesteps, (B, T), device=x0.device)
@@ -248,22 +260,24 @@ class DiffusionLCM(ConceptLM):
         x_tau = a.sqrt() * x0 + (1 - a).sqrt() * torch.randn_like(x0)
         keep = torch.rand(B, T, device=x0.device) >= self.diffusion.cfg_dropout
         qpos = torch.arange(T, device=x0.device).expand(B, T)
-        pred = self.net.denoise(ctx, x_tau, tau, qpos, keep)
-        loss = self._loss(pred, x0, batch["types"])
+        pred = self.net.denoise(ctx, x_tau, tau, qpos, keep, packed(batch).get("doc"))
+        loss = self._loss(pred, x0, batch["types"], batch.get("doc"))
         self.log("train/loss", loss, prog_bar=True, batch_size=B)
         return loss
 
-    def _sample_all(self, xn: torch.Tensor) -> torch.Tensor:
+    def _sample_all(self, xn: torch.Tensor, doc: torch.Tensor | None = None,
+                    pos: torch.Tensor | None = None) -> torch.Tensor:
         """Normalized concepts (B, T, D) -> a sampled next concept after every position (B, T, D), with the
-        inference settings and the fixed `eval_seed` (teacher-forced scores are reproducible)."""
-        ctx = self.net.context.hidden_states(xn)
+        inference settings and the fixed `eval_seed` (teacher-forced scores are reproducible). doc / pos
+        (B, T): packed windows."""
+        ctx = self.net.context.hidden_states(xn, doc, pos)
         B, T = ctx.shape[:2]
         generator = torch.Generator().manual_seed(self.eval_seed)
-        return self.net.sample(ctx, torch.arange(T, device=ctx.device).expand(B, T), generator)
+        return self.net.sample(ctx, torch.arange(T, device=ctx.device).expand(B, T), generator, doc)
 
     def _predict(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         xn = self.normalizer.normalize(batch["x"])
-        return self._sample_all(xn[:, :-1]), xn[:, 1:], target_mask(batch["types"])
+        return self._sample_all(xn[:, :-1], **packed(batch)), xn[:, 1:], target_mask(batch["types"], batch.get("doc"))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Raw concepts (B, T, D) -> a sampled raw next concept after every position (B, T, D)."""

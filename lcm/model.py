@@ -96,14 +96,16 @@ class CausalSelfAttention(nn.Module):
         self.dropout = cfg.dropout
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None,
-                cache: KVCache | None = None) -> torch.Tensor:
+                cache: KVCache | None = None, mask: torch.Tensor | None = None) -> torch.Tensor:
         """x (B, T, C). With a cache, x holds the positions after the cached ones: either the whole
-        prompt (empty cache) or one new position."""
+        prompt (empty cache) or one new position. `rope` tables are (T_max, hd/2), or per position
+        (B, 1, T, hd/2) for packed documents; `mask` (B, 1, T, T) bool (True = may attend) replaces the
+        plain causal mask then."""
         B, T, C = x.shape
         q, k, v = self.qkv(x).view(B, T, 3, self.n_head, C // self.n_head).permute(2, 0, 3, 1, 4)  # 3 x (B, H, T, hd)
         start = cache.length if cache is not None else 0
         if rope is not None:
-            cos, sin = rope[0][start:start + T], rope[1][start:start + T]
+            cos, sin = rope if rope[0].dim() == 4 else (rope[0][start:start + T], rope[1][start:start + T])
             q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         if cache is not None:
             if start and T != 1:
@@ -112,7 +114,8 @@ class CausalSelfAttention(nn.Module):
         # Flash / memory-efficient kernels where available; right padding needs no extra mask.
         # One new position attends to every cached one: no causal mask then.
         y = F.scaled_dot_product_attention(
-            q, k, v, is_causal=start == 0, dropout_p=self.dropout if self.training else 0.0
+            q, k, v, attn_mask=mask, is_causal=start == 0 and mask is None,
+            dropout_p=self.dropout if self.training else 0.0,
         )  # (B, H, T, hd)
         return self.proj(y.transpose(1, 2).reshape(B, T, C))
 
@@ -137,8 +140,8 @@ class Block(nn.Module):
         self.mlp = SwiGLU(cfg)
         self.drop = nn.Dropout(cfg.dropout)
 
-    def forward(self, x: torch.Tensor, rope, cache: KVCache | None = None) -> torch.Tensor:
-        x = x + self.drop(self.attn(self.norm1(x), rope, cache))
+    def forward(self, x: torch.Tensor, rope, cache: KVCache | None = None, mask: torch.Tensor | None = None) -> torch.Tensor:
+        x = x + self.drop(self.attn(self.norm1(x), rope, cache, mask))
         return x + self.drop(self.mlp(self.norm2(x)))
 
 
@@ -176,21 +179,34 @@ class BaseLCM(nn.Module):
             self.register_buffer("rope_sin", sin, persistent=False)
         init_gpt_weights(self, cfg.n_layer)
 
-    def hidden_states(self, x: torch.Tensor) -> torch.Tensor:
-        """x: (B, T, D) normalized concepts -> final-layer hidden states (B, T, d_model)."""
+    def hidden_states(self, x: torch.Tensor, doc: torch.Tensor | None = None,
+                      pos: torch.Tensor | None = None) -> torch.Tensor:
+        """x: (B, T, D) normalized concepts -> final-layer hidden states (B, T, d_model).
+
+        Packed windows pass `doc` (B, T), the document of each position (PAD -1 at padding), and `pos`
+        (B, T), its position inside that document: attention stays inside a document and positions
+        restart at each one."""
         T = x.shape[1]
         if T > self.cfg.max_seq_len:
             raise ValueError(f"sequence of {T} concepts exceeds max_seq_len={self.cfg.max_seq_len}")
         h = self.in_proj(x)
+        mask = None
+        if doc is not None:
+            causal = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
+            mask = ((doc[:, :, None] == doc[:, None, :]) & causal)[:, None]  # (B, 1, T, T)
         if self.pos_emb is not None:
-            h = h + self.pos_emb(torch.arange(T, device=x.device))
-        rope = (self.rope_cos, self.rope_sin) if self.pos_emb is None else None
+            h = h + self.pos_emb(pos if pos is not None else torch.arange(T, device=x.device))
+            rope = None
+        elif pos is not None:
+            rope = (self.rope_cos[pos][:, None], self.rope_sin[pos][:, None])  # (B, 1, T, hd/2) each
+        else:
+            rope = (self.rope_cos, self.rope_sin)
         for block in self.blocks:
-            h = block(h, rope)
+            h = block(h, rope, mask=mask)
         return self.norm(h)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.out_proj(self.hidden_states(x))  # (B, T, D)
+    def forward(self, x: torch.Tensor, doc: torch.Tensor | None = None, pos: torch.Tensor | None = None) -> torch.Tensor:
+        return self.out_proj(self.hidden_states(x, doc, pos))  # (B, T, D)
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())

@@ -15,13 +15,21 @@ from lcm.normalizer import RobustScaler
 from lcm.optim import adamw_warmup_cosine
 
 
-def target_mask(types: torch.Tensor) -> torch.Tensor:
-    """types (B, T) -> (B, T-1) bool: positions whose *next* concept is a loss target (step / end-of-text)."""
+def target_mask(types: torch.Tensor, doc: torch.Tensor | None = None) -> torch.Tensor:
+    """types (B, T) -> (B, T-1) bool: positions whose *next* concept is a loss target (step / end-of-text).
+    With packed documents (`doc` (B, T)), a concept is never a target of the previous document's last one."""
     nxt = types[:, 1:]
     mask = torch.zeros_like(nxt, dtype=torch.bool)
     for t in TARGET_TYPES:
         mask |= nxt == int(t)
+    if doc is not None:
+        mask &= doc[:, 1:] == doc[:, :-1]
     return mask
+
+
+def packed(batch: dict) -> dict:
+    """doc / pos (B, T-1) of the input positions of a packed batch; nothing for an unpacked one."""
+    return {"doc": batch["doc"][:, :-1], "pos": batch["pos"][:, :-1]} if "doc" in batch else {}
 
 
 def check_embed_dim(dm, arch: LCMConfig) -> None:
@@ -44,18 +52,22 @@ class ConceptLM(L.LightningModule):
         loss_weights: weight of each target type in the MSE, by name: step, eot, plan, break (default 1).
         boundary_threshold: cosine to the break / end-of-text concept at which a prediction counts as
             that boundary in the validation detection metrics (generation uses the same default).
+        compile: `torch.compile` the network when `fit` starts (in place, `nn.Module.compile`: parameter names
+            and checkpoints stay the same). Validation inside `fit` runs compiled too; `lcm validate` / `test`
+            and models loaded for generation stay eager. Worth it on GPUs for long runs; the first steps
+            (and each new batch shape, until shapes are marked dynamic) pay the compile time.
     """
 
     def __init__(self, arch: LCMConfig = LCMConfig(), lr: float = 1e-3, weight_decay: float = 0.1,
                  betas: tuple[float, float] = (0.9, 0.95), warmup_steps: int = 100, min_lr_ratio: float = 0.1,
-                 loss_weights: dict[str, float] | None = None, boundary_threshold: float = 0.9):
+                 loss_weights: dict[str, float] | None = None, boundary_threshold: float = 0.9, compile: bool = False):
         super().__init__()
         if isinstance(arch, dict):  # from a checkpoint's hyperparameters
             arch = LCMConfig(**arch)
         self.save_hyperparameters({"arch": asdict(arch), "lr": lr, "weight_decay": weight_decay, "betas": tuple(betas),
                                    "warmup_steps": warmup_steps, "min_lr_ratio": min_lr_ratio,
                                    "loss_weights": dict(loss_weights or {}), "boundary_threshold": boundary_threshold,
-                                   **self.extra_hparams()})
+                                   "compile": bool(compile), **self.extra_hparams()})
         unknown = set(loss_weights or {}) - {TYPE_NAMES[t] for t in TARGET_TYPES}
         if unknown:
             raise LCMError(f"loss_weights has unknown position types {sorted(unknown)}; use step, eot, plan, break")
@@ -80,6 +92,18 @@ class ConceptLM(L.LightningModule):
         """Subclass arguments to store in checkpoints next to the shared ones."""
         return {}
 
+    def configure_model(self) -> None:
+        """Lightning hook (after `setup`, before the model moves to its device): `compile` for `fit` only."""
+        trainer = self._trainer
+        if self.hparams.get("compile") and trainer is not None and trainer.state.fn == "fit":
+            self.compile_net()
+
+    def compile_net(self) -> None:
+        """`torch.compile` what the training step runs, in place (idempotent). Base-LCM: the whole network."""
+        if not getattr(self, "_net_compiled", False):
+            self.net.compile()
+            self._net_compiled = True
+
     # ---- wiring to the data ----------------------------------------------------------------------
     def setup(self, stage: str) -> None:
         dm = self.trainer.datamodule if self._trainer is not None else None
@@ -90,10 +114,10 @@ class ConceptLM(L.LightningModule):
             targets = torch.from_numpy(dm.train_targets())
             self.normalizer.fit(targets)
             self.mean_target.copy_(targets.mean(0))
-            self.eot_embedding.copy_(torch.from_numpy(dm.corpus.table[dm.corpus.eot_id]))
+            self.eot_embedding.copy_(torch.from_numpy(dm.corpus.vectors([dm.corpus.eot_id])[0]))
             planning = bool(getattr(dm, "planning", False))
             if planning:
-                self.break_embedding.copy_(torch.from_numpy(dm.corpus.table[dm.corpus.break_id]))
+                self.break_embedding.copy_(torch.from_numpy(dm.corpus.vectors([dm.corpus.break_id])[0]))
             self.meta = {"encoder": dm.encoder.config(), "encoder_id": dm.encoder.id, "dim": dm.embed_dim,
                          "eot_text": dm.eot_text, "max_chars": dm.max_chars, "planning": planning,
                          "break_text": getattr(dm, "break_text", None)}
@@ -130,7 +154,7 @@ class ConceptLM(L.LightningModule):
         from lcm.retrieval import write_banks
 
         dm = self.trainer.datamodule
-        if hasattr(dm, "bank"):
+        if hasattr(dm, "bank") and getattr(dm, "banks", True):
             write_banks(self.trainer, {"bank": dm.bank, "plan_bank": getattr(dm, "plan_bank", lambda: None)})
 
     # ---- steps -----------------------------------------------------------------------------------
@@ -162,18 +186,21 @@ class ConceptLM(L.LightningModule):
 
     def _predict(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         xn = self.normalizer.normalize(batch["x"])  # (B, T, D)
-        pred = self.net(xn[:, :-1])  # (B, T-1, D) prediction of concept t+1 from concepts <= t
-        return pred, xn[:, 1:], target_mask(batch["types"])
+        pred = self.net(xn[:, :-1], **packed(batch))  # (B, T-1, D) prediction of concept t+1 from concepts <= t
+        return pred, xn[:, 1:], target_mask(batch["types"], batch.get("doc"))
 
-    def _loss(self, pred: torch.Tensor, target: torch.Tensor, types: torch.Tensor) -> torch.Tensor:
-        """Position-type-weighted MSE. pred/target (B, T-1, D) normalized; types (B, T)."""
+    def _loss(self, pred: torch.Tensor, target: torch.Tensor, types: torch.Tensor,
+              doc: torch.Tensor | None = None) -> torch.Tensor:
+        """Position-type-weighted MSE. pred/target (B, T-1, D) normalized; types (B, T); doc (B, T) when packed."""
         w = self.type_weights[types[:, 1:].clamp_min(0)] * (types[:, 1:] >= 0)  # (B, T-1), 0 on prompt/pad
+        if doc is not None:  # no target across a document boundary
+            w = w * (doc[:, 1:] == doc[:, :-1])
         per_pos = (pred.float() - target.float()).pow(2).mean(-1)  # (B, T-1)
         return (per_pos * w).sum() / w.sum().clamp_min(1e-8)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         pred, target, mask = self._predict(batch)
-        loss = self._loss(pred, target, batch["types"])
+        loss = self._loss(pred, target, batch["types"], batch.get("doc"))
         self.log("train/loss", loss, prog_bar=True, batch_size=int(mask.shape[0]))
         return loss
 
@@ -195,7 +222,7 @@ class ConceptLM(L.LightningModule):
         n = int(mask.sum())
         if n == 0:
             return
-        loss = self._loss(pred_all, target_all, batch["types"])
+        loss = self._loss(pred_all, target_all, batch["types"], batch.get("doc"))
         pred = pred_all[mask].float()  # (N, D) normalized
         gold = batch["x"][:, 1:][mask].float()  # (N, D) raw
         prev = batch["x"][:, :-1][mask].float()
@@ -246,7 +273,7 @@ class ConceptLM(L.LightningModule):
 
             rows = dm.retrieval_candidates(split)
             index = faiss.IndexFlatIP(self.arch.embed_dim)
-            index.add(unit_rows(dm.corpus.table[rows]))
+            index.add(unit_rows(dm.corpus.vectors(rows)))
             self._val_index = (split, (index, rows))
         return self._val_index[1]
 

@@ -98,17 +98,22 @@ def test_malformed_jsonl_names_the_cause(tmp_path):
         list(DatasetSource(str(path)).documents(256))
 
 
-def test_prompts_that_fill_the_context_are_dropped(tmp_path, encoder):
+def test_long_documents_wrap_or_truncate(tmp_path, encoder):
     long_prompt = {"question": " ".join(f"Fact {i} is true." for i in range(40)), "steps": ["s."], "answer": "1"}
-    dm = dm_for(DatasetSource(str(write_jsonl(tmp_path / "d.jsonl", [long_prompt] + ROWS))), tmp_path, encoder,
-                max_seq_len=16)
-    dm.setup("fit")
-    assert dm.corpus.stats["no_target"] == 1
+    data = str(write_jsonl(tmp_path / "d.jsonl", [long_prompt] + ROWS))
+    wrap = dm_for(DatasetSource(data), tmp_path, encoder, max_seq_len=16)
+    wrap.setup("fit")
+    # 40 prompt sentences + step + answer + end-of-text = 43 concepts -> windows of 16, 16, 11: the first
+    # two hold only prompt (dropped), the last keeps the step, the answer and the end-of-text as targets
+    assert wrap.corpus.stats["wrapped"] == 1 and wrap.corpus.stats["no_target"] == 2
     only = dm_for(DatasetSource(str(write_jsonl(tmp_path / "o.jsonl", [long_prompt]))), tmp_path, encoder,
                   max_seq_len=16, val_fraction=0.0, test_fraction=0.0)
+    assert len(only.train_targets()) == 3
+    cut = dm_for(DatasetSource(str(write_jsonl(tmp_path / "o.jsonl", [long_prompt]))), tmp_path, encoder,
+                 max_seq_len=16, val_fraction=0.0, test_fraction=0.0, long_documents="truncate")
     with pytest.raises(LCMError, match="only 0 training target"):
-        only.setup("fit")
-        only.train_targets()
+        cut.train_targets()
+    assert cut.corpus.stats["truncated"] == 1 and cut.corpus.stats["no_target"] == 1
 
 
 def test_empty_and_missing_files(tmp_path):

@@ -10,9 +10,9 @@ import lightning as L
 import numpy as np
 import torch
 from lightning.pytorch.utilities import rank_zero_info
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
-from lcm.concepts import DEFAULT_BREAK_TEXT, DEFAULT_EOT_TEXT, PAD, TARGET_TYPES, ConceptType
+from lcm.concepts import DEFAULT_BREAK_TEXT, DEFAULT_EOT_TEXT, TARGET_TYPES, ConceptType
 from lcm.encoders.base import Encoder
 from lcm.encoders.cache import EmbeddingCache
 from lcm.encoders.sentence_transformer import SentenceTransformerEncoder
@@ -22,8 +22,11 @@ from lcm.planners.planner import ExtractivePlanner, Planner
 from lcm.retrieval import SentenceBank
 from lcm.train.corpus import CorpusSource
 from lcm.train.documents import Document
+from lcm.train.store import SPLITS, Mapped, Sequences, StoreWriter, Texts, open_store
+from lcm.train.windows import LongDocuments, PadCollate, WindowDataset, cut_segments, pack_segments
 
-SPLITS = ("train", "val", "test")
+BULK_ROWS = 2_048  # table rows per chunk of a bulk read (each row can map ~64 KB: the kernel faults around)
+MAX_FIT_TARGETS = 200_000  # normalizer / mean baseline fitted on at most this many training targets (seeded sample)
 
 
 def split_of(doc: Document, val_fraction: float, test_fraction: float, seed: int) -> str:
@@ -65,59 +68,55 @@ def load_documents(source: CorpusSource, max_chars: int, val_fraction: float, te
 
 @dataclass
 class Corpus:
-    """Everything the model needs, built once: texts, their embeddings, and per-split sequences."""
+    """Everything the model needs, built once: row texts, the concept table and per-split documents, all
+    in a prepared store on disk (`lcm.train.store`) and memory-mapped from there."""
 
-    texts: list[str]  # unique sentences; row i of `table`
-    table: np.ndarray  # (U, D) float32 embeddings
-    docs: dict[str, list[Document]]
-    seqs: dict[str, list[tuple[np.ndarray, np.ndarray]]]  # per doc: (ids (T,), types (T,))
+    texts: list[str] | Texts  # display text of table row i
+    table: Mapped  # (U, D) float16 / float32 concept vectors, memory-mapped
+    docs: dict[str, list[Document]]  # empty when trained from a store alone
+    seqs: dict[str, Sequences]  # per split: documents as (ids (T,), types (T,))
     eot_id: int
     break_id: int = -1  # -1 without planning
     stats: dict = field(default_factory=dict)
+    folder: Path | None = None  # the store
 
-    def target_ids(self, split: str, types=TARGET_TYPES) -> np.ndarray:
-        """Table rows of every target position of a split, with repetition. (N,)"""
-        parts = [ids[np.isin(t, [int(x) for x in types])] for ids, t in self.seqs[split]]
-        return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
-
-
-class SequenceDataset(Dataset):
-    def __init__(self, seqs: list[tuple[np.ndarray, np.ndarray]]):
-        self.seqs = seqs
-
-    def __len__(self) -> int:
-        return len(self.seqs)
-
-    def __getitem__(self, i: int) -> tuple[np.ndarray, np.ndarray]:
-        return self.seqs[i]
-
-
-class PadCollate:
-    """Right-pads sequences and looks their embeddings up in the shared table."""
-
-    def __init__(self, table: np.ndarray):
-        self.table = torch.from_numpy(table)
-
-    def __call__(self, items: list[tuple[np.ndarray, np.ndarray]]) -> dict[str, torch.Tensor]:
-        T = max(len(ids) for ids, _ in items)
-        ids = torch.full((len(items), T), PAD, dtype=torch.long)
-        types = torch.full((len(items), T), PAD, dtype=torch.long)
-        for b, (i, t) in enumerate(items):
-            ids[b, : len(i)] = torch.from_numpy(i.astype(np.int64))
-            types[b, : len(t)] = torch.from_numpy(t.astype(np.int64))
-        x = self.table[ids.clamp_min(0)] * (ids >= 0).unsqueeze(-1)  # (B, T, D), zeros at padding
-        return {"x": x, "ids": ids, "types": types}
+    def vectors(self, rows) -> np.ndarray:
+        """Table rows as float32. (N, D)"""
+        rows = np.asarray(rows, dtype=np.int64)
+        if len(rows) <= BULK_ROWS:
+            return np.asarray(self.table[rows], dtype=np.float32)
+        # A bulk read (normalizer fit, retrieval index) touches pages all over the table: read it in sorted
+        # chunks and unmap after each, so resident memory holds one chunk's pages, not the whole table.
+        out = np.empty((len(rows), self.table.shape[1]), dtype=np.float32)
+        order = np.argsort(rows, kind="stable")
+        for a in range(0, len(rows), BULK_ROWS):
+            sel = order[a:a + BULK_ROWS]
+            out[sel] = self.table[rows[sel]]
+            self.table.release()
+        return out
 
 
 class ConceptDataModule(L.LightningDataModule):
     """Builds documents from a source, encodes every unique sentence once (cached), serves batches.
 
     Args:
-        source: where documents come from (e.g. `GsmSymbolic`, `DatasetSource`).
+        source: where documents come from (e.g. `GsmSymbolic`, `DatasetSource`). Their concepts are
+            written to a prepared store under `<cache_dir>/corpora/` (memory-mapped; see `lcm.train.store`).
+        store: train from a prepared store folder instead of a source (no documents, no encoding: e.g. a
+            store carried to a GPU machine, or one too large to rebuild per run).
         encoder: frozen sentence encoder (default: bundled all-MiniLM-L6-v2).
         cache_dir: embedding cache folder, reused across runs.
         batch_size: sequences per batch.
-        max_seq_len: concepts per sequence; longer documents are truncated (counted in the summary).
+        max_seq_len: concepts per training window (the model's context).
+        long_documents: documents longer than `max_seq_len`: "wrap" into consecutive windows (nothing is
+            lost; the LCM paper wraps at 128) or "truncate" to their first `max_seq_len` concepts.
+        pack: pack short documents together into windows of `max_seq_len` concepts; the model masks
+            attention across documents and restarts positions in each (Base-LCM only).
+        store_dtype: dtype of the stored concept table ("float16" halves memory and disk).
+        banks: write the retrieval sentence banks next to the checkpoints at fit start. Turn off for very
+            large corpora and build them later with `lcm validate ... --data.banks true`.
+        val_retrieval_max: teacher-forced retrieval accuracy searches every target of the split plus
+            training targets up to this many candidates in all (a seeded sample above it).
         val_fraction / test_fraction: share of documents held out, split by a hash of the prompt.
         split_seed: changes which documents are held out.
         max_chars: sentences longer than this are re-split (encoders degrade past ~256 characters).
@@ -138,7 +137,7 @@ class ConceptDataModule(L.LightningDataModule):
         break_text: the sentence whose embedding is the break concept.
     """
 
-    def __init__(self, source: CorpusSource, encoder: Encoder | None = None, cache_dir: str = ".cache/lcm",
+    def __init__(self, source: CorpusSource | None = None, encoder: Encoder | None = None, cache_dir: str = ".cache/lcm",
                  batch_size: int = 32, max_seq_len: int = 128, val_fraction: float = 0.1,
                  test_fraction: float = 0.1, split_seed: int = 0, max_chars: int = 256,
                  eot_text: str = DEFAULT_EOT_TEXT, num_workers: int = 0, encode_batch_size: int = 64,
@@ -146,10 +145,25 @@ class ConceptDataModule(L.LightningDataModule):
                  hnsw_above: int = 100_000, planning: bool = False, planner: Planner | None = None,
                  max_paragraph_steps: int = 9, min_paragraph_steps: int = 2,
                  flat_grouping: Literal["none", "fixed", "similarity"] = "none", group_size: int = 3,
-                 similarity_threshold: float = 0.5, break_text: str = DEFAULT_BREAK_TEXT):
+                 similarity_threshold: float = 0.5, break_text: str = DEFAULT_BREAK_TEXT, store: str | None = None,
+                 long_documents: LongDocuments = "wrap", pack: bool = False,
+                 store_dtype: Literal["float16", "float32"] = "float16", banks: bool = True,
+                 val_retrieval_max: int = 100_000):
         super().__init__()
         check_split_args(val_fraction, test_fraction, max_chars)
+        if (source is None) == (store is None):
+            raise LCMError("give the data either a source (data.source) or a prepared store (data.store), not "
+                           + ("both" if source is not None else "neither"))
+        if long_documents not in ("wrap", "truncate"):
+            raise LCMError(f"long_documents must be wrap or truncate, not {long_documents!r}")
         self.source = source
+        self.store = store
+        self.long_documents = long_documents
+        self.pack = pack
+        self.store_dtype = store_dtype
+        self.banks = banks
+        self.val_retrieval_max = val_retrieval_max
+        self._segments: dict[str, np.ndarray] = {}
         self.encoder = encoder if encoder is not None else SentenceTransformerEncoder()
         self.cache_dir = Path(cache_dir)
         self.batch_size = batch_size
@@ -198,6 +212,43 @@ class ConceptDataModule(L.LightningDataModule):
         return self._corpus
 
     def _build(self) -> Corpus:
+        corpus = self._open_store() if self.store is not None else self._build_store()
+        stats = corpus.stats
+        for split in SPLITS:  # windows now: their counts belong in the summary
+            for k, v in self._window_stats(corpus, split).items():
+                stats[k] = stats.get(k, 0) + v
+        n_docs = {s: len(corpus.seqs[s]) for s in SPLITS}
+        where = f"prepared store {corpus.folder}"
+        if self.store is None:
+            where = (f"{self.source.describe()} ({stats['blank']} blank and {stats['duplicate']} duplicate "
+                     f"skipped; {stats['sentences']} unique sentences, {stats['encoded']} encoded now, "
+                     f"{stats['cached']} from cache; stored in {corpus.folder})")
+        planning = (f"; planning: {stats['paragraphs']} paragraphs, {stats.get('plan_vectors', 0)} mean-plan vectors"
+                    if self.planning and "paragraphs" in stats else "")
+        handled = (f"{stats['wrapped']} wrapped" if self.long_documents == "wrap" else f"{stats['truncated']} truncated")
+        rank_zero_info(
+            f"data: {where} -> train {n_docs['train']} / val {n_docs['val']} / test {n_docs['test']} documents; "
+            f"{stats['long_documents']} longer than {self.max_seq_len} concepts ({handled}), {stats['no_target']} "
+            f"window(s) without a target dropped{'; packed' if self.pack else ''}{planning}")
+        return corpus
+
+    def _open_store(self) -> Corpus:
+        meta, table, texts, seqs = open_store(self.store, encoder_id=self.encoder.id)
+        if meta["dim"] != self.encoder.dim:
+            raise LCMError(f"prepared corpus {self.store} has dimension {meta['dim']}, encoder {self.encoder.id} "
+                           f"has {self.encoder.dim}")
+        saved = {"planning": bool(meta.get("planning")), "eot_text": meta.get("eot_text"),
+                 "break_text": meta.get("break_text") if meta.get("planning") else None}
+        current = {"planning": self.planning, "eot_text": self.eot_text,
+                   "break_text": self.break_text if self.planning else None}
+        diff = [f"{k}: store {saved[k]!r} vs config {current[k]!r}" for k in saved if saved[k] != current[k]]
+        if diff:
+            raise LCMError(f"prepared corpus {self.store} and the data config disagree ({'; '.join(diff)})")
+        return Corpus(texts=texts, table=table, docs={s: [] for s in SPLITS}, seqs=seqs, eot_id=int(meta["eot_id"]),
+                      break_id=int(meta.get("break_id", -1)), stats=dict(meta.get("stats", {})), folder=Path(self.store))
+
+    def _build_store(self) -> Corpus:
+        """Documents -> unique sentences (encoded once, cached) -> a prepared store -> a memory-mapped Corpus."""
         docs, stats = load_documents(self.source, self.max_chars, self.val_fraction, self.test_fraction,
                                      self.split_seed)
         index: dict[str, int] = {}
@@ -217,16 +268,19 @@ class ConceptDataModule(L.LightningDataModule):
                     row(s)
         cache = self.cache()
         cached_before = len(texts) - len(cache.missing(texts))
-        table = cache.get(texts)
-        if table.shape[1] != self.encoder.dim:
-            raise LCMError(f"cache dim {table.shape[1]} != encoder {self.encoder.id} dim {self.encoder.dim}")
-        stats.update(sentences=len(texts), cached=cached_before, encoded=len(texts) - cached_before)
+        cache.ensure(texts)
+        n_sentences = len(texts)
+        stats.update(sentences=n_sentences, cached=cached_before, encoded=n_sentences - cached_before)
+
+        def vectors(rows: list[int]) -> np.ndarray:  # (n, D) float32 straight from the embedding cache
+            return cache.get([texts[r] for r in rows])
+
         extra: list[np.ndarray] = []  # plan vectors that are not a sentence's embedding (MeanPlanner)
         extra_index: dict[bytes, int] = {}
 
         def plan_row(steps: list[str]) -> int:
-            text, vec = self.planner.plan(steps, table[[index[s] for s in steps]])
-            if text in index and np.array_equal(vec, table[index[text]]):
+            text, vec = self.planner.plan(steps, vectors([index[s] for s in steps]))
+            if text in index and index[text] < n_sentences and np.array_equal(vec, vectors([index[text]])[0]):
                 return index[text]
             key = vec.tobytes()
             if key not in extra_index:
@@ -236,13 +290,13 @@ class ConceptDataModule(L.LightningDataModule):
             return extra_index[key]
 
         seqs: dict[str, list] = {s: [] for s in SPLITS}
-        stats["truncated"] = stats["no_target"] = stats["paragraphs"] = 0
+        stats["paragraphs"] = 0
         for split, split_docs in docs.items():
             for doc in split_docs:
                 ids = [index[s] for s in doc.prompt]
                 types = [ConceptType.PROMPT] * len(doc.prompt)
                 if self.planning:
-                    paragraphs = self.paragraphs(doc, table, index)
+                    paragraphs = self.paragraphs(doc, vectors, index)
                     stats["paragraphs"] += len(paragraphs)
                     for k, para in enumerate(paragraphs):
                         ids.append(index[para.header] if para.header is not None else plan_row(para.steps))
@@ -257,77 +311,117 @@ class ConceptDataModule(L.LightningDataModule):
                     types += [ConceptType.STEP] * len(doc.steps)
                 ids.append(eot_id)
                 types.append(ConceptType.EOT)
-                if len(ids) > self.max_seq_len:
-                    stats["truncated"] += 1
-                    ids, types = ids[: self.max_seq_len], types[: self.max_seq_len]
-                    if not any(t in TARGET_TYPES for t in types[1:]):  # a prompt that fills the whole context
-                        stats["no_target"] += 1
-                        continue
                 seqs[split].append((np.asarray(ids, dtype=np.int32), np.asarray(types, dtype=np.int8)))
-        if extra:
-            table = np.concatenate([table, np.stack(extra)]).astype(np.float32)
-        planning = (f"; planning: {stats['paragraphs']} paragraphs, {len(extra)} mean-plan vectors"
-                    if self.planning else "")
-        rank_zero_info(
-            f"data: {self.source.describe()} -> train {len(docs['train'])} / val {len(docs['val'])} / "
-            f"test {len(docs['test'])} documents ({stats['blank']} blank and {stats['duplicate']} duplicate skipped, "
-            f"{stats['truncated']} truncated to {self.max_seq_len} concepts, {stats['no_target']} of them dropped: "
-            f"the prompt fills the context); {stats['sentences']} unique sentences "
-            f"({stats['encoded']} encoded now, {stats['cached']} from cache){planning}")
-        return Corpus(texts=texts, table=table, docs=docs, seqs=seqs, eot_id=eot_id, break_id=break_id, stats=stats)
+        stats["plan_vectors"] = len(extra)
+        writer = StoreWriter(self.cache_dir / "corpora", len(texts), self.encoder.dim, self.encoder.id, self.store_dtype)
+        try:
+            for a in range(0, n_sentences, 65_536):  # chunked: the float32 table is never whole in memory
+                rows = list(range(a, min(a + 65_536, n_sentences)))
+                writer.add_rows(texts[a:rows[-1] + 1], vectors(rows))
+            if extra:
+                writer.add_rows(texts[n_sentences:], np.stack(extra).astype(np.float32))
+            for split in SPLITS:
+                writer.add_split(split, seqs[split])
+            folder = writer.finish(eot_id=eot_id, break_id=break_id, planning=self.planning, eot_text=self.eot_text,
+                                   break_text=self.break_text if self.planning else None,
+                                   source=self.source.describe(), stats=stats)
+        except BaseException:
+            writer.abort()
+            raise
+        _, table, _, stored = open_store(folder, encoder_id=self.encoder.id)
+        return Corpus(texts=texts, table=table, docs=docs, seqs=stored, eot_id=eot_id, break_id=break_id,
+                      stats=stats, folder=folder)
 
-    def paragraphs(self, doc: Document, table: np.ndarray, index: dict[str, int]) -> list[Paragraph]:
+    def paragraphs(self, doc: Document, vectors, index: dict[str, int]) -> list[Paragraph]:
         """A document's planned paragraphs; flat single-paragraph documents are grouped as configured."""
         raw = doc.paragraphs
         if len(raw) == 1 and not is_section_header(raw[0][0]) and self.flat_grouping != "none":
             if self.flat_grouping == "fixed":
                 raw = group_fixed(raw[0], self.group_size)
             else:
-                raw = group_by_similarity(raw[0], table[[index[s] for s in raw[0]]], self.similarity_threshold)
+                raw = group_by_similarity(raw[0], vectors([index[s] for s in raw[0]]), self.similarity_threshold)
         return structure(raw, max_steps=self.max_paragraph_steps, min_steps=self.min_paragraph_steps)
 
     def documents(self, split: str) -> list[Document]:
+        if self.store is not None:
+            raise LCMError(f"data.store {self.store} holds concepts, not documents: evaluation and generation "
+                           "previews need the data source it was prepared from")
         return self.corpus.docs[split]
+
+    # ---- windows ---------------------------------------------------------------------------------
+    def _window_stats(self, corpus: Corpus, split: str) -> dict:
+        seqs = corpus.seqs[split]
+        seg, stats = cut_segments(seqs.offsets[:], seqs.types[:], self.max_seq_len, self.long_documents)
+        self._segments[split] = seg
+        return stats
+
+    def window_segments(self, split: str) -> np.ndarray:
+        """[start, end) of every training window segment of a split, in its flat arrays. (S, 2)"""
+        if split not in self._segments:
+            self._window_stats(self.corpus, split)
+        return self._segments[split]
+
+    def target_rows(self, split: str, types=TARGET_TYPES) -> np.ndarray:
+        """Table rows of every loss target of a split (a window's first concept is never one), with
+        repetition. (N,)"""
+        seqs, seg = self.corpus.seqs[split], self.window_segments(split)
+        n = len(seqs.ids)
+        if not len(seg):
+            return np.zeros(0, dtype=np.int64)
+        edge = np.zeros(n + 1, dtype=np.int64)  # +1 where a segment's targets start, -1 where it ends
+        np.add.at(edge, seg[:, 0] + 1, 1)
+        np.add.at(edge, seg[:, 1], -1)
+        inside = np.cumsum(edge[:n]) > 0
+        keep = inside & np.isin(seqs.types[:], [int(t) for t in types])
+        return np.asarray(seqs.ids[:], dtype=np.int64)[keep]
 
     # ---- what the model asks for -----------------------------------------------------------------
     def train_targets(self) -> np.ndarray:
-        """Training target embeddings with repetition (N, D): fits the normalizer and the mean baseline."""
-        c = self.corpus
-        rows = c.target_ids("train")
+        """Training target embeddings with repetition (N, D) float32 -- a seeded sample of at most
+        MAX_FIT_TARGETS: fits the normalizer and the mean baseline."""
+        rows = self.target_rows("train")
         if len(rows) < 2:
             raise LCMError(f"only {len(rows)} training target(s) (steps / end-of-text) fit in max_seq_len="
                            f"{self.max_seq_len} concepts; raise model.arch.max_seq_len or shorten the prompts")
-        return c.table[rows]
+        if len(rows) > MAX_FIT_TARGETS:
+            rows = np.random.default_rng(self.split_seed).choice(rows, MAX_FIT_TARGETS, replace=False)
+        return self.corpus.vectors(rows)
 
     def retrieval_candidates(self, split: str) -> np.ndarray:
         """Table rows that count as candidates for next-step retrieval accuracy: every target sentence of
-        the training split and of `split` (so the gold step is always findable)."""
-        c = self.corpus
-        return np.unique(np.concatenate([c.target_ids("train"), c.target_ids(split)]))
+        `split` (so the gold step is always findable) and of the training split, the latter sampled
+        (seeded) when both together exceed `val_retrieval_max`."""
+        own = np.unique(self.target_rows(split))
+        train = np.setdiff1d(np.unique(self.target_rows("train")), own)
+        room = max(0, self.val_retrieval_max - len(own))
+        if len(train) > room:
+            train = np.random.default_rng(self.split_seed).choice(train, room, replace=False)
+        return np.union1d(own, train)
 
     def bank(self) -> SentenceBank:
         """The generation sentence bank: unique training steps plus the end-of-text sentence."""
         c = self.corpus
-        return self._bank(np.concatenate([c.target_ids("train", (ConceptType.STEP,)), [c.eot_id]]))
+        return self._bank(np.concatenate([self.target_rows("train", (ConceptType.STEP,)), [c.eot_id]]))
 
     def plan_bank(self) -> SentenceBank | None:
         """Plans of the training split (planning only): what a predicted plan is decoded against."""
-        rows = self.corpus.target_ids("train", (ConceptType.PLAN,))
+        rows = self.target_rows("train", (ConceptType.PLAN,))
         return self._bank(rows) if self.planning and len(rows) else None
 
     def _bank(self, rows: np.ndarray) -> SentenceBank:
         c = self.corpus
         rows = np.unique(rows)
-        return SentenceBank([c.texts[i] for i in rows], c.table[rows], self.encoder.id, index=self.bank_index,
+        return SentenceBank([c.texts[i] for i in rows], c.vectors(rows), self.encoder.id, index=self.bank_index,
                             hnsw_above=self.hnsw_above)
 
     # ---- loaders ---------------------------------------------------------------------------------
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        seqs = self.corpus.seqs[split]
-        if not seqs:
+        seg = self.window_segments(split)
+        if not len(seg):
             raise LCMError(f"the {split} split is empty; raise data.{split}_fraction or add documents")
-        return DataLoader(SequenceDataset(seqs), batch_size=self.batch_size, shuffle=shuffle,
-                          collate_fn=PadCollate(self.corpus.table), num_workers=self.num_workers,
+        windows = pack_segments(seg, self.max_seq_len, self.split_seed) if self.pack else seg
+        return DataLoader(WindowDataset(self.corpus.seqs[split], windows, self.pack), batch_size=self.batch_size,
+                          shuffle=shuffle, collate_fn=PadCollate(self.corpus.table), num_workers=self.num_workers,
                           pin_memory=torch.cuda.is_available(), persistent_workers=self.num_workers > 0)
 
     def train_dataloader(self) -> DataLoader:

@@ -16,7 +16,8 @@ class SentenceCollate:
         self.table, self.texts = table, texts
 
     def __call__(self, rows: list[int]) -> dict:
-        return {"emb": torch.from_numpy(self.table[rows]), "text": [self.texts[r] for r in rows]}  # emb (B, D)
+        emb = np.asarray(self.table[rows], dtype=np.float32)  # (B, D)
+        return {"emb": torch.from_numpy(emb), "text": [self.texts[r] for r in rows]}
 
 
 class SentenceDataModule(ConceptDataModule):

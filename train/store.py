@@ -1,0 +1,239 @@
+"""A prepared corpus on disk: the concept table and every split's sequences as memory-mapped arrays.
+
+Layout of a store folder:
+    manifest.json           format, encoder id, dim, dtype, row count, end-of-text / break rows, splits, stats
+    table.npy               (U, D) float16: one row per unique concept (a sentence, or a mean-plan vector)
+    texts.bin               UTF-8 text of every row, back to back
+    texts.offsets.npy       (U + 1,) int64 byte offsets into texts.bin
+    <split>.ids.npy         (N,) int32: table row of every concept, documents back to back
+    <split>.types.npy       (N,) int8: `ConceptType` of every concept
+    <split>.offsets.npy     (n_docs + 1,) int64: document d is concepts offsets[d]:offsets[d + 1]
+
+Readers map every array (`np.load(mmap_mode="r")`): resident memory is what a batch touches, not the
+corpus size, and DataLoader workers share the pages instead of copying them (`Mapped` reopens the file
+in a worker rather than pickling its contents). A store is written under a temporary name and renamed
+when complete, so it exists whole or not at all; its folder name is a hash of its content, so identical
+corpora share one folder and a store can be carried to another machine and trained from (`data.store`).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import secrets
+import shutil
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import numpy as np
+
+from lcm.errors import LCMError
+
+FORMAT_VERSION = 1
+SPLITS = ("train", "val", "test")
+CHUNK_ROWS = 65_536  # table rows converted / hashed at a time: bounds the memory of writing a store
+
+
+class Mapped:
+    """A read-only memory-mapped .npy array that pickles as its path, not its data (DataLoader workers)."""
+
+    def __init__(self, path: str | Path):
+        self.path = str(path)
+        self._array: np.ndarray | None = None
+
+    @property
+    def array(self) -> np.ndarray:
+        if self._array is None:
+            try:
+                self._array = np.load(self.path, mmap_mode="r", allow_pickle=False)
+            except (OSError, ValueError, EOFError) as e:
+                raise LCMError(f"prepared corpus file {self.path} is missing, corrupted or truncated "
+                               f"({type(e).__name__}); delete its folder to rebuild it") from e
+        return self._array
+
+    def __getstate__(self) -> dict:
+        return {"path": self.path, "_array": None}
+
+    def release(self) -> None:
+        """Unmap the file: pages a bulk read touched leave this process's resident set (they stay in the
+        page cache); the next access maps it again."""
+        self._array = None
+
+    def __len__(self) -> int:
+        return len(self.array)
+
+    def __getitem__(self, index):
+        return self.array[index]
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.array.shape
+
+
+class Texts:
+    """The display text of every table row, read from disk on demand (a list-like of str)."""
+
+    def __init__(self, folder: Path):
+        self.blob = Path(folder) / "texts.bin"
+        self.offsets = Mapped(Path(folder) / "texts.offsets.npy")
+        self._data: np.ndarray | None = None
+
+    def _bytes(self) -> np.ndarray:
+        if self._data is None:
+            size = self.blob.stat().st_size
+            self._data = np.memmap(self.blob, dtype=np.uint8, mode="r") if size else np.zeros(0, np.uint8)
+        return self._data
+
+    def __getstate__(self) -> dict:
+        return {"blob": self.blob, "offsets": self.offsets, "_data": None}
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def __getitem__(self, i: int) -> str:
+        i = int(i)
+        if not -len(self) <= i < len(self):
+            raise IndexError(i)
+        i %= len(self)
+        a, b = int(self.offsets[i]), int(self.offsets[i + 1])
+        return self._bytes()[a:b].tobytes().decode("utf-8")
+
+    def __iter__(self) -> Iterator[str]:
+        return (self[i] for i in range(len(self)))
+
+
+class Sequences:
+    """One split's documents: `seqs[d]` -> (ids (T,) int32, types (T,) int8) of document d."""
+
+    def __init__(self, folder: Path, split: str):
+        folder = Path(folder)
+        self.ids = Mapped(folder / f"{split}.ids.npy")
+        self.types = Mapped(folder / f"{split}.types.npy")
+        self.offsets = Mapped(folder / f"{split}.offsets.npy")
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def __getitem__(self, d: int) -> tuple[np.ndarray, np.ndarray]:
+        if not 0 <= d < len(self):
+            raise IndexError(d)
+        a, b = int(self.offsets[d]), int(self.offsets[d + 1])
+        return np.asarray(self.ids[a:b]), np.asarray(self.types[a:b])
+
+    def __iter__(self):
+        return (self[d] for d in range(len(self)))
+
+    def lengths(self) -> np.ndarray:
+        return np.diff(np.asarray(self.offsets[:], dtype=np.int64))  # (n_docs,)
+
+
+class StoreWriter:
+    """Writes a store folder. Call `add_rows` with every table row in order, `add_split` once per split,
+    then `finish`, which renames the folder into `root/<content hash>` and returns that path."""
+
+    def __init__(self, root: str | Path, n_rows: int, dim: int, encoder_id: str, dtype: str = "float16"):
+        if dtype not in ("float16", "float32"):
+            raise LCMError(f"store dtype must be float16 or float32, not {dtype!r}")
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.tmp = self.root / f".tmp-{os.getpid()}-{secrets.token_hex(4)}"
+        self.tmp.mkdir()
+        self.n_rows, self.dim, self.dtype = n_rows, dim, dtype
+        self.meta = {"format": FORMAT_VERSION, "encoder_id": encoder_id, "dim": dim, "dtype": dtype, "rows": n_rows,
+                     "splits": {}}
+        self.table = np.lib.format.open_memmap(self.tmp / "table.npy", mode="w+", dtype=dtype, shape=(n_rows, dim))
+        self.filled = 0
+        self.text_offsets = [0]
+        self.texts = open(self.tmp / "texts.bin", "wb")
+        self.hash = hashlib.blake2b(digest_size=12)
+        self.hash.update(json.dumps([FORMAT_VERSION, encoder_id, dim, dtype]).encode())
+
+    def add_rows(self, texts: list[str], vectors: np.ndarray) -> None:
+        """Append table rows: texts and their (n, D) float vectors."""
+        n = len(texts)
+        if vectors.shape != (n, self.dim) or self.filled + n > self.n_rows:
+            raise LCMError(f"store rows of shape {vectors.shape} do not fit "
+                           f"({self.filled} of {self.n_rows} filled, dim {self.dim})")
+        cast = vectors.astype(self.dtype)
+        if not np.isfinite(cast).all():
+            raise LCMError(f"concept vectors contain NaN/inf or exceed the {self.dtype} range; "
+                           "use data.store_dtype: float32")
+        self.table[self.filled:self.filled + n] = cast
+        self.hash.update(cast.tobytes())
+        for t in texts:
+            b = t.encode("utf-8")
+            self.texts.write(b)
+            self.hash.update(b + b"\x00")
+            self.text_offsets.append(self.text_offsets[-1] + len(b))
+        self.filled += n
+
+    def add_split(self, split: str, seqs: Iterable[tuple[np.ndarray, np.ndarray]]) -> None:
+        ids, types, offsets = [], [], [0]
+        for i, t in seqs:
+            ids.append(np.asarray(i, dtype=np.int32))
+            types.append(np.asarray(t, dtype=np.int8))
+            offsets.append(offsets[-1] + len(i))
+        arrays = {"ids": np.concatenate(ids) if ids else np.zeros(0, np.int32),
+                  "types": np.concatenate(types) if types else np.zeros(0, np.int8),
+                  "offsets": np.asarray(offsets, dtype=np.int64)}
+        self.hash.update(split.encode())
+        for name, a in arrays.items():
+            np.save(self.tmp / f"{split}.{name}.npy", a, allow_pickle=False)
+            self.hash.update(a.tobytes())
+        self.meta["splits"][split] = {"docs": len(offsets) - 1, "concepts": int(offsets[-1])}
+
+    def finish(self, **meta) -> Path:
+        if self.filled != self.n_rows:
+            raise LCMError(f"store has {self.filled} of {self.n_rows} table rows")
+        self.texts.close()
+        np.save(self.tmp / "texts.offsets.npy", np.asarray(self.text_offsets, dtype=np.int64), allow_pickle=False)
+        self.table.flush()
+        del self.table
+        # content, not history: how many sentences were freshly encoded does not change the store
+        self.hash.update(json.dumps({k: v for k, v in meta.items() if k != "stats"}, sort_keys=True, default=str).encode())
+        self.meta.update(meta)
+        (self.tmp / "manifest.json").write_text(json.dumps(self.meta, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        for f in self.tmp.iterdir():  # data on disk before the rename makes the store visible
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+        final = self.root / self.hash.hexdigest()
+        try:
+            os.rename(self.tmp, final)
+        except OSError:
+            if not (final / "manifest.json").exists():  # not a twin written by another rank: a real failure
+                shutil.rmtree(self.tmp, ignore_errors=True)
+                raise
+            shutil.rmtree(self.tmp, ignore_errors=True)  # identical content is already there
+        return final
+
+    def abort(self) -> None:
+        self.texts.close()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def open_store(folder: str | Path, encoder_id: str | None = None) -> tuple[dict, Mapped, Texts, dict[str, Sequences]]:
+    """(manifest, table (U, D), texts, {split: sequences}) of a store folder, checked for consistency."""
+    folder = Path(folder)
+    manifest = folder / "manifest.json"
+    if not manifest.exists():
+        raise LCMError(f"no prepared corpus at {folder} (missing manifest.json)")
+    try:
+        meta = json.loads(manifest.read_text(encoding="utf-8"))
+    except (OSError, ValueError, UnicodeDecodeError) as e:
+        raise LCMError(f"prepared corpus manifest {manifest} is corrupted ({type(e).__name__}); "
+                       f"delete {folder} to rebuild it") from e
+    if meta.get("format") != FORMAT_VERSION:
+        raise LCMError(f"prepared corpus {folder} has format {meta.get('format')}, this version reads {FORMAT_VERSION}")
+    if encoder_id is not None and meta.get("encoder_id") != encoder_id:
+        raise LCMError(f"prepared corpus {folder} was encoded with {meta.get('encoder_id')!r}, the data config uses "
+                       f"encoder {encoder_id!r}")
+    table, texts = Mapped(folder / "table.npy"), Texts(folder)
+    seqs = {s: Sequences(folder, s) for s in SPLITS}
+    if table.shape != (meta["rows"], meta["dim"]) or len(texts) != meta["rows"]:
+        raise LCMError(f"prepared corpus {folder} is inconsistent: manifest says {meta['rows']} x {meta['dim']}, "
+                       f"table.npy is {table.shape}, texts has {len(texts)} rows; delete it to rebuild it")
+    for s, seq in seqs.items():
+        n = int(seq.offsets[-1]) if len(seq.offsets) else -1
+        if len(seq.ids) != n or len(seq.types) != n or len(seq) != meta["splits"].get(s, {}).get("docs", -1):
+            raise LCMError(f"prepared corpus {folder}: split {s} is inconsistent with its manifest; delete it to rebuild it")
+    return meta, table, texts, seqs
