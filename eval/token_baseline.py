@@ -64,11 +64,16 @@ class TokenLM(L.LightningModule):
         arch: transformer shape (`embed_dim` is unused); `max_seq_len` = prompt + solution tokens.
         vocab_size: byte-level BPE vocabulary trained on the training split at fit start.
         lr, weight_decay, betas, warmup_steps, min_lr_ratio: AdamW + warmup/cosine (as for the concept model).
+        compile: `torch.compile` the network (`self.net`, its training forward) when `fit` starts, in place
+            (`nn.Module.compile`: parameter names and checkpoints unchanged); KV-cache generation stays eager.
+
+    Batches: `{"prompt": [B str], "solution": [B str]}` (TokenDataModule; tokenized in the step), or already
+    tokenized `{"tokens": (B, L) long, "target": (B, L-1) bool}` (target: the next token is a loss target).
     """
 
     def __init__(self, arch: LCMConfig = DEFAULT_TOKEN_ARCH, vocab_size: int = 1024, lr: float = 1e-3,
                  weight_decay: float = 0.1, betas: tuple[float, float] = (0.9, 0.95), warmup_steps: int = 50,
-                 min_lr_ratio: float = 0.1):
+                 min_lr_ratio: float = 0.1, compile: bool = False):
         super().__init__()
         if isinstance(arch, dict):  # from a checkpoint's hyperparameters
             arch = LCMConfig(**arch)
@@ -76,7 +81,7 @@ class TokenLM(L.LightningModule):
             raise LCMError(f"vocab_size={vocab_size} is below the {MIN_VOCAB} byte-level tokens + specials")
         self.save_hyperparameters({"arch": asdict(arch), "vocab_size": vocab_size, "lr": lr,
                                    "weight_decay": weight_decay, "betas": tuple(betas), "warmup_steps": warmup_steps,
-                                   "min_lr_ratio": min_lr_ratio})
+                                   "min_lr_ratio": min_lr_ratio, "compile": bool(compile)})
         self.arch = arch
         self.net = CausalTokenStack(arch, vocab_size)
         self.tokenizer: SentenceTokenizer | None = None
@@ -84,6 +89,18 @@ class TokenLM(L.LightningModule):
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.net.parameters())
+
+    def configure_model(self) -> None:
+        """Lightning hook (after `setup`, before the model moves to its device): `compile` for `fit` only."""
+        trainer = self._trainer
+        if self.hparams.get("compile") and trainer is not None and trainer.state.fn == "fit":
+            self.compile_net()
+
+    def compile_net(self) -> None:
+        """`torch.compile` the training forward of the network, in place (idempotent)."""
+        if not getattr(self, "_net_compiled", False):
+            self.net.compile()
+            self._net_compiled = True
 
     # ---- wiring to the data ----------------------------------------------------------------------
     def setup(self, stage: str) -> None:
@@ -116,7 +133,9 @@ class TokenLM(L.LightningModule):
 
     def _batch(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         """-> tokens (B, L) = [bos, prompt, "\\n", solution, eos, pad...] cut at max_seq_len, and the mask of
-        positions whose *next* token is a solution token or eos (B, L-1)."""
+        positions whose *next* token is a solution token or eos (B, L-1). Pre-tokenized batches pass through."""
+        if "tokens" in batch:
+            return batch["tokens"], batch["target"]
         tok, cap = self.tokenizer, self.arch.max_seq_len
         solutions = tok.encode(batch["solution"])
         rows = [(self.prompt_ids(p), s + [tok.eos_id]) for p, s in zip(batch["prompt"], solutions)]
@@ -127,19 +146,28 @@ class TokenLM(L.LightningModule):
             ids = (p + s)[:cap]
             tokens[b, : len(ids)] = torch.tensor(ids)
             target[b, len(p): len(ids)] = True
-        return tokens.to(self.device), target[:, 1:].to(self.device)
+        return self._to_device(tokens), self._to_device(target[:, 1:])
 
-    def _loss(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _to_device(self, t: torch.Tensor) -> torch.Tensor:
+        if self.device.type == "cuda":  # pinned, asynchronous: the copy does not stall the host
+            return t.pin_memory().to(self.device, non_blocking=True)
+        return t.to(self.device)
+
+    def _logits(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """-> logits (B, L-1, V), next tokens (B, L-1), loss mask (B, L-1)."""
         tokens, mask = self._batch(batch)
-        logits = self.net.head(self.net._blocks(self.net.tok_emb(tokens[:, :-1]), None))  # (B, L-1, V)
-        target = tokens[:, 1:]
-        loss = F.cross_entropy(logits[mask].float(), target[mask])
-        acc = (logits[mask].argmax(-1) == target[mask]).float().mean()
-        return loss, acc, token_entropy(logits[mask]).mean(), mask.sum()
+        return self.net(tokens[:, :-1]), tokens[:, 1:], mask
+
+    @staticmethod
+    def _masked_ce(logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Mean cross-entropy over the masked positions, without a host-device sync (no boolean indexing)."""
+        return F.cross_entropy(logits.flatten(0, 1).float(), target.masked_fill(~mask, -100).flatten(), ignore_index=-100)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        loss, _, _, n = self._loss(batch)
-        self.log("train/loss", loss, prog_bar=True, batch_size=int(n))
+        logits, target, mask = self._logits(batch)
+        loss = self._masked_ce(logits, target, mask)
+        # documents, not tokens: the train loss is logged per step, and counting tokens would sync the device
+        self.log("train/loss", loss, prog_bar=True, batch_size=mask.shape[0])
         return loss
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
@@ -150,7 +178,10 @@ class TokenLM(L.LightningModule):
 
     @torch.no_grad()
     def _evaluate(self, batch: dict, split: str) -> None:
-        loss, acc, entropy, n = self._loss(batch)
+        logits, target, mask = self._logits(batch)
+        loss = self._masked_ce(logits, target, mask)
+        acc = (logits[mask].argmax(-1) == target[mask]).float().mean()
+        entropy, n = token_entropy(logits[mask]).mean(), mask.sum()
         for name, value in (("loss", loss), ("token_acc", acc), ("entropy", entropy)):
             self.log(f"{split}/{name}", value, batch_size=int(n), on_epoch=True, prog_bar=name == "loss",
                      sync_dist=True)

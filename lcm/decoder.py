@@ -58,6 +58,10 @@ class CausalTokenStack(nn.Module):
     def head(self, h: torch.Tensor) -> torch.Tensor:
         return h @ self.tok_emb.weight.T  # (..., d) -> (..., V)
 
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Tokens (B, L) -> next-token logits (B, L, V), no cache: the training pass (what `compile` compiles)."""
+        return self.head(self._blocks(self.tok_emb(tokens), None))
+
     def new_caches(self) -> list[KVCache]:
         return [KVCache() for _ in self.blocks]
 

@@ -46,3 +46,57 @@ def test_robust_scaler_matches_definition_and_round_trips():
     sc2 = RobustScaler(5)
     sc2.load_state_dict(state)
     assert bool(sc2.fitted) and torch.equal(sc2.scale, sc.scale)
+
+
+def _tiny(kind: str, **kw):
+    from lcm.decoder import MIN_VOCAB
+    from lcm.diffusion import DiffusionLCM
+    from lcm.eval.token_baseline import TokenLM
+    from lcm.module import ConceptLM
+
+    arch = LCMConfig(embed_dim=8, d_model=16, n_layer=1, n_head=2, max_seq_len=8, dropout=0.0)
+    if kind == "token":
+        return TokenLM(arch=arch, vocab_size=MIN_VOCAB, **kw)
+    return {"concept": ConceptLM, "diffusion": DiffusionLCM}[kind](arch=arch, **kw)
+
+
+@pytest.mark.parametrize("kind", ["concept", "diffusion", "token"])
+def test_compile_flag_round_trips_and_compiles_in_place_only_for_fit(kind):
+    from types import SimpleNamespace
+
+    m = _tiny(kind)
+    assert m.hparams.compile is False
+    hp = dict(m.hparams)
+    hp.pop("compile")  # a checkpoint from before the flag
+    assert type(m)(**hp).hparams.compile is False
+    m = type(m)(**{**hp, "compile": True})
+    assert m.hparams.compile is True
+    keys = set(m.state_dict())
+
+    def compiled() -> bool:  # nn.Module.compile is lazy: nothing is compiled until the first call
+        return any(getattr(mod, "_compiled_call_impl", None) is not None for mod in m.net.modules())
+
+    for fn in ("validate", "fit"):
+        m._trainer = SimpleNamespace(state=SimpleNamespace(fn=fn))
+        m.configure_model()
+        assert compiled() == (fn == "fit")
+    m._trainer = None
+    assert set(m.state_dict()) == keys  # in place: parameter names (and checkpoints) unchanged
+    m2 = _tiny(kind)  # the default path compiles nothing
+    m2._trainer = SimpleNamespace(state=SimpleNamespace(fn="fit"))
+    m2.configure_model()
+    m2._trainer = None
+    assert not any(getattr(mod, "_compiled_call_impl", None) is not None for mod in m2.net.modules())
+
+
+def test_token_loss_without_boolean_indexing_matches_the_masked_mean():
+    import torch.nn.functional as F
+
+    torch.manual_seed(0)
+    m = _tiny("token")
+    tokens = torch.randint(3, m.hparams.vocab_size, (3, 7))
+    target = torch.rand(3, 6) > 0.4
+    logits, nxt, mask = m._logits({"tokens": tokens, "target": target})  # pre-tokenized batches pass through
+    assert logits.shape == (3, 6, m.hparams.vocab_size) and torch.equal(nxt, tokens[:, 1:]) and torch.equal(mask, target)
+    ref = F.cross_entropy(logits[mask], nxt[mask])
+    assert torch.allclose(m._masked_ce(logits, nxt, mask), ref, atol=1e-6)
