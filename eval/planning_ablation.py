@@ -80,7 +80,7 @@ def test_problems(config: str) -> list[str]:
     from lcm.train.cli import make_cli
 
     cli = make_cli(["-c", config, "--data.init_args.show_progress", "false"], run=False)
-    return [d.prompt_text for d in cli.datamodule.corpus.docs["test"]]
+    return [d.prompt_text for d in cli.datamodule.documents("test")]
 
 
 def main() -> None:

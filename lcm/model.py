@@ -59,7 +59,7 @@ def rotary_tables(head_dim: int, max_len: int, base: float) -> tuple[torch.Tenso
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x: (B, H, T, hd); cos/sin: (T, hd/2). Rotates pairs (x_even, x_odd)."""
+    """x: (B, H, T, hd); cos/sin: (T, hd/2), or (B, 1, T, hd/2) per position. Rotates pairs (x_even, x_odd)."""
     x1, x2 = x[..., 0::2], x[..., 1::2]
     cos, sin = cos.to(x.dtype), sin.to(x.dtype)
     out = torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
@@ -189,6 +189,8 @@ class BaseLCM(nn.Module):
         T = x.shape[1]
         if T > self.cfg.max_seq_len:
             raise ValueError(f"sequence of {T} concepts exceeds max_seq_len={self.cfg.max_seq_len}")
+        if (doc is None) != (pos is None):
+            raise ValueError("packed windows need both doc and pos")
         h = self.in_proj(x)
         mask = None
         if doc is not None:

@@ -262,7 +262,8 @@ class ConceptLM(L.LightningModule):
         return out
 
     def _retrieval_index(self, split: str):
-        """Flat IP index over every target sentence of train + `split`; rebuilt per run, cached per split."""
+        """Flat IP index over the data's retrieval candidates for `split` (every target sentence of `split`,
+        training targets up to `data.val_retrieval_max`); rebuilt per run, cached per split."""
         dm = self.trainer.datamodule if self._trainer is not None else None
         if dm is None or not hasattr(dm, "retrieval_candidates"):
             return None

@@ -103,8 +103,9 @@ def test_long_documents_wrap_or_truncate(tmp_path, encoder):
     data = str(write_jsonl(tmp_path / "d.jsonl", [long_prompt] + ROWS))
     wrap = dm_for(DatasetSource(data), tmp_path, encoder, max_seq_len=16)
     wrap.setup("fit")
-    # 40 prompt sentences + step + answer + end-of-text = 43 concepts -> windows of 16, 16, 11: the first
-    # two hold only prompt (dropped), the last keeps the step, the answer and the end-of-text as targets
+    # 40 prompt sentences + step + answer + end-of-text = 43 concepts -> windows [0, 16) [15, 31) [30, 43)
+    # (each starts on the previous one's last concept): the first two hold only prompt (dropped), the last
+    # keeps the step, the answer and the end-of-text as targets
     assert wrap.corpus.stats["wrapped"] == 1 and wrap.corpus.stats["no_target"] == 2
     only = dm_for(DatasetSource(str(write_jsonl(tmp_path / "o.jsonl", [long_prompt]))), tmp_path, encoder,
                   max_seq_len=16, val_fraction=0.0, test_fraction=0.0)

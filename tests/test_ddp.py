@@ -33,10 +33,9 @@ def test_ddp_two_cpu_ranks_train_disjoint_shards(tmp_path):
     try:
         dm = make_cli(["-c", str(config), *TINY_FIT], run=False).datamodule
         from lcm.train.callbacks import DataShardLog
-        from lcm.train.datamodule import PadCollate
 
-        collate = PadCollate(dm.corpus.table)
-        every = {s for seq in dm.corpus.seqs["train"] for s in DataShardLog.signatures(collate([seq]))}
+        loader = dm.train_dataloader()  # every training window, one per batch
+        every = {s for w in loader.dataset for s in DataShardLog.signatures(loader.collate_fn([w]))}
     finally:
         os.chdir(CONFIGS.parent.parent)
     assert a | b == every  # together the ranks covered the whole training split

@@ -64,6 +64,17 @@ def test_bad_stores_are_one_clear_error(data, tmp_path, encoder):
         make_dm(None, tmp_path, encoder, store=str(tmp_path / "nowhere")).corpus
     with pytest.raises(LCMError, match="disagree .*planning"):
         make_dm(None, tmp_path, encoder, store=str(folder), planning=True).corpus
+    texts = folder / "texts.bin"
+    blob = texts.read_bytes()
+    texts.write_bytes(blob[:-3])
+    with pytest.raises(LCMError, match="texts.bin does not match"):
+        make_dm(None, tmp_path, encoder, store=str(folder)).corpus
+    texts.write_bytes(blob)
+    ids = np.load(folder / "train.ids.npy")
+    np.save(folder / "train.ids.npy", ids + 10_000)
+    with pytest.raises(LCMError, match="rows outside"):
+        make_dm(None, tmp_path, encoder, store=str(folder)).corpus
+    np.save(folder / "train.ids.npy", ids)
     meta = json.loads((folder / "manifest.json").read_text())
     (folder / "manifest.json").write_text(json.dumps(meta | {"encoder_id": "st:other"}))
     with pytest.raises(LCMError, match="encoded with 'st:other'"):
@@ -75,14 +86,39 @@ def test_bad_stores_are_one_clear_error(data, tmp_path, encoder):
         make_dm(None, tmp_path, encoder, store=str(folder)).corpus
 
 
+def test_content_name_does_not_depend_on_chunking(tmp_path):
+    from lcm.train.store import StoreWriter
+
+    vecs = np.random.default_rng(0).standard_normal((4, 8)).astype(np.float32)
+    texts = ["a", "b\x00c", "ü", ""]
+    names = []
+    for chunks in ([4], [1, 3], [2, 2]):
+        w = StoreWriter(tmp_path / str(len(chunks)) / str(chunks[0]), 4, 8, "enc")
+        at = 0
+        for n in chunks:
+            w.add_rows(texts[at:at + n], vecs[at:at + n])
+            at += n
+        for split in ("train", "val", "test"):
+            w.add_split(split, [(np.array([0, 1, 3]), np.array([P, S, E]))] if split == "train" else [])
+        names.append(w.finish(eot_id=3).name)
+    assert len(set(names)) == 1
+    from lcm.train.store import open_store
+
+    _, _, read, _ = open_store(tmp_path / "1" / "4" / names[0])
+    assert list(read) == texts
+
+
 def test_cut_segments_wrap_and_truncate():
     # three documents: 3, 10 and 1 concepts
     types = np.array([P, S, E] + [P, P, S, S, S, S, S, S, S, E] + [E], dtype=np.int8)
     offsets = np.array([0, 3, 13, 14])
     seg, stats = cut_segments(offsets, types, 4, "wrap")
-    # the 1-concept document has no target after its first position: dropped
-    assert seg.tolist() == [[0, 3], [3, 7], [7, 11], [11, 13]] and stats["no_target"] == 1
+    # windows overlap by one concept (a window's first concept is context only); the 1-concept document has
+    # no target after its first position: dropped
+    assert seg.tolist() == [[0, 3], [3, 7], [6, 10], [9, 13]] and stats["no_target"] == 1
     assert stats["wrapped"] == 1
+    targets = [i for a, b in seg.tolist() for i in range(a + 1, b) if types[i] != P]
+    assert targets == [1, 2] + list(range(5, 13))  # every target of the long document, exactly once
     seg, stats = cut_segments(offsets, types, 4, "truncate")
     assert seg.tolist() == [[0, 3], [3, 7]] and stats["truncated"] == 1
 

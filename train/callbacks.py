@@ -40,6 +40,12 @@ class GenerationPreview(L.Callback):
         dm = trainer.datamodule
         if dm is None or not hasattr(dm, "bank"):
             return
+        if getattr(dm, "store", None) is not None:
+            console.print("generation preview skipped: data.store holds concepts, not the problems' text")
+            return
+        if not getattr(dm, "banks", True):
+            console.print("generation preview skipped: data.banks is false (no retrieval bank)")
+            return
         docs = dm.corpus.docs["test"][: self.num_problems] or dm.corpus.docs["val"][: self.num_problems]
         if not docs:
             return

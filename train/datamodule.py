@@ -22,7 +22,7 @@ from lcm.planners.planner import ExtractivePlanner, Planner
 from lcm.retrieval import SentenceBank
 from lcm.train.corpus import CorpusSource
 from lcm.train.documents import Document
-from lcm.train.store import SPLITS, Mapped, Sequences, StoreWriter, Texts, open_store
+from lcm.train.store import CHUNK_ROWS, SPLITS, Mapped, Sequences, StoreWriter, Texts, corpus_key, open_store
 from lcm.train.windows import LongDocuments, PadCollate, WindowDataset, cut_segments, pack_segments
 
 BULK_ROWS = 2_048  # table rows per chunk of a bulk read (each row can map ~64 KB: the kernel faults around)
@@ -103,7 +103,8 @@ class ConceptDataModule(L.LightningDataModule):
         source: where documents come from (e.g. `GsmSymbolic`, `DatasetSource`). Their concepts are
             written to a prepared store under `<cache_dir>/corpora/` (memory-mapped; see `lcm.train.store`).
         store: train from a prepared store folder instead of a source (no documents, no encoding: e.g. a
-            store carried to a GPU machine, or one too large to rebuild per run).
+            store carried to a GPU machine, or one too large to rebuild per run). Its splits and its
+            `max_chars` are used; the split settings of the config are not.
         encoder: frozen sentence encoder (default: bundled all-MiniLM-L6-v2).
         cache_dir: embedding cache folder, reused across runs.
         batch_size: sequences per batch.
@@ -111,7 +112,7 @@ class ConceptDataModule(L.LightningDataModule):
         long_documents: documents longer than `max_seq_len`: "wrap" into consecutive windows (nothing is
             lost; the LCM paper wraps at 128) or "truncate" to their first `max_seq_len` concepts.
         pack: pack short documents together into windows of `max_seq_len` concepts; the model masks
-            attention across documents and restarts positions in each (Base-LCM only).
+            attention across documents and restarts positions in each.
         store_dtype: dtype of the stored concept table ("float16" halves memory and disk).
         banks: write the retrieval sentence banks next to the checkpoints at fit start. Turn off for very
             large corpora and build them later with `lcm validate ... --data.banks true`.
@@ -164,6 +165,7 @@ class ConceptDataModule(L.LightningDataModule):
         self.banks = banks
         self.val_retrieval_max = val_retrieval_max
         self._segments: dict[str, np.ndarray] = {}
+        self._packed: dict[str, list[np.ndarray]] = {}
         self.encoder = encoder if encoder is not None else SentenceTransformerEncoder()
         self.cache_dir = Path(cache_dir)
         self.batch_size = batch_size
@@ -200,7 +202,7 @@ class ConceptDataModule(L.LightningDataModule):
 
     # ---- building --------------------------------------------------------------------------------
     def prepare_data(self) -> None:
-        self.corpus  # encodes on rank 0; other ranks then find everything cached
+        self.corpus  # encodes and writes the store on rank 0; other ranks then find both on disk
 
     def setup(self, stage: str | None = None) -> None:
         self.corpus
@@ -244,6 +246,8 @@ class ConceptDataModule(L.LightningDataModule):
         diff = [f"{k}: store {saved[k]!r} vs config {current[k]!r}" for k in saved if saved[k] != current[k]]
         if diff:
             raise LCMError(f"prepared corpus {self.store} and the data config disagree ({'; '.join(diff)})")
+        if "max_chars" in meta:  # generation must split prompts as the store's sentences were split
+            self.max_chars = int(meta["max_chars"])
         return Corpus(texts=texts, table=table, docs={s: [] for s in SPLITS}, seqs=seqs, eot_id=int(meta["eot_id"]),
                       break_id=int(meta.get("break_id", -1)), stats=dict(meta.get("stats", {})), folder=Path(self.store))
 
@@ -280,7 +284,7 @@ class ConceptDataModule(L.LightningDataModule):
 
         def plan_row(steps: list[str]) -> int:
             text, vec = self.planner.plan(steps, vectors([index[s] for s in steps]))
-            if text in index and index[text] < n_sentences and np.array_equal(vec, vectors([index[text]])[0]):
+            if text in index and np.array_equal(vec, vectors([index[text]])[0]):
                 return index[text]
             key = vec.tobytes()
             if key not in extra_index:
@@ -313,24 +317,33 @@ class ConceptDataModule(L.LightningDataModule):
                 types.append(ConceptType.EOT)
                 seqs[split].append((np.asarray(ids, dtype=np.int32), np.asarray(types, dtype=np.int8)))
         stats["plan_vectors"] = len(extra)
-        writer = StoreWriter(self.cache_dir / "corpora", len(texts), self.encoder.dim, self.encoder.id, self.store_dtype)
+        extra_table = np.stack(extra).astype(np.float32) if extra else None
+        meta = {"eot_id": eot_id, "break_id": break_id, "planning": self.planning, "eot_text": self.eot_text,
+                "break_text": self.break_text if self.planning else None, "source": self.source.describe(),
+                "max_chars": self.max_chars, "split": [self.val_fraction, self.test_fraction, self.split_seed]}
+        root = self.cache_dir / "corpora"
+        key = corpus_key(self.encoder.id, self.store_dtype, texts, extra_table, seqs, meta)
+        if not (root / key / "manifest.json").exists():  # built by an earlier run (or rank 0) otherwise
+            self._write_store(root, key, texts, n_sentences, vectors, extra_table, seqs, meta | {"stats": stats})
+        _, table, _, stored = open_store(root / key, encoder_id=self.encoder.id)
+        return Corpus(texts=texts, table=table, docs=docs, seqs=stored, eot_id=eot_id, break_id=break_id,
+                      stats=stats, folder=root / key)
+
+    def _write_store(self, root: Path, key: str, texts: list[str], n_sentences: int, vectors, extra_table,
+                     seqs: dict, meta: dict) -> None:
+        writer = StoreWriter(root, len(texts), self.encoder.dim, self.encoder.id, self.store_dtype, name=key)
         try:
-            for a in range(0, n_sentences, 65_536):  # chunked: the float32 table is never whole in memory
-                rows = list(range(a, min(a + 65_536, n_sentences)))
+            for a in range(0, n_sentences, CHUNK_ROWS):  # chunked: the float32 table is never whole in memory
+                rows = list(range(a, min(a + CHUNK_ROWS, n_sentences)))
                 writer.add_rows(texts[a:rows[-1] + 1], vectors(rows))
-            if extra:
-                writer.add_rows(texts[n_sentences:], np.stack(extra).astype(np.float32))
+            if extra_table is not None:
+                writer.add_rows(texts[n_sentences:], extra_table)
             for split in SPLITS:
                 writer.add_split(split, seqs[split])
-            folder = writer.finish(eot_id=eot_id, break_id=break_id, planning=self.planning, eot_text=self.eot_text,
-                                   break_text=self.break_text if self.planning else None,
-                                   source=self.source.describe(), stats=stats)
+            writer.finish(**meta)
         except BaseException:
             writer.abort()
             raise
-        _, table, _, stored = open_store(folder, encoder_id=self.encoder.id)
-        return Corpus(texts=texts, table=table, docs=docs, seqs=stored, eot_id=eot_id, break_id=break_id,
-                      stats=stats, folder=folder)
 
     def paragraphs(self, doc: Document, vectors, index: dict[str, int]) -> list[Paragraph]:
         """A document's planned paragraphs; flat single-paragraph documents are grouped as configured."""
@@ -343,10 +356,13 @@ class ConceptDataModule(L.LightningDataModule):
         return structure(raw, max_steps=self.max_paragraph_steps, min_steps=self.min_paragraph_steps)
 
     def documents(self, split: str) -> list[Document]:
+        """A split's documents (read from the source; the corpus is not built for this)."""
         if self.store is not None:
             raise LCMError(f"data.store {self.store} holds concepts, not documents: evaluation and generation "
                            "previews need the data source it was prepared from")
-        return self.corpus.docs[split]
+        if self._corpus is not None:
+            return self._corpus.docs[split]
+        return load_documents(self.source, self.max_chars, self.val_fraction, self.test_fraction, self.split_seed)[0][split]
 
     # ---- windows ---------------------------------------------------------------------------------
     def _window_stats(self, corpus: Corpus, split: str) -> dict:
@@ -419,7 +435,9 @@ class ConceptDataModule(L.LightningDataModule):
         seg = self.window_segments(split)
         if not len(seg):
             raise LCMError(f"the {split} split is empty; raise data.{split}_fraction or add documents")
-        windows = pack_segments(seg, self.max_seq_len, self.split_seed) if self.pack else seg
+        if self.pack and split not in self._packed:  # packed once (seeded); the loader shuffles windows per epoch
+            self._packed[split] = pack_segments(seg, self.max_seq_len, self.split_seed)
+        windows = self._packed[split] if self.pack else seg
         return DataLoader(WindowDataset(self.corpus.seqs[split], windows, self.pack), batch_size=self.batch_size,
                           shuffle=shuffle, collate_fn=PadCollate(self.corpus.table), num_workers=self.num_workers,
                           pin_memory=torch.cuda.is_available(), persistent_workers=self.num_workers > 0)

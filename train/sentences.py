@@ -33,7 +33,7 @@ class SentenceDataModule(ConceptDataModule):
         c = self.corpus
         train = set() if split == "train" else set(self.decoder_sentences("train")[0])
         seen: dict[str, None] = {}
-        for doc in c.docs[split]:
+        for doc in self.documents(split):
             for s in doc.steps if steps_only else doc.prompt + doc.steps:
                 if s not in train:
                     seen.setdefault(s)

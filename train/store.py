@@ -48,7 +48,8 @@ class Mapped:
                 self._array = np.load(self.path, mmap_mode="r", allow_pickle=False)
             except (OSError, ValueError, EOFError) as e:
                 raise LCMError(f"prepared corpus file {self.path} is missing, corrupted or truncated "
-                               f"({type(e).__name__}); delete its folder to rebuild it") from e
+                               f"({type(e).__name__}); rebuild it from its source (delete the folder and run "
+                               "again with data.source)") from e
         return self._array
 
     def __getstate__(self) -> dict:
@@ -123,30 +124,65 @@ class Sequences:
     def __iter__(self):
         return (self[d] for d in range(len(self)))
 
-    def lengths(self) -> np.ndarray:
-        return np.diff(np.asarray(self.offsets[:], dtype=np.int64))  # (n_docs,)
+
+def _split_arrays(seqs: Iterable[tuple[np.ndarray, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Documents -> the flat ids (N,) int32, types (N,) int8 and offsets (n_docs + 1,) int64 of a split."""
+    ids, types, offsets = [], [], [0]
+    for i, t in seqs:
+        ids.append(np.asarray(i, dtype=np.int32))
+        types.append(np.asarray(t, dtype=np.int8))
+        offsets.append(offsets[-1] + len(i))
+    return {"ids": np.concatenate(ids) if ids else np.zeros(0, np.int32),
+            "types": np.concatenate(types) if types else np.zeros(0, np.int8),
+            "offsets": np.asarray(offsets, dtype=np.int64)}
+
+
+def _hash_texts(h, texts: Iterable[str]) -> None:
+    for t in texts:  # length-prefixed: no two text lists hash alike
+        b = t.encode("utf-8")
+        h.update(len(b).to_bytes(8, "little") + b)
+
+
+def corpus_key(encoder_id: str, dtype: str, texts: list[str], extra: np.ndarray | None,
+               seqs: dict[str, list[tuple[np.ndarray, np.ndarray]]], meta: dict) -> str:
+    """The store folder name of a corpus, computed before anything is written: a sentence row's vector is
+    fixed by (encoder id, text) through the embedding cache, so texts, the extra (plan) vectors, the
+    sequences and the metadata determine the whole store."""
+    h = hashlib.blake2b(digest_size=12)
+    h.update(json.dumps([FORMAT_VERSION, encoder_id, dtype, meta], sort_keys=True, default=str).encode())
+    _hash_texts(h, texts)
+    if extra is not None:
+        h.update(np.ascontiguousarray(extra, dtype=np.float32).tobytes())
+    for split in SPLITS:
+        for a in _split_arrays(seqs.get(split, [])).values():
+            h.update(a.tobytes())
+    return h.hexdigest()
 
 
 class StoreWriter:
     """Writes a store folder. Call `add_rows` with every table row in order, `add_split` once per split,
-    then `finish`, which renames the folder into `root/<content hash>` and returns that path."""
+    then `finish`, which renames the folder into `root/<name>` (default: a hash of the content written)
+    and returns that path."""
 
-    def __init__(self, root: str | Path, n_rows: int, dim: int, encoder_id: str, dtype: str = "float16"):
+    def __init__(self, root: str | Path, n_rows: int, dim: int, encoder_id: str, dtype: str = "float16",
+                 name: str | None = None):
         if dtype not in ("float16", "float32"):
             raise LCMError(f"store dtype must be float16 or float32, not {dtype!r}")
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
+        remove_stale_tmp(self.root)
         self.tmp = self.root / f".tmp-{os.getpid()}-{secrets.token_hex(4)}"
         self.tmp.mkdir()
-        self.n_rows, self.dim, self.dtype = n_rows, dim, dtype
+        self.name, self.n_rows, self.dim, self.dtype = name, n_rows, dim, dtype
         self.meta = {"format": FORMAT_VERSION, "encoder_id": encoder_id, "dim": dim, "dtype": dtype, "rows": n_rows,
                      "splits": {}}
         self.table = np.lib.format.open_memmap(self.tmp / "table.npy", mode="w+", dtype=dtype, shape=(n_rows, dim))
         self.filled = 0
         self.text_offsets = [0]
         self.texts = open(self.tmp / "texts.bin", "wb")
-        self.hash = hashlib.blake2b(digest_size=12)
-        self.hash.update(json.dumps([FORMAT_VERSION, encoder_id, dim, dtype]).encode())
+        # content hash (used when no name is given): vectors, texts and splits hashed apart, so how the rows
+        # were chunked into add_rows calls does not change it
+        self.hashes = {k: hashlib.blake2b(digest_size=12) for k in ("vectors", "texts", "splits")}
 
     def add_rows(self, texts: list[str], vectors: np.ndarray) -> None:
         """Append table rows: texts and their (n, D) float vectors."""
@@ -159,28 +195,21 @@ class StoreWriter:
             raise LCMError(f"concept vectors contain NaN/inf or exceed the {self.dtype} range; "
                            "use data.store_dtype: float32")
         self.table[self.filled:self.filled + n] = cast
-        self.hash.update(cast.tobytes())
+        self.hashes["vectors"].update(cast.tobytes())
+        _hash_texts(self.hashes["texts"], texts)
         for t in texts:
             b = t.encode("utf-8")
             self.texts.write(b)
-            self.hash.update(b + b"\x00")
             self.text_offsets.append(self.text_offsets[-1] + len(b))
         self.filled += n
 
     def add_split(self, split: str, seqs: Iterable[tuple[np.ndarray, np.ndarray]]) -> None:
-        ids, types, offsets = [], [], [0]
-        for i, t in seqs:
-            ids.append(np.asarray(i, dtype=np.int32))
-            types.append(np.asarray(t, dtype=np.int8))
-            offsets.append(offsets[-1] + len(i))
-        arrays = {"ids": np.concatenate(ids) if ids else np.zeros(0, np.int32),
-                  "types": np.concatenate(types) if types else np.zeros(0, np.int8),
-                  "offsets": np.asarray(offsets, dtype=np.int64)}
-        self.hash.update(split.encode())
+        arrays = _split_arrays(seqs)
+        self.hashes["splits"].update(split.encode())
         for name, a in arrays.items():
             np.save(self.tmp / f"{split}.{name}.npy", a, allow_pickle=False)
-            self.hash.update(a.tobytes())
-        self.meta["splits"][split] = {"docs": len(offsets) - 1, "concepts": int(offsets[-1])}
+            self.hashes["splits"].update(a.tobytes())
+        self.meta["splits"][split] = {"docs": len(arrays["offsets"]) - 1, "concepts": int(arrays["offsets"][-1])}
 
     def finish(self, **meta) -> Path:
         if self.filled != self.n_rows:
@@ -189,26 +218,43 @@ class StoreWriter:
         np.save(self.tmp / "texts.offsets.npy", np.asarray(self.text_offsets, dtype=np.int64), allow_pickle=False)
         self.table.flush()
         del self.table
-        # content, not history: how many sentences were freshly encoded does not change the store
-        self.hash.update(json.dumps({k: v for k, v in meta.items() if k != "stats"}, sort_keys=True, default=str).encode())
         self.meta.update(meta)
         (self.tmp / "manifest.json").write_text(json.dumps(self.meta, indent=2, sort_keys=True) + "\n", encoding="utf-8")
         for f in self.tmp.iterdir():  # data on disk before the rename makes the store visible
             with open(f, "rb") as fh:
                 os.fsync(fh.fileno())
-        final = self.root / self.hash.hexdigest()
+        if self.name is None:
+            h = hashlib.blake2b(digest_size=12)
+            for part in self.hashes.values():
+                h.update(part.digest())
+            # content, not history: how many sentences were freshly encoded does not change the store
+            h.update(json.dumps({k: v for k, v in self.meta.items() if k != "stats"}, sort_keys=True,
+                                default=str).encode())
+            self.name = h.hexdigest()
+        final = self.root / self.name
         try:
             os.rename(self.tmp, final)
-        except OSError:
+        except OSError as e:
+            shutil.rmtree(self.tmp, ignore_errors=True)
             if not (final / "manifest.json").exists():  # not a twin written by another rank: a real failure
-                shutil.rmtree(self.tmp, ignore_errors=True)
-                raise
-            shutil.rmtree(self.tmp, ignore_errors=True)  # identical content is already there
+                raise LCMError(f"could not move the prepared corpus into {final} ({e}); delete that folder") from e
         return final
 
     def abort(self) -> None:
         self.texts.close()
         shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def remove_stale_tmp(root: Path) -> None:
+    """Delete temporary store folders whose writer process is gone (killed mid-write: SIGKILL, OOM)."""
+    for tmp in root.glob(".tmp-*"):
+        try:
+            pid = int(tmp.name.split("-")[1])
+            os.kill(pid, 0)  # raises if no such process
+        except ProcessLookupError:
+            shutil.rmtree(tmp, ignore_errors=True)
+        except (ValueError, IndexError, PermissionError):
+            continue
 
 
 def open_store(folder: str | Path, encoder_id: str | None = None) -> tuple[dict, Mapped, Texts, dict[str, Sequences]]:
@@ -217,11 +263,14 @@ def open_store(folder: str | Path, encoder_id: str | None = None) -> tuple[dict,
     manifest = folder / "manifest.json"
     if not manifest.exists():
         raise LCMError(f"no prepared corpus at {folder} (missing manifest.json)")
+    broken = (f"prepared corpus {folder} is corrupted or inconsistent ({{}}); rebuild it from its source "
+              "(delete the folder and run again with data.source)")
     try:
         meta = json.loads(manifest.read_text(encoding="utf-8"))
-    except (OSError, ValueError, UnicodeDecodeError) as e:
-        raise LCMError(f"prepared corpus manifest {manifest} is corrupted ({type(e).__name__}); "
-                       f"delete {folder} to rebuild it") from e
+        rows, dim, splits = int(meta["rows"]), int(meta["dim"]), meta["splits"]
+        int(meta["eot_id"])
+    except (OSError, ValueError, UnicodeDecodeError, KeyError, TypeError) as e:
+        raise LCMError(broken.format(f"manifest.json: {type(e).__name__} {e}")) from e
     if meta.get("format") != FORMAT_VERSION:
         raise LCMError(f"prepared corpus {folder} has format {meta.get('format')}, this version reads {FORMAT_VERSION}")
     if encoder_id is not None and meta.get("encoder_id") != encoder_id:
@@ -229,11 +278,18 @@ def open_store(folder: str | Path, encoder_id: str | None = None) -> tuple[dict,
                        f"encoder {encoder_id!r}")
     table, texts = Mapped(folder / "table.npy"), Texts(folder)
     seqs = {s: Sequences(folder, s) for s in SPLITS}
-    if table.shape != (meta["rows"], meta["dim"]) or len(texts) != meta["rows"]:
-        raise LCMError(f"prepared corpus {folder} is inconsistent: manifest says {meta['rows']} x {meta['dim']}, "
-                       f"table.npy is {table.shape}, texts has {len(texts)} rows; delete it to rebuild it")
+    if table.shape != (rows, dim) or len(texts) != rows:
+        raise LCMError(broken.format(f"manifest says {rows} x {dim}, table.npy is {table.shape}, "
+                                     f"texts has {len(texts)} rows"))
+    ends = np.asarray(texts.offsets[:])
+    if not texts.blob.exists() or texts.blob.stat().st_size != ends[-1] or (np.diff(ends) < 0).any():
+        raise LCMError(broken.format("texts.bin does not match texts.offsets.npy"))
     for s, seq in seqs.items():
-        n = int(seq.offsets[-1]) if len(seq.offsets) else -1
-        if len(seq.ids) != n or len(seq.types) != n or len(seq) != meta["splits"].get(s, {}).get("docs", -1):
-            raise LCMError(f"prepared corpus {folder}: split {s} is inconsistent with its manifest; delete it to rebuild it")
+        offsets = np.asarray(seq.offsets[:])
+        n = int(offsets[-1]) if len(offsets) else -1
+        if (len(seq.ids) != n or len(seq.types) != n or len(seq) != splits.get(s, {}).get("docs", -1)
+                or (np.diff(offsets) < 0).any()):
+            raise LCMError(broken.format(f"split {s} does not match its manifest"))
+        if n > 0 and not 0 <= int(np.min(seq.ids[:])) <= int(np.max(seq.ids[:])) < rows:
+            raise LCMError(broken.format(f"split {s} refers to table rows outside 0..{rows - 1}"))
     return meta, table, texts, seqs

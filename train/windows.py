@@ -25,9 +25,11 @@ LongDocuments = Literal["wrap", "truncate"]
 def cut_segments(offsets: np.ndarray, types: np.ndarray, window: int, long_documents: LongDocuments = "wrap"
              ) -> tuple[np.ndarray, dict]:
     """Cut documents into segments of at most `window` concepts. offsets (n_docs + 1,), types (N,) ->
-    (S, 2) int64 [start, end) and stats. "wrap" keeps every concept (a long document becomes consecutive
-    segments, the LCM paper wraps at 128); "truncate" keeps each document's first `window` concepts.
-    Segments with no loss target after their first position teach nothing and are dropped (counted)."""
+    (S, 2) int64 [start, end) and stats. "wrap" loses nothing: a long document becomes segments that
+    overlap by one concept (a segment's first concept is context only, so the next segment starts at the
+    previous one's last concept and every concept after the document's first is a target exactly once; the
+    LCM paper wraps at 128). "truncate" keeps each document's first `window` concepts. Segments with no
+    loss target after their first position teach nothing and are dropped (counted)."""
     if window < 2:
         raise LCMError(f"max_seq_len={window} leaves no next concept to predict (use >= 2)")
     offsets = np.asarray(offsets, dtype=np.int64)
@@ -37,7 +39,7 @@ def cut_segments(offsets: np.ndarray, types: np.ndarray, window: int, long_docum
         if n <= window or long_documents == "truncate":
             out.append((a, a + min(n, window)))
         else:
-            out.extend((s, min(s + window, a + n)) for s in range(a, a + n, window))
+            out.extend((s, min(s + window, a + n)) for s in range(a, a + n - 1, window - 1))
     seg = np.asarray(out, dtype=np.int64).reshape(-1, 2)
     # is_target[i]: concept i is a loss target; a segment teaches something iff one sits after its start
     is_target = np.isin(np.asarray(types), [int(t) for t in TARGET_TYPES])
@@ -110,8 +112,7 @@ class PadCollate:
     def __init__(self, table):
         self.table = table
 
-    def __call__(self, items: list) -> dict[str, torch.Tensor]:
-        items = [it if isinstance(it, Window) else Window(it[0], it[1], None, None) for it in items]
+    def __call__(self, items: list[Window]) -> dict[str, torch.Tensor]:
         T = max(len(it.ids) for it in items)
         B = len(items)
         ids = np.full((B, T), PAD, dtype=np.int64)
