@@ -23,8 +23,9 @@ def unit_rows(x: np.ndarray) -> np.ndarray:
 class SentenceBank:
     """Sentences and their embeddings, searchable by cosine.
 
-    Exact `IndexFlatIP` on unit vectors up to `hnsw_above` sentences, HNSW (M=32, efSearch=64) above:
-    flat search is exact but linear in the bank size.
+    Exact `IndexFlatIP` on unit vectors up to `hnsw_above` sentences, HNSW (M=32, efConstruction=80,
+    efSearch=128) above: flat search is exact but linear in the bank size. efSearch 128 keeps recall@1 at
+    0.95 on a 1M-sentence bank at 0.26 ms/query batched (64: 0.94; benchmarks/retrieval_scale.py).
     """
 
     def __init__(self, texts: list[str], embeddings: np.ndarray, encoder_id: str, index: IndexKind = "auto",
@@ -49,7 +50,7 @@ class SentenceBank:
             if kind == "hnsw":
                 self.index = faiss.IndexHNSWFlat(self.dim, 32, faiss.METRIC_INNER_PRODUCT)
                 self.index.hnsw.efConstruction = 80
-                self.index.hnsw.efSearch = 64
+                self.index.hnsw.efSearch = 128
             else:
                 self.index = faiss.IndexFlatIP(self.dim)
             self.index.add(vecs)
