@@ -25,6 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from lcm.compile import CompileOnFit
 from lcm.decoder import MIN_VOCAB, CausalTokenStack
 from lcm.errors import LCMError
 from lcm.eval.reasoning_metrics import token_entropy
@@ -57,7 +58,7 @@ def nucleus(probs: torch.Tensor, top_p: float = 1.0, top_k: int = 0) -> torch.Te
     return kept / kept.sum(-1, keepdim=True)
 
 
-class TokenLM(L.LightningModule):
+class TokenLM(CompileOnFit, L.LightningModule):
     """GPT baseline (see the module docstring).
 
     Args:
@@ -89,18 +90,6 @@ class TokenLM(L.LightningModule):
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.net.parameters())
-
-    def configure_model(self) -> None:
-        """Lightning hook (after `setup`, before the model moves to its device): `compile` for `fit` only."""
-        trainer = self._trainer
-        if self.hparams.get("compile") and trainer is not None and trainer.state.fn == "fit":
-            self.compile_net()
-
-    def compile_net(self) -> None:
-        """`torch.compile` the training forward of the network, in place (idempotent)."""
-        if not getattr(self, "_net_compiled", False):
-            self.net.compile()
-            self._net_compiled = True
 
     # ---- wiring to the data ----------------------------------------------------------------------
     def setup(self, stage: str) -> None:

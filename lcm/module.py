@@ -7,6 +7,7 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 
+from lcm.compile import CompileOnFit
 from lcm.concepts import TARGET_TYPES, TYPE_NAMES, ConceptType
 from lcm.errors import LCMError
 from lcm.eval.metrics import next_step_scores, retrieval_hits
@@ -39,7 +40,7 @@ def check_embed_dim(dm, arch: LCMConfig) -> None:
                        f"{arch.embed_dim}; set model.arch.embed_dim: {dm.embed_dim}")
 
 
-class ConceptLM(L.LightningModule):
+class ConceptLM(CompileOnFit, L.LightningModule):
     """Base-LCM trainer.
 
     Args:
@@ -91,18 +92,6 @@ class ConceptLM(L.LightningModule):
     def extra_hparams(self) -> dict:
         """Subclass arguments to store in checkpoints next to the shared ones."""
         return {}
-
-    def configure_model(self) -> None:
-        """Lightning hook (after `setup`, before the model moves to its device): `compile` for `fit` only."""
-        trainer = self._trainer
-        if self.hparams.get("compile") and trainer is not None and trainer.state.fn == "fit":
-            self.compile_net()
-
-    def compile_net(self) -> None:
-        """`torch.compile` what the training step runs, in place (idempotent). Base-LCM: the whole network."""
-        if not getattr(self, "_net_compiled", False):
-            self.net.compile()
-            self._net_compiled = True
 
     # ---- wiring to the data ----------------------------------------------------------------------
     def setup(self, stage: str) -> None:
