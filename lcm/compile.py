@@ -12,8 +12,13 @@ class CompileOnFit:
         if self.hparams.get("compile") and trainer is not None and trainer.state.fn == "fit":
             self.compile_net()
 
+    def compile_targets(self) -> list:
+        """The modules whose forward the training step runs: the whole network by default."""
+        return [self.net]
+
     def compile_net(self) -> None:
-        """`torch.compile` what the training step runs, in place (idempotent). Default: the whole network."""
+        """`torch.compile` the `compile_targets`, in place (idempotent)."""
         if not getattr(self, "_net_compiled", False):
-            self.net.compile()
+            for module in self.compile_targets():
+                module.compile()
             self._net_compiled = True

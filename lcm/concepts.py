@@ -19,4 +19,15 @@ class ConceptType(IntEnum):
 
 
 TARGET_TYPES = (ConceptType.STEP, ConceptType.EOT, ConceptType.PLAN, ConceptType.BREAK)
+
+
+def layout_mismatch(saved: dict, planning: bool, eot_text: str, break_text: str | None, what: str) -> str:
+    """How a saved sequence layout (a checkpoint's or a prepared store's metadata: planning, eot_text,
+    break_text) differs from the data config's, as "key: <what> X vs config Y; ..."; "" when they agree."""
+    def layout(plan, eot, brk) -> dict:
+        return {"planning": bool(plan), "eot_text": eot, "break_text": brk if plan else None}
+
+    old = layout(saved.get("planning"), saved.get("eot_text", eot_text), saved.get("break_text"))
+    new = layout(planning, eot_text, break_text)
+    return "; ".join(f"{k}: {what} {old[k]!r} vs config {new[k]!r}" for k in new if old[k] != new[k])
 TYPE_NAMES = {t: t.name.lower() for t in ConceptType}

@@ -244,11 +244,9 @@ class DiffusionLCM(ConceptLM):
     def build_net(self, arch: LCMConfig) -> nn.Module:
         return TwoTowerLCM(arch, self.diffusion)
 
-    def compile_net(self) -> None:
-        if not getattr(self, "_net_compiled", False):
-            for block in (*self.net.context.blocks, *self.net.blocks):
-                block.compile()
-            self._net_compiled = True
+    def compile_targets(self) -> list:
+        # the training step calls `hidden_states` and `denoise`, not the network's forward: compile the blocks
+        return [*self.net.context.blocks, *self.net.blocks]
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         xn = self.normalizer.normalize(batch["x"])  # (B, T, D)
@@ -261,7 +259,7 @@ class DiffusionLCM(ConceptLM):
         keep = torch.rand(B, T, device=x0.device) >= self.diffusion.cfg_dropout
         qpos = torch.arange(T, device=x0.device).expand(B, T)
         pred = self.net.denoise(ctx, x_tau, tau, qpos, keep, packed(batch).get("doc"))
-        loss = self._loss(pred, x0, batch["types"], batch.get("doc"))
+        loss = self._loss(pred, x0, batch["types"], target_mask(batch["types"], batch.get("doc")))
         self.log("train/loss", loss, prog_bar=True, batch_size=B)
         return loss
 

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from lcm.compile import CompileOnFit
-from lcm.concepts import TARGET_TYPES, TYPE_NAMES, ConceptType
+from lcm.concepts import TARGET_TYPES, TYPE_NAMES, ConceptType, layout_mismatch
 from lcm.errors import LCMError
 from lcm.eval.metrics import next_step_scores, retrieval_hits
 from lcm.model import BaseLCM, LCMConfig
@@ -122,14 +122,10 @@ class ConceptLM(CompileOnFit, L.LightningModule):
             if meta.get("encoder_id") not in (None, dm.encoder.id):
                 raise LCMError(f"checkpoint was trained with encoder {meta['encoder_id']!r} (dim {meta.get('dim')}), "
                                f"the data config uses {dm.encoder.id!r} (dim {dm.embed_dim})")
-            planning = bool(getattr(dm, "planning", False))
-            current = {"planning": planning, "eot_text": dm.eot_text,
-                       "break_text": getattr(dm, "break_text", None) if planning else None}
-            saved = {"planning": bool(meta.get("planning")), "eot_text": meta.get("eot_text", dm.eot_text),
-                     "break_text": meta.get("break_text") if meta.get("planning") else None}
-            diff = [f"{k}: checkpoint {saved[k]!r} vs config {current[k]!r}" for k in current if saved[k] != current[k]]
+            diff = layout_mismatch(meta, getattr(dm, "planning", False), dm.eot_text, getattr(dm, "break_text", None),
+                                   "checkpoint")
             if diff:
-                raise LCMError(f"checkpoint and data config disagree ({'; '.join(diff)}); use the config it was trained with")
+                raise LCMError(f"checkpoint and data config disagree ({diff}); use the config it was trained with")
         self.meta = dict(meta)
 
     def on_fit_start(self) -> None:
@@ -178,18 +174,16 @@ class ConceptLM(CompileOnFit, L.LightningModule):
         pred = self.net(xn[:, :-1], **packed(batch))  # (B, T-1, D) prediction of concept t+1 from concepts <= t
         return pred, xn[:, 1:], target_mask(batch["types"], batch.get("doc"))
 
-    def _loss(self, pred: torch.Tensor, target: torch.Tensor, types: torch.Tensor,
-              doc: torch.Tensor | None = None) -> torch.Tensor:
-        """Position-type-weighted MSE. pred/target (B, T-1, D) normalized; types (B, T); doc (B, T) when packed."""
-        w = self.type_weights[types[:, 1:].clamp_min(0)] * (types[:, 1:] >= 0)  # (B, T-1), 0 on prompt/pad
-        if doc is not None:  # no target across a document boundary
-            w = w * (doc[:, 1:] == doc[:, :-1])
+    def _loss(self, pred: torch.Tensor, target: torch.Tensor, types: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Position-type-weighted MSE. pred/target (B, T-1, D) normalized; types (B, T); mask (B, T-1) from
+        `target_mask` (0 on prompt, padding and, packed, across a document boundary)."""
+        w = self.type_weights[types[:, 1:].clamp_min(0)] * mask  # (B, T-1)
         per_pos = (pred.float() - target.float()).pow(2).mean(-1)  # (B, T-1)
         return (per_pos * w).sum() / w.sum().clamp_min(1e-8)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         pred, target, mask = self._predict(batch)
-        loss = self._loss(pred, target, batch["types"], batch.get("doc"))
+        loss = self._loss(pred, target, batch["types"], mask)
         self.log("train/loss", loss, prog_bar=True, batch_size=int(mask.shape[0]))
         return loss
 
@@ -211,7 +205,7 @@ class ConceptLM(CompileOnFit, L.LightningModule):
         n = int(mask.sum())
         if n == 0:
             return
-        loss = self._loss(pred_all, target_all, batch["types"], batch.get("doc"))
+        loss = self._loss(pred_all, target_all, batch["types"], mask)
         pred = pred_all[mask].float()  # (N, D) normalized
         gold = batch["x"][:, 1:][mask].float()  # (N, D) raw
         prev = batch["x"][:, :-1][mask].float()

@@ -84,13 +84,13 @@ def test_layout(tmp_path, encoder):
 
 def test_loss_weights():
     from lcm.model import LCMConfig
-    from lcm.module import ConceptLM
+    from lcm.module import ConceptLM, target_mask
 
     m = ConceptLM(arch=LCMConfig(embed_dim=4, d_model=8, n_layer=1, n_head=2), loss_weights={"plan": 0.0})
     types = torch.tensor([[C.PROMPT, C.PLAN, C.STEP, C.EOT, -1]])
     pred, target = torch.zeros(1, 4, 4), torch.ones(1, 4, 4)
     target[0, 0] = 5.0  # the plan position: weight 0, must not count
-    assert torch.isclose(m._loss(pred, target, types), torch.tensor(1.0))
+    assert torch.isclose(m._loss(pred, target, types, target_mask(types)), torch.tensor(1.0))
     with pytest.raises(LCMError, match="unknown position types"):
         ConceptLM(loss_weights={"prompt": 1.0})
 

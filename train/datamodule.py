@@ -12,7 +12,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader
 
-from lcm.concepts import DEFAULT_BREAK_TEXT, DEFAULT_EOT_TEXT, TARGET_TYPES, ConceptType
+from lcm.concepts import DEFAULT_BREAK_TEXT, DEFAULT_EOT_TEXT, TARGET_TYPES, ConceptType, layout_mismatch
 from lcm.encoders.base import Encoder
 from lcm.encoders.cache import EmbeddingCache
 from lcm.encoders.sentence_transformer import SentenceTransformerEncoder
@@ -25,7 +25,6 @@ from lcm.train.documents import Document
 from lcm.train.store import CHUNK_ROWS, SPLITS, Mapped, Sequences, StoreWriter, Texts, corpus_key, open_store
 from lcm.train.windows import LongDocuments, PadCollate, WindowDataset, cut_segments, pack_segments
 
-BULK_ROWS = 2_048  # table rows per chunk of a bulk read (each row can map ~64 KB: the kernel faults around)
 MAX_FIT_TARGETS = 200_000  # normalizer / mean baseline fitted on at most this many training targets (seeded sample)
 
 
@@ -81,19 +80,8 @@ class Corpus:
     folder: Path | None = None  # the store
 
     def vectors(self, rows) -> np.ndarray:
-        """Table rows as float32. (N, D)"""
-        rows = np.asarray(rows, dtype=np.int64)
-        if len(rows) <= BULK_ROWS:
-            return np.asarray(self.table[rows], dtype=np.float32)
-        # A bulk read (normalizer fit, retrieval index) touches pages all over the table: read it in sorted
-        # chunks and unmap after each, so resident memory holds one chunk's pages, not the whole table.
-        out = np.empty((len(rows), self.table.shape[1]), dtype=np.float32)
-        order = np.argsort(rows, kind="stable")
-        for a in range(0, len(rows), BULK_ROWS):
-            sel = order[a:a + BULK_ROWS]
-            out[sel] = self.table[rows[sel]]
-            self.table.release()
-        return out
+        """Table rows as float32, read with bounded resident memory (`Mapped.rows`). (N, D)"""
+        return self.table.rows(rows)
 
 
 class ConceptDataModule(L.LightningDataModule):
@@ -239,13 +227,10 @@ class ConceptDataModule(L.LightningDataModule):
         if meta["dim"] != self.encoder.dim:
             raise LCMError(f"prepared corpus {self.store} has dimension {meta['dim']}, encoder {self.encoder.id} "
                            f"has {self.encoder.dim}")
-        saved = {"planning": bool(meta.get("planning")), "eot_text": meta.get("eot_text"),
-                 "break_text": meta.get("break_text") if meta.get("planning") else None}
-        current = {"planning": self.planning, "eot_text": self.eot_text,
-                   "break_text": self.break_text if self.planning else None}
-        diff = [f"{k}: store {saved[k]!r} vs config {current[k]!r}" for k in saved if saved[k] != current[k]]
+        # a store always records its end-of-text sentence: a missing one disagrees with any config
+        diff = layout_mismatch({"eot_text": None, **meta}, self.planning, self.eot_text, self.break_text, "store")
         if diff:
-            raise LCMError(f"prepared corpus {self.store} and the data config disagree ({'; '.join(diff)})")
+            raise LCMError(f"prepared corpus {self.store} and the data config disagree ({diff})")
         if "max_chars" in meta:  # generation must split prompts as the store's sentences were split
             self.max_chars = int(meta["max_chars"])
         return Corpus(texts=texts, table=table, docs={s: [] for s in SPLITS}, seqs=seqs, eot_id=int(meta["eot_id"]),

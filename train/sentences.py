@@ -9,6 +9,7 @@ from torch.utils.data import DataLoader
 from lcm.errors import LCMError
 from lcm.retrieval import SentenceBank
 from lcm.train.datamodule import ConceptDataModule
+from lcm.train.store import read_rows
 
 
 class SentenceCollate:
@@ -16,7 +17,7 @@ class SentenceCollate:
         self.table, self.texts = table, texts
 
     def __call__(self, rows: list[int]) -> dict:
-        emb = np.asarray(self.table[rows], dtype=np.float32)  # (B, D)
+        emb = read_rows(self.table, rows)  # (B, D); a mapped table is unmapped after the read
         return {"emb": torch.from_numpy(emb), "text": [self.texts[r] for r in rows]}
 
 

@@ -32,6 +32,7 @@ from lcm.errors import LCMError
 FORMAT_VERSION = 1
 SPLITS = ("train", "val", "test")
 CHUNK_ROWS = 65_536  # table rows converted / hashed at a time: bounds the memory of writing a store
+READ_ROWS = 2_048  # rows per chunk of `Mapped.rows` (each row read can map ~64 KB: the kernel faults around)
 
 
 class Mapped:
@@ -56,9 +57,22 @@ class Mapped:
         return {"path": self.path, "_array": None}
 
     def release(self) -> None:
-        """Unmap the file: pages a bulk read touched leave this process's resident set (they stay in the
-        page cache); the next access maps it again."""
+        """Unmap the file: pages a read touched leave this process's resident set (they stay in the page
+        cache); the next access maps it again."""
         self._array = None
+
+    def rows(self, index) -> np.ndarray:
+        """Rows `index` (N,) as float32 (N, ...), read in sorted chunks of READ_ROWS and unmapped after each.
+        The kernel maps ~16 neighbouring pages per fault, so without unmapping a few thousand random rows
+        would put the whole file into the resident set of every process that reads it."""
+        index = np.asarray(index, dtype=np.int64)
+        out = np.empty((len(index), *self.shape[1:]), dtype=np.float32)
+        order = np.argsort(index, kind="stable")
+        for a in range(0, len(index), READ_ROWS):
+            sel = order[a:a + READ_ROWS]
+            out[sel] = self.array[index[sel]]
+            self.release()
+        return out
 
     def __len__(self) -> int:
         return len(self.array)
@@ -69,6 +83,14 @@ class Mapped:
     @property
     def shape(self) -> tuple[int, ...]:
         return self.array.shape
+
+
+def read_rows(table, rows) -> np.ndarray:
+    """Rows of a concept table -- a `Mapped` file (bounded resident memory) or an in-memory array -- as
+    float32. (N, D)"""
+    if isinstance(table, Mapped):
+        return table.rows(rows)
+    return np.asarray(table[np.asarray(rows, dtype=np.int64)], dtype=np.float32)
 
 
 class Texts:

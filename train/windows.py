@@ -18,6 +18,7 @@ from torch.utils.data import Dataset
 
 from lcm.concepts import PAD, TARGET_TYPES
 from lcm.errors import LCMError
+from lcm.train.store import read_rows
 
 LongDocuments = Literal["wrap", "truncate"]
 
@@ -122,11 +123,7 @@ class PadCollate:
             types[b, : len(it.types)] = it.types
         valid = ids >= 0
         x = np.zeros((B, T, self.table.shape[1]), dtype=np.float32)
-        x[valid] = self.table[ids[valid]]  # rows read from the (mapped) table; zeros at padding
-        if hasattr(self.table, "release"):
-            # Unmap after every batch: the kernel maps ~16 neighbouring pages per page fault, so a few
-            # thousand random rows would otherwise put the whole table in each worker's resident set.
-            self.table.release()
+        x[valid] = read_rows(self.table, ids[valid])  # zeros at padding; a mapped table is unmapped after
         batch = {"x": torch.from_numpy(x), "ids": torch.from_numpy(ids), "types": torch.from_numpy(types)}
         if items[0].doc is not None:
             doc = np.full((B, T), PAD, dtype=np.int64)
