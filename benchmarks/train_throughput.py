@@ -4,7 +4,7 @@ Models (`--model concept|token|both`):
   concept  Base-LCM (`lcm.module.ConceptLM`) on synthetic documents shaped like gsm ones: `--prompt-len`
            prompt concepts, then steps, then one end-of-text; random unit-norm vectors. `--seq-len` = the
            positions fed to the model per sequence (a batch row holds seq_len + 1 concepts).
-  token    the token baseline (`lcm.eval.token_baseline.TokenLM`) of the same shape on pre-tokenized random
+  token    the token baseline (`lcm.token_model.TokenLM`) of the same shape on pre-tokenized random
            ids (`--token-seq-len` tokens fed per row, the first `--token-prompt-len` are the prompt).
 Presets (`--preset`):
   quickstart  (default; CPU-sized) model.arch / lr / warmup / batch size of train/configs/quickstart.yaml,
@@ -59,10 +59,10 @@ from rich.console import Console
 from rich.table import Table
 
 from lcm.concepts import ConceptType
-from lcm.eval.token_baseline import TokenLM
 from lcm.io import write_json
 from lcm.model import LCMConfig
 from lcm.module import ConceptLM, target_mask
+from lcm.token_model import TokenLM
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"

@@ -1,4 +1,1 @@
-"""Evaluation: next-step metrics and baselines for concept models."""
-from lcm.eval.metrics import next_step_scores, retrieval_hits
-
-__all__ = ["next_step_scores", "retrieval_hits"]
+"""Evaluation floor (top): comparisons, reports, round trip, ablation scripts and the `lcm` command."""

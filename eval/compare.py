@@ -240,7 +240,7 @@ def token_entropy_stats(stats: dict, groups: list[list[Sample]], threshold: floa
 
 def entropy_curve(run: Path, problems: list[str], golds: list[str], cfg: CompareConfig, show: bool) -> dict:
     """Greedy accuracy and mean token entropy of every saved token-baseline checkpoint; fit R = -a exp(H) + b."""
-    from lcm.eval.token_baseline import TokenLM
+    from lcm.token_model import TokenLM
 
     ckpts = sorted((run / "checkpoints").glob("epoch*.ckpt"))
     points = []
@@ -264,7 +264,7 @@ def entropy_curve(run: Path, problems: list[str], golds: list[str], cfg: Compare
 def run_compare(cfg: CompareConfig) -> dict:
     from lcm.encoders import SentenceTransformerEncoder
     from lcm.eval.planning_ablation import train_run
-    from lcm.eval.token_baseline import TokenLM
+    from lcm.token_model import TokenLM
     from lcm.train.cli import make_cli
     from lcm.train.token_data import render_solution
 
@@ -484,6 +484,6 @@ def main(argv: list[str] | None = None) -> None:
 if __name__ == "__main__":
     import sys
 
-    from lcm.cli import main as lcm_main
+    from lcm.eval.cli import main as lcm_main
 
     lcm_main(["eval", "compare", *sys.argv[1:]])  # one error line for bad input, as `lcm eval compare`

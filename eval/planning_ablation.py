@@ -48,7 +48,7 @@ def train_run(config: str, seed: int, root: Path, retrain: bool = False, label: 
     an older run."""
     digest = hashlib.blake2b(Path(config).read_bytes() + "\0".join(overrides).encode(), digest_size=4).hexdigest()
     run_name = f"{Path(config).stem}-{digest}_seed{seed}"
-    cmd = [sys.executable, "-m", "lcm.cli", "fit", "-c", config, *overrides, "--seed_everything", str(seed),
+    cmd = [sys.executable, "-m", "lcm.eval.cli", "fit", "-c", config, *overrides, "--seed_everything", str(seed),
            "--trainer.logger.init_args.save_dir", str(root), "--trainer.logger.init_args.name", run_name,
            "--trainer.logger.init_args.version", "0", "--trainer.enable_progress_bar", "false"]
     run = root / run_name / "version_0"

@@ -9,7 +9,6 @@ import re
 from collections import Counter
 
 import numpy as np
-import torch
 
 from lcm.eval.text_metrics import tokens
 
@@ -44,12 +43,6 @@ def pass_at_k(n: int, c: int, k: int) -> float:
 
 
 # ---- token entropy -----------------------------------------------------------------------------------
-def token_entropy(logits: torch.Tensor) -> torch.Tensor:
-    """H = logsumexp(z) - sum softmax(z) * z per position (nats, temperature 1). (..., V) -> (...)"""
-    z = logits.float()
-    return torch.logsumexp(z, dim=-1) - (torch.softmax(z, dim=-1) * z.nan_to_num(neginf=0.0)).sum(-1)
-
-
 def entropy_threshold(entropies: np.ndarray, rho: float = 0.2) -> float:
     """Entropy at the (1 - rho) quantile: tokens at or above it are the forking tokens."""
     return float(np.quantile(np.asarray(entropies, dtype=np.float64), 1.0 - rho))

@@ -23,8 +23,8 @@ from lcm.errors import LCMError
 
 def text_file_sentences(path: Path, max_chars: int) -> list[str]:
     """Unique sentences of a UTF-8 text file, in order (pysbd, then re-split at `max_chars`)."""
+    from lcm.text import cap_length, split_sentences
     from lcm.train.corpus import check_utf8
-    from lcm.train.segment import cap_length, split_sentences
 
     if not path.is_file():
         raise LCMError(f"text file {path} does not exist")

@@ -25,6 +25,7 @@ from torch import nn
 from lcm.errors import LCMError
 from lcm.model import BaseLCM, LCMConfig, SwiGLU, init_gpt_weights
 from lcm.module import ConceptLM, packed, target_mask
+from lcm.sampling import randn_like
 
 
 @dataclass
@@ -98,12 +99,6 @@ def guide(x0_cond: torch.Tensor, x0_uncond: torch.Tensor, scale: float, rescale:
         ratio = x0_cond.std(-1, keepdim=True) / g.std(-1, keepdim=True).clamp_min(1e-8)
         g = rescale * g * ratio + (1 - rescale) * g
     return g
-
-
-def randn_like(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-    """Normal noise drawn from `generator` on its own device (CPU generators give the same numbers on any device)."""
-    device = generator.device if generator is not None else x.device
-    return torch.randn(x.shape, generator=generator, device=device, dtype=x.dtype).to(x.device)
 
 
 # ---- denoiser -----------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""User-facing errors: one clear line, no traceback (see `lcm.cli.main`)."""
+"""User-facing errors: one clear line, no traceback (see `lcm.eval.cli.main`)."""
 
 
 class LCMError(Exception):

@@ -16,7 +16,7 @@ from lcm.encoders.base import Encoder, encoder_from_config
 from lcm.errors import LCMError
 from lcm.module import ConceptLM
 from lcm.retrieval import SentenceBank
-from lcm.train.segment import cap_length, split_sentences
+from lcm.text import cap_length, split_sentences
 
 StopReason = Literal["end_of_text", "repetition", "max_steps"]
 

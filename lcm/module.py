@@ -10,10 +10,11 @@ import torch.nn.functional as F
 from lcm.compile import CompileOnFit
 from lcm.concepts import TARGET_TYPES, TYPE_NAMES, ConceptType, layout_mismatch
 from lcm.errors import LCMError
-from lcm.eval.metrics import next_step_scores, retrieval_hits
+from lcm.metrics import next_step_scores, retrieval_hits
 from lcm.model import BaseLCM, LCMConfig
 from lcm.normalizer import RobustScaler
 from lcm.optim import adamw_warmup_cosine
+from lcm.sampling import randn_like
 
 
 def target_mask(types: torch.Tensor, doc: torch.Tensor | None = None) -> torch.Tensor:
@@ -164,8 +165,6 @@ class ConceptLM(CompileOnFit, L.LightningModule):
         pred = self.net(self.normalizer.normalize(x))  # (A, T, D) normalized
         pred = pred[torch.arange(len(x), device=x.device), lengths.to(x.device) - 1].float()  # (A, D)
         if noise > 0:
-            from lcm.diffusion import randn_like
-
             pred = pred + noise * randn_like(pred, generator)
         return self.normalizer.denormalize(pred)
 

@@ -30,7 +30,7 @@ def encoder():
 
 def run_lcm(args: list[str], capsys=None) -> tuple[int, str]:
     """Run the `lcm` entry point in-process; returns (exit code, stderr text if captured)."""
-    from lcm.cli import main
+    from lcm.eval.cli import main
 
     code = 0
     try:

@@ -5,9 +5,9 @@ from conftest import CONFIGS
 from lcm.decoder import SentenceDecoderLM
 from lcm.diffusion import DiffusionLCM
 from lcm.eval.compare import CompareConfig
-from lcm.eval.token_baseline import TokenLM
 from lcm.model import LCMConfig
 from lcm.module import ConceptLM
+from lcm.token_model import TokenLM
 from lcm.train import ConceptDataModule, SentenceDataModule, TokenDataModule
 from lcm.train.cli import make_cli
 

@@ -18,7 +18,7 @@ def test_ddp_two_cpu_ranks_train_disjoint_shards(tmp_path):
     config = tmp_path / "ddp.yaml"
     config.write_text(yaml.safe_dump(cfg))
     env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "lcm.cli", "fit", "-c", str(config), *TINY_FIT, "--trainer.accelerator", "cpu",
+    cmd = [sys.executable, "-m", "lcm.eval.cli", "fit", "-c", str(config), *TINY_FIT, "--trainer.accelerator", "cpu",
            "--trainer.devices", "2", "--trainer.strategy", "ddp", "--trainer.max_epochs", "1"]
     done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=380)
     assert done.returncode == 0, done.stderr[-3000:]

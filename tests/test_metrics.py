@@ -2,7 +2,7 @@ import faiss
 import numpy as np
 import torch
 
-from lcm.eval.metrics import next_step_scores, retrieval_hits
+from lcm.metrics import next_step_scores, retrieval_hits
 
 
 def test_next_step_scores_hand_values():

@@ -51,8 +51,8 @@ def test_robust_scaler_matches_definition_and_round_trips():
 def _tiny(kind: str, **kw):
     from lcm.decoder import MIN_VOCAB
     from lcm.diffusion import DiffusionLCM
-    from lcm.eval.token_baseline import TokenLM
     from lcm.module import ConceptLM
+    from lcm.token_model import TokenLM
 
     arch = LCMConfig(embed_dim=8, d_model=16, n_layer=1, n_head=2, max_seq_len=8, dropout=0.0)
     if kind == "token":

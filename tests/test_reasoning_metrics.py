@@ -16,9 +16,9 @@ from lcm.eval.reasoning_metrics import (
     pass_at_k,
     rouge_l,
     self_bleu,
-    token_entropy,
     vendi_score,
 )
+from lcm.metrics import token_entropy
 
 
 def test_token_entropy_known_distributions():

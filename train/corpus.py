@@ -14,8 +14,8 @@ from typing import Any, Iterator, Literal
 
 from lcm.errors import LCMError
 from lcm.planners.paragraphs import split_paragraphs
+from lcm.text import cap_length, segment, split_sentences
 from lcm.train.documents import Document
-from lcm.train.segment import cap_length, segment, split_sentences
 
 ANSWER_LINE = re.compile(r"^####\s*(.+)$")
 

@@ -1,6 +1,6 @@
 from lcm.planners.paragraphs import split_paragraphs
+from lcm.text import cap_length, segment, split_sentences
 from lcm.train.corpus import solution_to_paragraphs
-from lcm.train.segment import cap_length, segment, split_sentences
 
 
 def test_sentences_offline():

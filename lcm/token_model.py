@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from lcm.compile import CompileOnFit
 from lcm.decoder import MIN_VOCAB, CausalTokenStack
 from lcm.errors import LCMError
-from lcm.eval.reasoning_metrics import token_entropy
+from lcm.metrics import token_entropy
 from lcm.model import LCMConfig
 from lcm.optim import adamw_warmup_cosine
 from lcm.tokenizer import SentenceTokenizer

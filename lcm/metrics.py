@@ -1,4 +1,5 @@
-"""Next-step metrics shared by training-time validation and the eval scripts (DESIGN.md section 3)."""
+"""Metrics the models log during training and the eval floor reuses: next-step scores, retrieval hits,
+token entropy (definitions: docs/metrics.md)."""
 from __future__ import annotations
 
 import numpy as np
@@ -30,3 +31,11 @@ def retrieval_hits(index, rows: np.ndarray, pred: np.ndarray, gold_rows: np.ndar
 
     _, top = index.search(unit_rows(pred), 1)
     return rows[top[:, 0]] == gold_rows
+
+
+def token_entropy(logits: torch.Tensor) -> torch.Tensor:
+    """H_t = -sum_j p_tj log p_tj of softmax(logits) per position, in nats (temperature 1). (..., V) -> (...)
+
+    `torch.distributions.Categorical` normalizes the logits and clamps -inf ones (masked tokens) to the
+    smallest float, so they contribute 0."""
+    return torch.distributions.Categorical(logits=logits.float()).entropy()
