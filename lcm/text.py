@@ -60,6 +60,11 @@ def cap_length(sentence: str, max_chars: int) -> list[str]:
     return pieces
 
 
-def segment(text: str, mode: SplitMode, max_chars: int) -> list[str]:
-    pieces = split_lines(text) if mode == "lines" else split_sentences(text)
-    return [p for s in pieces for p in cap_length(s, max_chars)]
+def cap_all(sentences: list[str], max_chars: int) -> list[str]:
+    """Every sentence re-split at `max_chars` (`cap_length`), in order."""
+    return [p for s in sentences for p in cap_length(s, max_chars)]
+
+
+def split_and_cap(text: str, max_chars: int, mode: SplitMode = "sentences") -> list[str]:
+    """Text -> its lines or sentences, each re-split at `max_chars`: the one way raw text becomes concepts."""
+    return cap_all(split_lines(text) if mode == "lines" else split_sentences(text), max_chars)

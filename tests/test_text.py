@@ -1,5 +1,5 @@
 from lcm.planners.paragraphs import split_paragraphs
-from lcm.text import cap_length, segment, split_sentences
+from lcm.text import cap_length, split_and_cap, split_sentences
 from lcm.train.corpus import solution_to_paragraphs
 
 
@@ -29,8 +29,8 @@ def test_cap_prefers_sentence_then_clause_boundaries():
 
 def test_segment_modes():
     text = "Step one.\n\nStep two. Still two.\n"
-    assert segment(text, "lines", 256) == ["Step one.", "Step two. Still two."]
-    assert segment(text, "sentences", 256) == ["Step one.", "Step two.", "Still two."]
+    assert split_and_cap(text, 256, "lines") == ["Step one.", "Step two. Still two."]
+    assert split_and_cap(text, 256) == ["Step one.", "Step two.", "Still two."]
 
 
 def test_paragraphs_edge_cases():

@@ -14,7 +14,7 @@ from typing import Any, Iterator, Literal
 
 from lcm.errors import LCMError
 from lcm.planners.paragraphs import split_paragraphs
-from lcm.text import cap_length, segment, split_sentences
+from lcm.text import cap_all, split_and_cap
 from lcm.train.documents import Document
 
 ANSWER_LINE = re.compile(r"^####\s*(.+)$")
@@ -31,17 +31,13 @@ class CorpusSource(ABC):
     def describe(self) -> str: ...
 
 
-def _cap_all(sentences: list[str], max_chars: int) -> list[str]:
-    return [p for s in sentences for p in cap_length(s, max_chars)]
-
-
 def solution_to_paragraphs(solution: str, max_chars: int) -> tuple[list[list[str]], str | None]:
     """Step-by-step solution text -> (paragraphs of steps, answer from a `#### N` line if present).
 
     Solution lines are steps; blank lines and section headers separate paragraphs; the `#### N`
     line stays as the final step (the model learns to state the answer) and N is returned too.
     """
-    paragraphs = [_cap_all(p, max_chars) for p in split_paragraphs(solution)]
+    paragraphs = [cap_all(p, max_chars) for p in split_paragraphs(solution)]
     paragraphs = [p for p in paragraphs if p]
     answer = None
     if paragraphs:
@@ -74,7 +70,7 @@ class GsmSymbolic(CorpusSource):
         for i in range(self.n):
             row = data[i]
             paragraphs, answer = solution_to_paragraphs(row["metadata"]["answer_cot"], max_chars)
-            yield Document(prompt=_cap_all(split_sentences(row["question"]), max_chars), paragraphs=paragraphs,
+            yield Document(prompt=split_and_cap(row["question"], max_chars), paragraphs=paragraphs,
                            answer=answer if answer is not None else str(row["answer"]),
                            meta={"source": "gsm_symbolic", "index": i})
 
@@ -184,11 +180,11 @@ class DatasetSource(CorpusSource):
 
     def _document(self, row: dict, index: int, max_chars: int) -> Document:
         prompt = row[self.prompt_field]
-        prompt = _cap_all(split_sentences(prompt if isinstance(prompt, str) else ""), max_chars)
+        prompt = split_and_cap(prompt if isinstance(prompt, str) else "", max_chars)
         steps = row[self.steps_field]
         answer = None
         if isinstance(steps, (list, tuple)):
-            paragraphs = [_cap_all([s for s in steps if isinstance(s, str)], max_chars)]
+            paragraphs = [cap_all([s for s in steps if isinstance(s, str)], max_chars)]
         elif isinstance(steps, str):
             mode = self.steps_format
             if mode == "auto":
@@ -196,7 +192,7 @@ class DatasetSource(CorpusSource):
             if mode == "lines":
                 paragraphs, answer = solution_to_paragraphs(steps, max_chars)
             else:
-                paragraphs = [segment(steps, "sentences", max_chars)]
+                paragraphs = [split_and_cap(steps, max_chars)]
         else:
             paragraphs = []
         paragraphs = [p for p in paragraphs if p]

@@ -16,7 +16,8 @@ import random
 from typing import Iterator
 
 from lcm.errors import LCMError
-from lcm.train.corpus import CorpusSource, _cap_all
+from lcm.text import cap_all
+from lcm.train.corpus import CorpusSource
 from lcm.train.documents import Document
 
 CATEGORIES = ("wumpus", "yumpus", "zumpus", "dumpus", "rompus", "numpus", "tumpus", "vumpus", "impus", "jompus",
@@ -79,5 +80,5 @@ class LogicChains(CorpusSource):
         for i in range(self.n):
             rng = random.Random(f"{self.seed}:{i}")
             prompt, paragraphs, answer = logic_problem(rng, rng.randint(self.min_hops, self.max_hops))
-            yield Document(prompt=_cap_all(prompt, max_chars), paragraphs=[_cap_all(p, max_chars) for p in paragraphs],
+            yield Document(prompt=cap_all(prompt, max_chars), paragraphs=[cap_all(p, max_chars) for p in paragraphs],
                            answer=answer, meta={"source": "logic_chains", "index": i})
