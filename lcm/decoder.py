@@ -14,11 +14,12 @@ import lightning as L
 import numpy as np
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 
 from lcm.errors import LCMError
+from lcm.handoff import DataConsumer, SentenceData, check_embed_dim, expect
 from lcm.model import Block, KVCache, LCMConfig, RMSNorm, init_gpt_weights, rotary_tables
-from lcm.module import check_embed_dim
 from lcm.optim import adamw_warmup_cosine
 from lcm.tokenizer import SentenceTokenizer
 
@@ -164,7 +165,7 @@ def _strip(ids: list[int], eos: int) -> list[int]:
     return ids[: ids.index(eos)] if eos in ids else ids
 
 
-class SentenceDecoderLM(L.LightningModule):
+class SentenceDecoderLM(DataConsumer, L.LightningModule):
     """Trains the embedding -> sentence decoder with teacher forcing (`lcm fit -c train/configs/decoder_*.yaml`).
 
     Args:
@@ -197,17 +198,23 @@ class SentenceDecoderLM(L.LightningModule):
         self.net = PrefixDecoder(arch, vocab_size, n_prefix)
         self.tokenizer: SentenceTokenizer | None = None
         self.meta: dict = {}
+        self.data: SentenceData | None = None  # handed over by the DataModule (`attach_data`)
 
     # ---- wiring to the data ----------------------------------------------------------------------
-    def setup(self, stage: str) -> None:
-        dm = self.trainer.datamodule if self._trainer is not None else None
-        if dm is None or not hasattr(dm, "decoder_sentences"):
-            return
-        check_embed_dim(dm, self.arch)
-        if self.tokenizer is None:  # a resumed checkpoint replaces it in on_load_checkpoint
-            self.tokenizer = SentenceTokenizer.train(dm.decoder_sentences("train")[0], self.hparams.vocab_size)
-            self.meta = {"encoder": dm.encoder.config(), "encoder_id": dm.encoder.id, "dim": dm.embed_dim,
-                         "kind": "decoder"}
+    def attach_data(self, data: SentenceData) -> None:
+        """Take the encoder record and the training sentences (`SentenceDataModule.setup` hands them over); the
+        tokenizer is trained here unless a resumed checkpoint brings one (`on_load_checkpoint`)."""
+        expect(data, SentenceData, type(self).__name__, "lcm.train.SentenceDataModule")
+        check_embed_dim(data.encoder, self.arch.embed_dim)
+        self.data = data
+        if self.tokenizer is None:
+            texts = data.train_texts()
+            self.tokenizer = SentenceTokenizer.train(texts, self.hparams.vocab_size)
+            self.meta = {**data.encoder.meta(), "kind": "decoder"}
+            cut = sum(len(x) + 2 > self.net.max_tokens for x in self.tokenizer.encode(texts))  # + <bos>, <eos>
+            if cut:
+                rank_zero_warn(f"{cut} of {len(texts)} training sentences exceed the decoder's {self.net.max_tokens} "
+                               "tokens and are cut without <eos> (logged as train/truncated); raise arch.max_seq_len")
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["lcm"] = dict(self.meta, tokenizer=self.tokenizer.to_str() if self.tokenizer else None)
@@ -216,17 +223,11 @@ class SentenceDecoderLM(L.LightningModule):
         meta = dict(checkpoint.get("lcm") or {})
         if meta.get("kind") != "decoder" or not meta.get("tokenizer"):
             raise LCMError("checkpoint is not a sentence-decoder checkpoint (no tokenizer record)")
-        dm = self.trainer.datamodule if self._trainer is not None else None
-        if dm is not None and hasattr(dm, "encoder") and meta.get("encoder_id") != dm.encoder.id:
+        if self.data is not None and meta.get("encoder_id") != self.data.encoder.id:
             raise LCMError(f"decoder checkpoint was trained with encoder {meta.get('encoder_id')!r}, "
-                           f"the data config uses {dm.encoder.id!r}")
+                           f"the data config uses {self.data.encoder.id!r}")
         self.tokenizer = SentenceTokenizer.from_str(meta.pop("tokenizer"))
         self.meta = meta
-
-    def on_fit_start(self) -> None:
-        from lcm.retrieval import write_banks
-
-        write_banks(self.trainer, {"bank": self.trainer.datamodule.bank})
 
     # ---- steps -----------------------------------------------------------------------------------
     def _batch_tokens(self, texts: list[str]) -> tuple[torch.Tensor, int]:
@@ -248,18 +249,21 @@ class SentenceDecoderLM(L.LightningModule):
             x = unit(x + sigma * torch.randn_like(x) / x.shape[1] ** 0.5)
         return x
 
-    def _loss(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        tokens, _ = self._batch_tokens(batch["text"])
+    def _loss(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+        """-> cross-entropy, token accuracy, scored tokens, and how many sentences of the batch were cut at the
+        decoder's length (they lose their <eos>: the model never learns where they end)."""
+        tokens, truncated = self._batch_tokens(batch["text"])
         logits = self.net(self._noisy(batch["emb"]), tokens[:, :-1])  # (B, L-1, V)
         target = tokens[:, 1:]
         loss = F.cross_entropy(logits.float().flatten(0, 1), target.flatten(), ignore_index=self.tokenizer.pad_id)
         keep = target != self.tokenizer.pad_id
         acc = (logits.argmax(-1) == target)[keep].float().mean()
-        return loss, acc, keep.sum()
+        return loss, acc, keep.sum(), truncated
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        loss, acc, n = self._loss(batch)
+        loss, acc, n, truncated = self._loss(batch)
         self.log("train/loss", loss, prog_bar=True, batch_size=int(n))
+        self.log("train/truncated", truncated / len(batch["text"]), batch_size=len(batch["text"]))
         return loss
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
@@ -270,8 +274,11 @@ class SentenceDecoderLM(L.LightningModule):
 
     @torch.no_grad()
     def _evaluate(self, batch: dict, batch_idx: int, split: str) -> None:
-        loss, acc, n = self._loss(batch)
+        loss, acc, n, truncated = self._loss(batch)
         self.log(f"{split}/loss", loss, batch_size=int(n), on_epoch=True, prog_bar=True, sync_dist=True)
+        # share of sentences longer than the decoder can hold (cut, without <eos>): raise arch.max_seq_len if > 0
+        self.log(f"{split}/truncated", truncated / len(batch["text"]), batch_size=len(batch["text"]), on_epoch=True,
+                 sync_dist=True)
         self.log(f"{split}/token_acc", acc, batch_size=int(n), on_epoch=True, sync_dist=True)
         if batch_idx < 2:  # exact match of greedy decoding on the first two batches (sentences held out)
             texts = self.decode_texts(batch["emb"])

@@ -10,10 +10,12 @@ import torch.nn.functional as F
 from lcm.compile import CompileOnFit
 from lcm.concepts import TARGET_TYPES, TYPE_NAMES, ConceptType, layout_mismatch
 from lcm.errors import LCMError
+from lcm.handoff import ConceptData, DataConsumer, check_embed_dim, expect
 from lcm.metrics import next_step_scores, retrieval_hits
 from lcm.model import BaseLCM, LCMConfig
 from lcm.normalizer import RobustScaler
 from lcm.optim import adamw_warmup_cosine
+from lcm.retrieval import unit_rows
 from lcm.sampling import randn_like
 
 
@@ -34,14 +36,7 @@ def packed(batch: dict) -> dict:
     return {"doc": batch["doc"][:, :-1], "pos": batch["pos"][:, :-1]} if "doc" in batch else {}
 
 
-def check_embed_dim(dm, arch: LCMConfig) -> None:
-    """The data's encoder must produce the vectors the model was built for."""
-    if dm.embed_dim != arch.embed_dim:
-        raise LCMError(f"encoder {dm.encoder.id} has dimension {dm.embed_dim} but model.arch.embed_dim is "
-                       f"{arch.embed_dim}; set model.arch.embed_dim: {dm.embed_dim}")
-
-
-class ConceptLM(CompileOnFit, L.LightningModule):
+class ConceptLM(CompileOnFit, DataConsumer, L.LightningModule):
     """Base-LCM trainer.
 
     Args:
@@ -84,6 +79,7 @@ class ConceptLM(CompileOnFit, L.LightningModule):
         self.register_buffer("eot_embedding", torch.zeros(arch.embed_dim))
         self.register_buffer("break_embedding", torch.zeros(arch.embed_dim))  # planning only
         self.meta: dict = {}  # encoder config / id and end-of-text text: what generation needs to rebuild inputs
+        self.data: ConceptData | None = None  # handed over by the DataModule (`attach_data`)
         self._val_index = None
 
     def build_net(self, arch: LCMConfig) -> torch.nn.Module:
@@ -95,22 +91,21 @@ class ConceptLM(CompileOnFit, L.LightningModule):
         return {}
 
     # ---- wiring to the data ----------------------------------------------------------------------
-    def setup(self, stage: str) -> None:
-        dm = self.trainer.datamodule if self._trainer is not None else None
-        if dm is None or not hasattr(dm, "corpus"):
+    def attach_data(self, data: ConceptData) -> None:
+        """Take what fitting needs from the data side (`ConceptDataModule.setup` hands it over). A fresh model
+        fits its normalizer here; a resumed checkpoint overwrites these buffers afterwards."""
+        expect(data, ConceptData, type(self).__name__, "lcm.train.ConceptDataModule")
+        check_embed_dim(data.encoder, self.arch.embed_dim)
+        self.data = data
+        if bool(self.normalizer.fitted):
             return
-        check_embed_dim(dm, self.arch)
-        if not bool(self.normalizer.fitted):  # a checkpoint, when resumed, overwrites these afterwards
-            targets = torch.from_numpy(dm.train_targets())
-            self.normalizer.fit(targets)
-            self.mean_target.copy_(targets.mean(0))
-            self.eot_embedding.copy_(torch.from_numpy(dm.corpus.vectors([dm.corpus.eot_id])[0]))
-            planning = bool(getattr(dm, "planning", False))
-            if planning:
-                self.break_embedding.copy_(torch.from_numpy(dm.corpus.vectors([dm.corpus.break_id])[0]))
-            self.meta = {"encoder": dm.encoder.config(), "encoder_id": dm.encoder.id, "dim": dm.embed_dim,
-                         "eot_text": dm.eot_text, "max_chars": dm.max_chars, "planning": planning,
-                         "break_text": getattr(dm, "break_text", None)}
+        targets = torch.from_numpy(data.fit_targets())
+        self.normalizer.fit(targets)
+        self.mean_target.copy_(targets.mean(0))
+        self.eot_embedding.copy_(torch.from_numpy(data.eot_vector))
+        if data.planning:
+            self.break_embedding.copy_(torch.from_numpy(data.break_vector))
+        self.meta = data.meta()
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         # the class travels with the checkpoint: generation rebuilds Base-LCM or a diffusion LCM alike
@@ -118,30 +113,15 @@ class ConceptLM(CompileOnFit, L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         meta = checkpoint.get("lcm") or {}
-        dm = self.trainer.datamodule if self._trainer is not None else None
-        if dm is not None and hasattr(dm, "encoder"):
-            if meta.get("encoder_id") not in (None, dm.encoder.id):
+        data = self.data
+        if data is not None:
+            if meta.get("encoder_id") not in (None, data.encoder.id):
                 raise LCMError(f"checkpoint was trained with encoder {meta['encoder_id']!r} (dim {meta.get('dim')}), "
-                               f"the data config uses {dm.encoder.id!r} (dim {dm.embed_dim})")
-            diff = layout_mismatch(meta, getattr(dm, "planning", False), dm.eot_text, getattr(dm, "break_text", None),
-                                   "checkpoint")
+                               f"the data config uses {data.encoder.id!r} (dim {data.encoder.dim})")
+            diff = layout_mismatch(meta, data.planning, data.eot_text, data.break_text, "checkpoint")
             if diff:
                 raise LCMError(f"checkpoint and data config disagree ({diff}); use the config it was trained with")
         self.meta = dict(meta)
-
-    def on_fit_start(self) -> None:
-        self._write_banks()
-
-    def on_validation_start(self) -> None:
-        if not self.trainer.sanity_checking and self.trainer.state.fn == "validate":
-            self._write_banks()
-
-    def _write_banks(self) -> None:
-        from lcm.retrieval import write_banks
-
-        dm = self.trainer.datamodule
-        if hasattr(dm, "bank") and getattr(dm, "banks", True):
-            write_banks(self.trainer, {"bank": dm.bank, "plan_bank": getattr(dm, "plan_bank", lambda: None)})
 
     # ---- steps -----------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -246,17 +226,14 @@ class ConceptLM(CompileOnFit, L.LightningModule):
     def _retrieval_index(self, split: str):
         """Flat IP index over the data's retrieval candidates for `split` (every target sentence of `split`,
         training targets up to `data.val_retrieval_max`); rebuilt per run, cached per split."""
-        dm = self.trainer.datamodule if self._trainer is not None else None
-        if dm is None or not hasattr(dm, "retrieval_candidates"):
+        if self.data is None:
             return None
         if self._val_index is None or self._val_index[0] != split:
             import faiss
 
-            from lcm.retrieval import unit_rows
-
-            rows = dm.retrieval_candidates(split)
+            rows, vectors = self.data.retrieval_candidates(split)
             index = faiss.IndexFlatIP(self.arch.embed_dim)
-            index.add(unit_rows(dm.corpus.vectors(rows)))
+            index.add(unit_rows(vectors))
             self._val_index = (split, (index, rows))
         return self._val_index[1]
 

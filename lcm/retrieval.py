@@ -74,7 +74,8 @@ class SentenceBank:
         return self.vectors[np.asarray(ids, dtype=np.int64).ravel()]
 
     # ---- persistence -----------------------------------------------------------------------------
-    def save(self, folder: str | Path) -> Path:
+    def save(self, folder: str | Path, corpus: str | None = None) -> Path:
+        """Index, texts, embeddings and a manifest; `corpus` records which data the bank was built from."""
         import faiss
 
         folder = Path(folder)
@@ -84,11 +85,14 @@ class SentenceBank:
         write_json(folder / "texts.json", self.texts)
         write_npy(folder / "embeddings.npy", self.vectors)
         write_json(folder / "manifest.json", {"encoder_id": self.encoder_id, "dim": self.dim, "count": len(self),
-                                              "index": self.kind, "format": FORMAT_VERSION})
+                                              "index": self.kind, "format": FORMAT_VERSION, "corpus": corpus})
         return folder
 
     @classmethod
-    def load(cls, folder: str | Path, encoder_id: str | None = None, dim: int | None = None) -> "SentenceBank":
+    def load(cls, folder: str | Path, encoder_id: str | None = None, dim: int | None = None,
+             corpus: str | None = None) -> "SentenceBank":
+        """A saved bank, verified against its manifest; `encoder_id`, `dim` and `corpus` (the data it must
+        have been built from) are checked when given."""
         import faiss
 
         folder = Path(folder)
@@ -120,33 +124,8 @@ class SentenceBank:
         if encoder_id is not None and meta.get("encoder_id") != encoder_id:
             raise LCMError(f"sentence bank at {folder} was built with encoder {meta.get('encoder_id')!r}, "
                            f"the model uses {encoder_id!r}")
+        if corpus is not None and meta.get("corpus") != corpus:
+            raise LCMError(f"sentence bank at {folder} was built from corpus {meta.get('corpus')!r}, not {corpus!r}")
         if dim is not None and index.d != dim:
             raise LCMError(f"sentence bank at {folder} has dimension {index.d}, the model predicts {dim}")
         return cls(texts, vectors, meta["encoder_id"], _faiss_index=index)
-
-
-def write_banks(trainer, factories: dict) -> None:
-    """Persist sentence banks next to the checkpoints (rank zero): `{folder name: () -> SentenceBank | None}`.
-
-    A valid bank already there is kept; a missing or broken one is rebuilt. Under `lcm validate --ckpt_path`
-    the banks go next to the validated checkpoint (the repair path for a deleted bank).
-    """
-    dm, ckpt = trainer.datamodule, trainer.checkpoint_callback
-    if not trainer.is_global_zero or dm is None:
-        return
-    if trainer.state.fn == "validate" and trainer.ckpt_path:
-        dirpath = Path(trainer.ckpt_path).parent
-    elif ckpt is not None and ckpt.dirpath is not None:
-        dirpath = Path(ckpt.dirpath)
-    else:
-        return
-    for name, make in factories.items():
-        folder = dirpath / name
-        try:
-            SentenceBank.load(folder, encoder_id=dm.encoder.id, dim=dm.embed_dim)
-            continue  # a valid bank is already there
-        except LCMError:
-            pass
-        bank = make()
-        if bank is not None:
-            bank.save(folder)

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from lcm.compile import CompileOnFit
 from lcm.decoder import MIN_VOCAB, CausalTokenStack
 from lcm.errors import LCMError
+from lcm.handoff import DataConsumer, TextData, expect
 from lcm.metrics import token_entropy
 from lcm.model import LCMConfig
 from lcm.optim import adamw_warmup_cosine
@@ -58,7 +59,7 @@ def nucleus(probs: torch.Tensor, top_p: float = 1.0, top_k: int = 0) -> torch.Te
     return kept / kept.sum(-1, keepdim=True)
 
 
-class TokenLM(CompileOnFit, L.LightningModule):
+class TokenLM(CompileOnFit, DataConsumer, L.LightningModule):
     """GPT baseline (see the module docstring).
 
     Args:
@@ -92,13 +93,17 @@ class TokenLM(CompileOnFit, L.LightningModule):
         return sum(p.numel() for p in self.net.parameters())
 
     # ---- wiring to the data ----------------------------------------------------------------------
+    def attach_data(self, data: TextData) -> None:
+        """Take the training texts (`TokenDataModule.setup` hands them over); the tokenizer is trained here
+        unless a resumed checkpoint brings one (`on_load_checkpoint`)."""
+        expect(data, TextData, type(self).__name__, "lcm.train.TokenDataModule")
+        if self.tokenizer is None:
+            self.tokenizer = SentenceTokenizer.train(data.train_texts(), self.hparams.vocab_size)
+            self.meta = {"kind": "token", "source": data.source}
+
     def setup(self, stage: str) -> None:
-        dm = self.trainer.datamodule if self._trainer is not None else None
-        if dm is None or not hasattr(dm, "texts"):
+        if self.tokenizer is None:  # no TokenDataModule handed texts over, and no checkpoint brought a tokenizer
             raise LCMError("TokenLM trains on text: use data class_path lcm.train.TokenDataModule")
-        if self.tokenizer is None:  # a resumed checkpoint replaces it in on_load_checkpoint
-            self.tokenizer = SentenceTokenizer.train(dm.texts("train"), self.hparams.vocab_size)
-            self.meta = {"kind": "token", "source": dm.source.describe()}
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["lcm"] = dict(self.meta, tokenizer=self.tokenizer.to_str() if self.tokenizer else None)

@@ -1,11 +1,59 @@
-"""Callbacks: show what the model generates when training ends; log which data each rank trained on."""
+"""Callbacks: write the sentence banks, show what the model generates when training ends, log which data each
+rank trained on."""
 from __future__ import annotations
+
+from pathlib import Path
 
 import lightning as L
 from lightning.pytorch.utilities import rank_zero_only
 
 from lcm.errors import LCMError
 from lcm.generate import format_generation
+from lcm.retrieval import SentenceBank
+from lcm.train.datamodule import ConceptDataModule
+from lcm.train.sentences import SentenceDataModule
+
+
+def bank_folder(trainer: L.Trainer) -> Path | None:
+    """Where banks go: next to the checkpoints, or, under `lcm validate --ckpt_path`, next to the validated
+    checkpoint (the repair path for a deleted bank)."""
+    if trainer.state.fn == "validate" and trainer.ckpt_path:
+        return Path(trainer.ckpt_path).parent
+    ckpt = trainer.checkpoint_callback
+    return Path(ckpt.dirpath) if ckpt is not None and ckpt.dirpath is not None else None
+
+
+def write_banks(trainer: L.Trainer, dm: ConceptDataModule) -> None:
+    """Persist the data's sentence banks (rank zero). A valid bank built from the same data is kept; a missing,
+    broken or stale one (other corpus, other encoder) is rebuilt."""
+    dirpath = bank_folder(trainer)
+    if not trainer.is_global_zero or dirpath is None:
+        return
+    for name, make in dm.banks_to_write().items():
+        folder = dirpath / name
+        try:
+            SentenceBank.load(folder, encoder_id=dm.encoder.id, dim=dm.embed_dim, corpus=dm.bank_source)
+            continue  # a valid bank of this data is already there
+        except LCMError:
+            pass
+        bank = make()
+        if bank is not None:
+            bank.save(folder, corpus=dm.bank_source)
+
+
+class BankWriter(L.Callback):
+    """Writes the retrieval banks of a concept or sentence DataModule next to the checkpoints when `fit` starts,
+    and under `lcm validate --ckpt_path` (which rebuilds a deleted or stale bank). Added to every `lcm` run by
+    the CLI; does nothing for data without banks (the token baseline's)."""
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module) -> None:
+        if isinstance(trainer.datamodule, ConceptDataModule):
+            write_banks(trainer, trainer.datamodule)
+
+    def on_validation_start(self, trainer: L.Trainer, pl_module) -> None:
+        if (not trainer.sanity_checking and trainer.state.fn == "validate"
+                and isinstance(trainer.datamodule, ConceptDataModule)):
+            write_banks(trainer, trainer.datamodule)
 
 
 class GenerationPreview(L.Callback):
@@ -38,12 +86,12 @@ class GenerationPreview(L.Callback):
                 table.add_row(k, f"{metrics[k]:.4f}")
             console.print(table)
         dm = trainer.datamodule
-        if dm is None or not hasattr(dm, "bank"):
+        if not isinstance(dm, ConceptDataModule) or isinstance(dm, SentenceDataModule):
             return
-        if getattr(dm, "store", None) is not None:
+        if dm.store is not None:
             console.print("generation preview skipped: data.store holds concepts, not the problems' text")
             return
-        if not getattr(dm, "banks", True):
+        if not dm.banks:
             console.print("generation preview skipped: data.banks is false (no retrieval bank)")
             return
         docs = dm.corpus.docs["test"][: self.num_problems] or dm.corpus.docs["val"][: self.num_problems]
@@ -53,7 +101,7 @@ class GenerationPreview(L.Callback):
 
         try:
             gen = ConceptGenerator(pl_module, dm.encoder, dm.bank(), eot_text=dm.eot_text, max_chars=dm.max_chars,
-                                   device=pl_module.device, plan_bank=getattr(dm, "plan_bank", lambda: None)())
+                                   device=pl_module.device, plan_bank=dm.plan_bank())
             outs = gen.generate([d.prompt_text for d in docs], max_steps=self.max_steps, eot_threshold=self.eot_threshold)
         except LCMError as e:
             console.print(f"[red]generation preview skipped: {e}")

@@ -7,11 +7,14 @@ trains the sentence decoder.
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import lightning as L
 import torch
 from lightning.pytorch.cli import LightningCLI
 
 from lcm.errors import LCMError
+from lcm.train.callbacks import BankWriter
 
 # Lightning's own aliases that are not file paths
 _CKPT_ALIASES = {"last", "best", "hpc", "registry"}
@@ -23,17 +26,24 @@ class LCMCLI(LightningCLI):
                              "data": {"class_path": "lcm.train.ConceptDataModule"}})
         parser.link_arguments("model.init_args.arch.max_seq_len", "data.init_args.max_seq_len")
         parser.set_defaults({"trainer.precision": "bf16-mixed" if torch.cuda.is_available() else "32-true"})
+        # every run writes the retrieval banks of its data (nothing for data without banks)
+        parser.add_lightning_class_args(BankWriter, "bank_writer")
 
-    def parse_arguments(self, parser, args) -> None:
-        super().parse_arguments(parser, args)
-        # Check --ckpt_path before Lightning reads hyper-parameters from it: one clear line for a
-        # missing or corrupted file instead of a zip-archive traceback.
+    def _parse_ckpt_path(self) -> None:
+        """Lightning reads the hyper-parameters of --ckpt_path here (one `torch.load`, weights only); a missing
+        or corrupted file becomes one clear line instead of a zip-archive traceback."""
         subcommand = self.config.get("subcommand")
         ckpt = self.config[subcommand].get("ckpt_path") if subcommand else None
-        if ckpt and ckpt not in _CKPT_ALIASES and not str(ckpt).startswith("registry:"):
-            from lcm.checkpoint import load_checkpoint
-
-            load_checkpoint(ckpt)
+        if not ckpt or ckpt in _CKPT_ALIASES or str(ckpt).startswith("registry:"):
+            return super()._parse_ckpt_path()
+        if not Path(ckpt).is_file():
+            raise LCMError(f"checkpoint {ckpt} does not exist")
+        try:
+            super()._parse_ckpt_path()
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except Exception as e:  # noqa: BLE001 - zip/pickle errors of every kind mean the same thing here
+            raise LCMError(f"checkpoint {ckpt} is corrupted or not a torch checkpoint ({type(e).__name__})") from e
 
 
 def make_cli(args: list[str] | None, run: bool = True) -> LCMCLI:

@@ -17,6 +17,7 @@ from lcm.encoders.base import Encoder
 from lcm.encoders.cache import EmbeddingCache
 from lcm.encoders.sentence_transformer import SentenceTransformerEncoder
 from lcm.errors import LCMError
+from lcm.handoff import ConceptData, EncoderRecord, hand_over
 from lcm.planners.paragraphs import Paragraph, group_by_similarity, group_fixed, is_section_header, structure
 from lcm.planners.planner import ExtractivePlanner, Planner
 from lcm.retrieval import SentenceBank
@@ -194,6 +195,31 @@ class ConceptDataModule(L.LightningDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         self.corpus
+        if self.trainer is not None:  # the data side hands the model what it needs; the model never reads us
+            hand_over(self.trainer.lightning_module, self.handoff())
+
+    def encoder_record(self) -> EncoderRecord:
+        return EncoderRecord(self.encoder.config(), self.encoder.id, self.encoder.dim)
+
+    def handoff(self) -> ConceptData:
+        """What a concept model needs from this data (`lcm.handoff.ConceptData`)."""
+        c = self.corpus
+        planner = type(self.planner) if self.planning else None
+        return ConceptData(
+            encoder=self.encoder_record(), eot_text=self.eot_text, max_chars=self.max_chars, planning=self.planning,
+            break_text=self.break_text if self.planning else None,
+            planner=f"{planner.__module__}.{planner.__qualname__}" if planner else None, corpus=self.corpus_key,
+            eot_vector=c.vectors([c.eot_id])[0], break_vector=c.vectors([c.break_id])[0] if self.planning else None,
+            fit_targets=self.train_targets, retrieval_candidates=self._retrieval_vectors)
+
+    @property
+    def corpus_key(self) -> str:
+        """Content key of the prepared corpus (its store folder's name)."""
+        return Path(self.corpus.folder).name
+
+    def _retrieval_vectors(self, split: str) -> tuple[np.ndarray, np.ndarray]:
+        rows = self.retrieval_candidates(split)
+        return rows, self.corpus.vectors(rows)
 
     @property
     def corpus(self) -> Corpus:
@@ -408,6 +434,17 @@ class ConceptDataModule(L.LightningDataModule):
         """Plans of the training split (planning only): what a predicted plan is decoded against."""
         rows = self.target_rows("train", (ConceptType.PLAN,))
         return self._bank(rows) if self.planning and len(rows) else None
+
+    def banks_to_write(self) -> dict:
+        """Banks that go next to the checkpoints, `{folder name: () -> SentenceBank | None}` (none when
+        `banks` is off); written by `lcm.train.callbacks.BankWriter`."""
+        return {"bank": self.bank, "plan_bank": self.plan_bank} if self.banks else {}
+
+    @property
+    def bank_source(self) -> str:
+        """Recorded in each bank's manifest: a bank built from other data (or for another kind of model) is
+        stale and rebuilt."""
+        return f"{type(self).__name__}:{self.corpus_key}"
 
     def _bank(self, rows: np.ndarray) -> SentenceBank:
         c = self.corpus

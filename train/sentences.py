@@ -7,6 +7,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from lcm.errors import LCMError
+from lcm.handoff import SentenceData
 from lcm.retrieval import SentenceBank
 from lcm.train.datamodule import ConceptDataModule
 from lcm.train.store import read_rows
@@ -27,6 +28,10 @@ class SentenceDataModule(ConceptDataModule):
     train = every unique sentence (prompts and steps) of the training documents; val / test = the
     sentences of those documents that never occur in training, so decoder scores are on unseen text.
     """
+
+    def handoff(self) -> SentenceData:
+        """What the sentence decoder needs from this data (`lcm.handoff.SentenceData`)."""
+        return SentenceData(self.encoder_record(), lambda: self.decoder_sentences("train")[0])
 
     def decoder_sentences(self, split: str, steps_only: bool = False) -> tuple[list[str], np.ndarray]:
         """Unique sentences of `split` (minus every training sentence unless split == "train") and their

@@ -11,6 +11,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader
 
 from lcm.errors import LCMError
+from lcm.handoff import TextData, hand_over
 from lcm.train.corpus import CorpusSource
 from lcm.train.datamodule import SPLITS, check_split_args, load_documents
 from lcm.train.documents import Document
@@ -68,6 +69,8 @@ class TokenDataModule(L.LightningDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         self.documents("train")
+        if self.trainer is not None:  # the data side hands the model what it needs; the model never reads us
+            hand_over(self.trainer.lightning_module, TextData(self.source.describe(), lambda: self.texts("train")))
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         docs = self.documents(split)

@@ -1,0 +1,119 @@
+"""The data side hands models what they need (lcm.handoff); banks are written by a callback and tied to their
+corpus; --ckpt_path is read once; wrong model/data pairs and truncated decoder sentences are reported."""
+from __future__ import annotations
+
+import ast
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+from conftest import CONFIGS, REPO, TINY_FIT, run_lcm
+
+from lcm.decoder import SentenceDecoderLM
+from lcm.handoff import ConceptData, EncoderRecord, SentenceData
+from lcm.model import LCMConfig
+from lcm.module import ConceptLM
+
+
+def test_no_model_reads_a_datamodule():
+    """No module below the train floor touches `trainer.datamodule` or probes objects with hasattr/getattr."""
+    offenders = []
+    for folder in ("lcm", "encoders", "planners"):
+        for path in (REPO / folder).glob("*.py"):
+            tree = ast.parse(path.read_text())
+            for node in ast.walk(tree):
+                if isinstance(node, ast.Attribute) and node.attr == "datamodule":
+                    offenders.append(f"{path.name}:{node.lineno} .datamodule")
+                if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "hasattr"
+                        and node.args and isinstance(node.args[0], ast.Name) and node.args[0].id == "dm"):
+                    offenders.append(f"{path.name}:{node.lineno} hasattr(dm, ...)")
+    assert not offenders, offenders
+
+
+def _concept_data(dim: int = 8) -> ConceptData:
+    rng = np.random.default_rng(0)
+    targets = rng.normal(size=(50, dim)).astype(np.float32)
+    return ConceptData(encoder=EncoderRecord({"class_path": "x"}, "enc:test", dim), eot_text="End of text.",
+                       max_chars=256, planning=False, break_text=None, planner=None, corpus="abc",
+                       eot_vector=targets[0], break_vector=None, fit_targets=lambda: targets,
+                       retrieval_candidates=lambda split: (np.arange(5), targets[:5]))
+
+
+def test_a_concept_model_fits_from_the_handed_over_object_alone():
+    data = _concept_data()
+    model = ConceptLM(LCMConfig(embed_dim=8, d_model=16, n_layer=1, n_head=2, max_seq_len=8))
+    model.attach_data(data)
+    assert bool(model.normalizer.fitted) and torch.equal(model.eot_embedding, torch.from_numpy(data.eot_vector))
+    assert model.meta == data.meta() and model.meta["corpus"] == "abc"
+    index, rows = model._retrieval_index("val")
+    assert index.ntotal == 5 and list(rows) == list(range(5))
+
+
+def test_wrong_data_or_dimension_is_one_clear_error():
+    from lcm.errors import LCMError
+
+    model = ConceptLM(LCMConfig(embed_dim=8, d_model=16, n_layer=1, n_head=2, max_seq_len=8))
+    with pytest.raises(LCMError, match="trains on ConceptData but the data is SentenceData"):
+        model.attach_data(SentenceData(EncoderRecord({}, "enc:test", 8), lambda: ["a"]))
+    with pytest.raises(LCMError, match="dimension 4 but model.arch.embed_dim is 8"):
+        model.attach_data(_concept_data(dim=4))
+
+
+def test_concept_model_on_sentence_data_is_refused_from_the_cli(tmp_path, capsys):
+    os.chdir(tmp_path)
+    code, err = run_lcm(["fit", "-c", str(CONFIGS / "decoder_quickstart.yaml"), "--model", "lcm.module.ConceptLM",
+                         "--data.init_args.source.init_args.n", "40", "--data.init_args.show_progress", "false"],
+                        capsys)
+    assert code == 2 and "ConceptLM trains on ConceptData but the data is SentenceData" in err
+    assert "Traceback" not in err
+
+
+def test_ckpt_path_is_not_unpickled_to_validate_it(trained_run, monkeypatch):
+    """`lcm validate --ckpt_path`: Lightning reads the hyper-parameters (weights only), then restores the run.
+    The CLI used to `torch.load(weights_only=False)` the whole file first, only to check it."""
+    calls = []
+    real = torch.load
+    monkeypatch.setattr(torch, "load", lambda *a, **k: calls.append(k.get("weights_only")) or real(*a, **k))
+    cwd = os.getcwd()
+    os.chdir(trained_run.parents[2])
+    try:
+        code, _ = run_lcm(["validate", "-c", str(CONFIGS / "quickstart.yaml"), *TINY_FIT, "--ckpt_path",
+                           str(trained_run / "checkpoints" / "last.ckpt")])
+    finally:
+        os.chdir(cwd)
+    assert code == 0 and False not in calls and len(calls) == 2, calls
+
+
+def test_validate_on_other_data_rebuilds_a_stale_bank(trained_run, tmp_path):
+    """A bank built from another corpus is not reused (it used to be whenever the encoder matched)."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run / "checkpoints", run / "checkpoints")
+    bank = run / "checkpoints" / "bank"
+    before = json.loads((bank / "manifest.json").read_text())
+    cwd = os.getcwd()
+    os.chdir(trained_run.parents[2])  # the fixture's work folder: its embedding cache is reused
+    try:
+        other = [a if a != "80" else "60" for a in TINY_FIT]  # other problems -> another corpus
+        code, _ = run_lcm(["validate", "-c", str(CONFIGS / "quickstart.yaml"), *other, "--ckpt_path",
+                           str(run / "checkpoints" / "last.ckpt")])
+    finally:
+        os.chdir(cwd)
+    after = json.loads((bank / "manifest.json").read_text())
+    assert code == 0 and before["corpus"] != after["corpus"]
+    assert after["count"] != before["count"]
+
+
+def test_decoder_counts_sentences_cut_without_eos(encoder):
+    """A sentence longer than the decoder loses its <eos>; the loss now reports how many were cut."""
+    texts = ["Short one.", "word " * 200]
+    decoder = SentenceDecoderLM(LCMConfig(embed_dim=384, d_model=32, n_layer=1, n_head=2, max_seq_len=24),
+                                vocab_size=300)
+    with pytest.warns(UserWarning, match="1 of 2 training sentences exceed"):
+        decoder.attach_data(SentenceData(EncoderRecord({}, "st:test", 384), lambda: texts))
+    batch = {"emb": torch.from_numpy(encoder.encode(texts)), "text": texts}
+    *_, truncated = decoder._loss(batch)
+    assert truncated == 1
