@@ -11,7 +11,7 @@ from lcm.token_model import TokenLM
 from lcm.train import ConceptDataModule, SentenceDataModule, TokenDataModule
 from lcm.train.cli import make_cli
 
-SHIPPED = sorted(CONFIGS.glob("*.yaml"))
+SHIPPED = sorted(p for p in CONFIGS.glob("*.yaml") if p.name != "base.yaml")
 COMPARE = sorted((CONFIGS.parent.parent / "eval" / "configs").glob("*.yaml"))
 
 
@@ -36,6 +36,47 @@ def test_config_instantiates(path, monkeypatch):
         expected = DiffusionLCM if "diffusion" in path.name else ConceptLM
         assert type(cli.model) is expected and type(cli.datamodule) is ConceptDataModule
         assert any(type(c).__name__ == "GenerationPreview" for c in cli.trainer.callbacks)
+
+
+def _arrived(where: str, written, actual) -> list[str]:
+    """Paths under `where` whose value written in the YAML differs from what the object received."""
+    if isinstance(written, dict) and "class_path" in written:
+        if type(actual).__name__ != written["class_path"].rpartition(".")[2]:
+            return [f"{where}: {type(actual).__name__} is not {written['class_path']}"]
+        return [m for k, v in (written.get("init_args") or {}).items()
+                for m in _arrived(f"{where}.{k}", v, getattr(actual, k, "<missing>"))]
+    if isinstance(written, dict):
+        get = actual.get if isinstance(actual, dict) else lambda k, d: getattr(actual, k, d)
+        return [m for k, v in written.items() for m in _arrived(f"{where}.{k}", v, get(k, "<missing>"))]
+    if isinstance(written, list) and isinstance(actual, (list, tuple)):
+        return [] if list(written) == list(actual) else [f"{where}: {actual!r} != {written!r}"]
+    return [] if written == actual else [f"{where}: got {actual!r}, the YAML says {written!r}"]
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
+def test_every_yaml_value_arrives_where_it_is_meant_to(path, monkeypatch):
+    """Each value the YAML (and the base YAML under it) writes is the value the trainer, the model's
+    hyper-parameters, the DataModule and its source hold -- not only that the file parses."""
+    import yaml
+
+    monkeypatch.chdir(CONFIGS.parent.parent)
+    raw = yaml.safe_load(path.read_text())
+    base = yaml.safe_load((CONFIGS / "base.yaml").read_text())
+    cli = make_cli(["-c", str(path)], run=False)
+    model_args = raw["model"].get("init_args", raw["model"]) if "class_path" in raw["model"] else raw["model"]
+    data_args = raw["data"].get("init_args", raw["data"]) if "class_path" in raw["data"] else raw["data"]
+    wrong = _arrived("model", model_args, dict(cli.model.hparams))
+    wrong += _arrived("data", data_args, cli.datamodule)
+    trainer = {**base["trainer"], **raw.get("trainer", {})}
+    for key in ("max_epochs", "log_every_n_steps", "gradient_clip_val"):
+        wrong += _arrived(f"trainer.{key}", trainer[key], getattr(cli.trainer, key))
+    wrong += _arrived("trainer.logger.name", raw["trainer"]["logger"]["init_args"]["name"], cli.trainer.logger.name)
+    for i, cb in enumerate(trainer["callbacks"]):
+        same = [c for c in cli.trainer.callbacks if type(c).__name__ == cb["class_path"].rpartition(".")[2]]
+        assert same, f"callback {cb['class_path']} missing"
+        wrong += min((_arrived(f"trainer.callbacks[{i}]", {"class_path": cb["class_path"], **cb}, c) for c in same),
+                     key=len)
+    assert not wrong, wrong
 
 
 def test_print_config(capsys):

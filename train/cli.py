@@ -46,14 +46,22 @@ class LCMCLI(LightningCLI):
             raise LCMError(f"checkpoint {ckpt} is corrupted or not a torch checkpoint ({type(e).__name__})") from e
 
 
+BASE_CONFIG = Path(__file__).resolve().parent / "configs" / "base.yaml"
+SUBCOMMANDS = ("fit", "validate", "test", "predict")
+
+
 def make_cli(args: list[str] | None, run: bool = True) -> LCMCLI:
-    """The `lcm` LightningCLI; `args=None` reads sys.argv."""
+    """The `lcm` LightningCLI; `args=None` reads sys.argv. `configs/base.yaml` is read first, then the -c files."""
     import warnings
+
+    base = {"default_config_files": [str(BASE_CONFIG)]}
+    parser_kwargs = {sub: base for sub in SUBCOMMANDS} if run else base
 
     with warnings.catch_warnings():  # called from a script with its own argv, e.g. `lcm eval compare`
         warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
         return LCMCLI(L.LightningModule, L.LightningDataModule, subclass_mode_model=True, subclass_mode_data=True,
-                      args=args, run=run, save_config_kwargs={"overwrite": True}, auto_configure_optimizers=False)
+                      args=args, run=run, save_config_kwargs={"overwrite": True}, auto_configure_optimizers=False,
+                      parser_kwargs=parser_kwargs)
 
 
 def run(args: list[str]) -> None:

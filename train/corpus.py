@@ -113,14 +113,15 @@ class DatasetSource(CorpusSource):
         steps_format: how a text steps field is segmented: "lines", "sentences", or "auto"
             (lines when the text has line breaks, else sentences). List fields are used as given.
         answer_template: final step appended when the answer is not already the last step
-            (None: the answer is kept as metadata only).
+            ("" or None: the answer is kept as metadata only). Typed `str`, not `str | None`: jsonargparse
+            re-reads an optional string as YAML, which turned "#### {answer}" into a comment, i.e. null.
         limit: read at most this many rows.
     """
 
     def __init__(self, path: str, split: str = "train", name: str | None = None, prompt_field: str = "question",
                  steps_field: str = "steps", answer_field: str | None = "answer",
                  steps_format: Literal["auto", "lines", "sentences"] = "auto",
-                 answer_template: str | None = "#### {answer}", limit: int | None = None):
+                 answer_template: str = "#### {answer}", limit: int | None = None):
         self.path = path
         self.split = split
         self.name = name
