@@ -34,9 +34,7 @@ class Encoder(ABC):
 
 
 def encoder_from_config(cfg: dict) -> Encoder:
-    """Rebuild an encoder from `Encoder.config()` output."""
-    import importlib
+    """Rebuild an encoder from `Encoder.config()` output, as LightningCLI builds one from a YAML config."""
+    from lightning.pytorch.cli import instantiate_class
 
-    module, _, name = cfg["class_path"].rpartition(".")
-    cls = getattr(importlib.import_module(module), name)
-    return cls(**cfg.get("init_args", {}))
+    return instantiate_class((), cfg)

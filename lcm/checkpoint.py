@@ -1,11 +1,22 @@
-"""Reading `lcm fit` checkpoints: one clear error for a missing, corrupted, foreign or outdated file."""
+"""Reading `lcm fit` checkpoints: one clear error for a missing, corrupted, foreign or outdated file.
+
+Only what really means "written by another version" becomes that error: hyper-parameters this class's
+`__init__` (or a dataclass config it takes as a dict) does not accept or needs but lacks, and weights whose
+names or shapes differ from the model's. Both are checked before anything runs, so an exception raised by
+the model's own code propagates as the bug it is.
+"""
 from __future__ import annotations
 
+import dataclasses
+import inspect
 from pathlib import Path
 
 import torch
 
 from lcm.errors import LCMError
+
+LIGHTNING_KEYS = ("_instantiator",)  # LightningCLI may record it; Lightning itself drops it before `__init__`
+SHOWN = 3  # names listed per kind of mismatch; the rest are counted
 
 
 def load_checkpoint(path: str | Path) -> dict:
@@ -22,14 +33,70 @@ def load_checkpoint(path: str | Path) -> dict:
     return ckpt
 
 
+def _names(what: str, names: list[str]) -> list[str]:
+    """[] or ["<what>: a, b, c (+N more)"]."""
+    if not names:
+        return []
+    more = f" (+{len(names) - SHOWN} more)" if len(names) > SHOWN else ""
+    return [f"{what}: {', '.join(names[:SHOWN])}{more}"]
+
+
+def _config_keys(name: str, value, default) -> tuple[list[str], list[str]]:
+    """(unexpected, missing) keys of `value`, a dict standing for the dataclass config `default` is an
+    instance of (`ConceptLM(arch={...})`); nothing to check otherwise, nor for a config with a `from_dict`
+    classmethod: that one reads its own older dicts (renamed fields) and raises its own errors."""
+    if not (isinstance(value, dict) and dataclasses.is_dataclass(default) and not isinstance(default, type)):
+        return [], []
+    if callable(getattr(type(default), "from_dict", None)):
+        return [], []
+    fields = [f for f in dataclasses.fields(default) if f.init]
+    required = {f.name for f in fields if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING}
+    return ([f"{name}.{k}" for k in sorted(set(value) - {f.name for f in fields})],
+            [f"{name}.{k}" for k in sorted(required - set(value))])
+
+
+def hparams_mismatch(cls, hparams: dict) -> list[str]:
+    """Why `cls(**hparams)` cannot take these keywords, from `cls`'s signature alone: keywords it does not
+    accept and required ones that are absent, also inside dataclass configs passed as dicts. [] if none."""
+    params = inspect.signature(cls).parameters
+    keyword = {n: p for n, p in params.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    takes_any = any(p.kind == p.VAR_KEYWORD for p in params.values())
+    unexpected = [] if takes_any else sorted(set(hparams) - set(keyword))
+    missing = sorted(n for n, p in keyword.items() if p.default is p.empty and n not in hparams)
+    for name, value in hparams.items():
+        if name in keyword:
+            extra, absent = _config_keys(name, value, keyword[name].default)
+            unexpected, missing = unexpected + extra, missing + absent
+    return _names("unexpected hyper-parameters", unexpected) + _names("missing hyper-parameters", missing)
+
+
+def state_dict_mismatch(model: torch.nn.Module, state: dict) -> list[str]:
+    """Why `model.load_state_dict(state)` (strict) cannot take these weights: missing or unexpected names
+    and shapes that differ. [] if none."""
+    own = model.state_dict()
+    resized = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in own.keys() & state.keys()
+               if isinstance(state[k], torch.Tensor) and state[k].shape != own[k].shape]
+    return (_names("missing weights", sorted(own.keys() - state.keys()))
+            + _names("unexpected weights", sorted(state.keys() - own.keys()))
+            + _names("size mismatch (checkpoint vs model)", sorted(resized)))
+
+
+def _mismatch(path: str | Path, problems: list[str]) -> LCMError:
+    return LCMError(f"checkpoint {path} does not match this version of lcm-trainer ({'; '.join(problems)})")
+
+
 def model_from_checkpoint(cls, ckpt: dict, path: str | Path):
-    """`cls(**hyper_parameters)` with the checkpoint's weights, or one error line when they do not fit."""
-    try:
-        model = cls(**ckpt["hyper_parameters"])
-        model.load_state_dict(ckpt["state_dict"])
-    except (RuntimeError, TypeError, ValueError) as e:
-        raise LCMError(f"checkpoint {path} does not match this version of lcm-trainer "
-                       f"({type(e).__name__}: {str(e).splitlines()[0][:200]})") from e
+    """`cls(**hyper_parameters)` with the checkpoint's weights, or one error line when they do not fit.
+    Exceptions from `cls`'s own code (a bug, an invalid value) propagate unchanged."""
+    hparams = {k: v for k, v in ckpt["hyper_parameters"].items() if k not in LIGHTNING_KEYS}
+    problems = hparams_mismatch(cls, hparams)
+    if problems:
+        raise _mismatch(path, problems)
+    model = cls(**hparams)
+    problems = state_dict_mismatch(model, ckpt["state_dict"])
+    if problems:
+        raise _mismatch(path, problems)
+    model.load_state_dict(ckpt["state_dict"])
     return model
 
 

@@ -60,10 +60,13 @@ class RetrievalDecoder(ConceptDecoder):
     def __init__(self, bank: SentenceBank):
         self.bank, self.encoder_id, self.dim = bank, bank.encoder_id, bank.dim
 
+    def hit(self, score: float, i: int) -> Decoded:
+        """Bank sentence `i` read out for a prediction it has cosine `score` to."""
+        return Decoded(self.bank.texts[i], self.bank.embeddings([i])[0], float(score), "retrieved")
+
     def decode(self, preds: np.ndarray) -> list[Decoded]:
         scores, ids = self.bank.search(check_queries(preds, self.dim), k=1)
-        return [Decoded(self.bank.texts[i], self.bank.embeddings([i])[0], float(s), "retrieved")
-                for s, i in zip(scores[:, 0], ids[:, 0].tolist())]
+        return [self.hit(s, i) for s, i in zip(scores[:, 0], ids[:, 0].tolist())]
 
 
 def _check_encoder(decoder, encoder: Encoder) -> None:
@@ -128,8 +131,7 @@ class HybridDecoder(ConceptDecoder):
         todo = []
         for n in range(len(q)):
             if scores[n, 0] >= self.threshold:
-                i = int(ids[n, 0])
-                out[n] = Decoded(self.bank.texts[i], self.bank.embeddings([i])[0], float(scores[n, 0]), "retrieved")
+                out[n] = self.retrieval.hit(scores[n, 0], int(ids[n, 0]))
             else:
                 todo.append(n)
         if todo:
@@ -138,8 +140,7 @@ class HybridDecoder(ConceptDecoder):
             emb = self.encoder.encode(flat)  # every generated candidate, one encoder call
             start = 0
             for n, h in zip(todo, hyps):
-                cands = [Decoded(self.bank.texts[i], self.bank.embeddings([i])[0], float(s), "retrieved")
-                         for s, i in zip(scores[n], ids[n].tolist()) if i >= 0]
+                cands = [self.retrieval.hit(s, i) for s, i in zip(scores[n], ids[n].tolist()) if i >= 0]
                 gen_emb = emb[start:start + len(h)]
                 cos = cosine_rows(gen_emb, np.repeat(q[n:n + 1], len(h), axis=0))
                 cands += [Decoded(t, e, float(c), "generated") for t, e, c in zip(h, gen_emb, cos)]

@@ -106,3 +106,17 @@ def test_local_encoder_folders_get_content_ids(tmp_path):
     a, b = (SentenceTransformerEncoder(str(tmp_path / n / "model")) for n in ("a", "b"))
     assert a.id != b.id and a.id.startswith("st:model-")
     assert a.model == str((tmp_path / "a" / "model").resolve())  # absolute: checkpoints work from anywhere
+
+
+def test_encoder_config_rebuilds_the_encoder_and_bad_paths_raise_what_generation_catches():
+    from lcm.encoders import SentenceTransformerEncoder, encoder_from_config
+
+    enc = SentenceTransformerEncoder(normalize=False, max_seq_length=32)
+    again = encoder_from_config(enc.config())
+    assert type(again) is SentenceTransformerEncoder and again.id == enc.id and again.init_args() == enc.init_args()
+    with pytest.raises(ImportError):
+        encoder_from_config({"class_path": "lcm.encoders.nowhere.Encoder"})
+    with pytest.raises(AttributeError):
+        encoder_from_config({"class_path": "lcm.encoders.NoSuchEncoder"})
+    with pytest.raises(TypeError):
+        encoder_from_config({"class_path": "lcm.encoders.SentenceTransformerEncoder", "init_args": {"retired": 1}})

@@ -100,3 +100,21 @@ def test_token_loss_without_boolean_indexing_matches_the_masked_mean():
     assert logits.shape == (3, 6, m.hparams.vocab_size) and torch.equal(nxt, tokens[:, 1:]) and torch.equal(mask, target)
     ref = F.cross_entropy(logits[mask], nxt[mask])
     assert torch.allclose(m._masked_ce(logits, nxt, mask), ref, atol=1e-6)
+
+
+def test_rms_norm_is_torchs_with_the_hand_written_numerics():
+    """torch.nn.RMSNorm replaced a hand-written norm: same `weight` key, same eps, bitwise-equal float32
+    outputs and gradients (so checkpoints load unchanged and training runs reproduce)."""
+    from lcm.model import RMSNorm
+
+    norm = RMSNorm(64)
+    assert isinstance(norm, torch.nn.RMSNorm) and norm.eps == 1e-6 and list(norm.state_dict()) == ["weight"]
+    with torch.no_grad():
+        norm.weight.copy_(1 + 0.3 * torch.randn(64))
+    x = (torch.randn(3, 7, 64) * 5).requires_grad_()
+    weight = norm.weight.detach().clone().requires_grad_()
+    reference = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6) * weight
+    out = norm(x)
+    assert torch.equal(out, reference)
+    grads = torch.autograd.grad(out.square().sum(), (x, norm.weight))
+    assert all(torch.equal(a, b) for a, b in zip(grads, torch.autograd.grad(reference.square().sum(), (x, weight))))

@@ -156,7 +156,7 @@ def test_packed_documents_do_not_see_each_other(positions):
 def test_packed_diffusion_denoiser_stays_in_its_document():
     torch.manual_seed(0)
     model = DiffusionLCM(LCMConfig(embed_dim=12, d_model=16, n_layer=2, n_head=2, max_seq_len=16, dropout=0.0),
-                         DiffusionConfig(denoiser_layers=2, timesteps=20, steps=4)).eval()
+                         DiffusionConfig(denoiser_layers=2, timesteps=20, ddim_steps=4)).eval()
     net = model.net
     a, b = torch.randn(1, 4, 12), torch.randn(1, 6, 12)
     doc = torch.tensor([[0] * 4 + [1] * 6])
@@ -184,9 +184,86 @@ def test_fit_on_packed_windows(data, tmp_path, encoder, model_cls):
     batch = next(iter(dm.train_dataloader()))
     assert batch["x"].shape[1] <= 32 and int(batch["doc"].max()) >= 1  # several documents per window
     arch = LCMConfig(embed_dim=384, d_model=32, n_layer=1, n_head=2, max_seq_len=32)
-    kw = {"diffusion": DiffusionConfig(denoiser_layers=1, steps=2)} if model_cls is DiffusionLCM else {}
+    kw = {"diffusion": DiffusionConfig(denoiser_layers=1, ddim_steps=2)} if model_cls is DiffusionLCM else {}
     model = model_cls(arch, warmup_steps=1, **kw)
     trainer = L.Trainer(max_steps=3, limit_val_batches=1, logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, accelerator="cpu")
     trainer.fit(model, dm)
     assert np.isfinite(trainer.callback_metrics["val/loss"].item())
+
+
+def small_store(writer, fail_at: str | None = None):
+    """Fill a 4-row store; raise RuntimeError just before step `fail_at` (rows, split, finish)."""
+    vecs = np.random.default_rng(0).standard_normal((4, 8)).astype(np.float32)
+    for step in ("rows", "split", "finish"):
+        if step == fail_at:
+            raise RuntimeError("interrupted")
+        if step == "rows":
+            writer.add_rows(["a", "b", "c", "d"], vecs)
+        elif step == "split":
+            for split in ("train", "val", "test"):
+                writer.add_split(split, [(np.array([0, 1, 3]), np.array([P, S, E]))])
+    return writer.finish(eot_id=3)
+
+
+@pytest.mark.parametrize("fail_at", ["rows", "split", "finish"])
+def test_interrupted_store_write_leaves_nothing_behind(tmp_path, fail_at):
+    from lcm.train.store import StoreWriter
+
+    with pytest.raises(RuntimeError, match="interrupted"):
+        with StoreWriter(tmp_path, 4, 8, "enc", name="key") as w:
+            small_store(w, fail_at)
+    assert list(tmp_path.iterdir()) == []  # neither the store nor its temporary folder
+
+
+def test_interrupted_store_build_leaves_nothing_behind(data, tmp_path, encoder, monkeypatch):
+    from lcm.train.store import StoreWriter
+
+    def interrupted(self, split, seqs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(StoreWriter, "add_split", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        make_dm(data, tmp_path, encoder).corpus
+    assert list((tmp_path / "cache" / "corpora").iterdir()) == []
+
+
+def test_twin_store_of_another_rank_is_kept_and_stale_temp_folders_go(tmp_path):
+    import subprocess
+    import sys
+
+    from lcm.train.store import StoreWriter, open_store
+
+    first = small_store(StoreWriter(tmp_path, 4, 8, "enc", name="key"))
+    twin = StoreWriter(tmp_path, 4, 8, "enc", name="key")  # started before `first` was renamed into place
+    assert small_store(twin) == first and open_store(first)[0]["rows"] == 4
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale = tmp_path / f".tmp-{int(gone.stdout)}-abcd"  # a writer killed mid-write (SIGKILL, OOM)
+    stale.mkdir()
+    w = StoreWriter(tmp_path, 4, 8, "enc")
+    assert not stale.exists()
+    w.abort()
+    assert [p.name for p in tmp_path.iterdir()] == ["key"]
+
+
+def test_atomic_dir_is_whole_or_absent(tmp_path):
+    from lcm.io import atomic_dir, write_json
+
+    target = tmp_path / "out"
+    with pytest.raises(ValueError):
+        with atomic_dir(target) as tmp:
+            write_json(tmp / "a.json", [1])
+            raise ValueError
+    assert list(tmp_path.iterdir()) == []
+    with atomic_dir(target) as tmp:
+        write_json(tmp / "a.json", [1])
+        (tmp / "sub").mkdir()
+        (tmp / "sub" / "b.txt").write_text("b")
+    assert json.loads((target / "a.json").read_text()) == [1] and (target / "sub" / "b.txt").read_text() == "b"
+    with atomic_dir(target, complete="a.json") as tmp:  # a complete twin is already there: kept as it is
+        write_json(tmp / "a.json", [2])
+    assert json.loads((target / "a.json").read_text()) == [1]
+    with pytest.raises(OSError):  # something else is there: a real failure
+        with atomic_dir(target, complete="manifest.json") as tmp:
+            write_json(tmp / "a.json", [3])
+    assert [p.name for p in tmp_path.iterdir()] == ["out"] and json.loads((target / "a.json").read_text()) == [1]

@@ -19,15 +19,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import secrets
-import shutil
 from pathlib import Path
 from typing import Iterable, Iterator
 
 import numpy as np
 
 from lcm.errors import LCMError
+from lcm.io import AtomicDir, write_json, write_npy
 
 FORMAT_VERSION = 1
 SPLITS = ("train", "val", "test")
@@ -184,20 +182,20 @@ def corpus_key(encoder_id: str, dtype: str, texts: list[str], extra: np.ndarray 
 class StoreWriter:
     """Writes a store folder. Call `add_rows` with every table row in order, `add_split` once per split,
     then `finish`, which renames the folder into `root/<name>` (default: a hash of the content written)
-    and returns that path."""
+    and returns that path; `abort` (or leaving a `with StoreWriter(...)` block by an exception) removes
+    what was written. The folder is an `lcm.io.AtomicDir`: whole or absent, also after a crash."""
 
     def __init__(self, root: str | Path, n_rows: int, dim: int, encoder_id: str, dtype: str = "float16",
                  name: str | None = None):
         if dtype not in ("float16", "float32"):
             raise LCMError(f"store dtype must be float16 or float32, not {dtype!r}")
         self.root = Path(root)
-        self.root.mkdir(parents=True, exist_ok=True)
-        remove_stale_tmp(self.root)
-        self.tmp = self.root / f".tmp-{os.getpid()}-{secrets.token_hex(4)}"
-        self.tmp.mkdir()
+        self.folder = AtomicDir(self.root)  # also removes the temp folders of killed writers
+        self.tmp = self.folder.path
         self.name, self.n_rows, self.dim, self.dtype = name, n_rows, dim, dtype
         self.meta = {"format": FORMAT_VERSION, "encoder_id": encoder_id, "dim": dim, "dtype": dtype, "rows": n_rows,
                      "splits": {}}
+        # streamed row by row into the temporary folder, which the final rename makes visible
         self.table = np.lib.format.open_memmap(self.tmp / "table.npy", mode="w+", dtype=dtype, shape=(n_rows, dim))
         self.filled = 0
         self.text_offsets = [0]
@@ -205,6 +203,13 @@ class StoreWriter:
         # content hash (used when no name is given): vectors, texts and splits hashed apart, so how the rows
         # were chunked into add_rows calls does not change it
         self.hashes = {k: hashlib.blake2b(digest_size=12) for k in ("vectors", "texts", "splits")}
+
+    def __enter__(self) -> "StoreWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            self.abort()
 
     def add_rows(self, texts: list[str], vectors: np.ndarray) -> None:
         """Append table rows: texts and their (n, D) float vectors."""
@@ -229,7 +234,7 @@ class StoreWriter:
         arrays = _split_arrays(seqs)
         self.hashes["splits"].update(split.encode())
         for name, a in arrays.items():
-            np.save(self.tmp / f"{split}.{name}.npy", a, allow_pickle=False)
+            write_npy(self.tmp / f"{split}.{name}.npy", a)
             self.hashes["splits"].update(a.tobytes())
         self.meta["splits"][split] = {"docs": len(arrays["offsets"]) - 1, "concepts": int(arrays["offsets"][-1])}
 
@@ -237,14 +242,11 @@ class StoreWriter:
         if self.filled != self.n_rows:
             raise LCMError(f"store has {self.filled} of {self.n_rows} table rows")
         self.texts.close()
-        np.save(self.tmp / "texts.offsets.npy", np.asarray(self.text_offsets, dtype=np.int64), allow_pickle=False)
+        write_npy(self.tmp / "texts.offsets.npy", np.asarray(self.text_offsets, dtype=np.int64))
         self.table.flush()
         del self.table
         self.meta.update(meta)
-        (self.tmp / "manifest.json").write_text(json.dumps(self.meta, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-        for f in self.tmp.iterdir():  # data on disk before the rename makes the store visible
-            with open(f, "rb") as fh:
-                os.fsync(fh.fileno())
+        write_json(self.tmp / "manifest.json", self.meta)
         if self.name is None:
             h = hashlib.blake2b(digest_size=12)
             for part in self.hashes.values():
@@ -254,29 +256,14 @@ class StoreWriter:
                                 default=str).encode())
             self.name = h.hexdigest()
         final = self.root / self.name
-        try:
-            os.rename(self.tmp, final)
+        try:  # a folder already there with its manifest is a twin written by another rank: kept
+            return self.folder.commit(final, complete="manifest.json")
         except OSError as e:
-            shutil.rmtree(self.tmp, ignore_errors=True)
-            if not (final / "manifest.json").exists():  # not a twin written by another rank: a real failure
-                raise LCMError(f"could not move the prepared corpus into {final} ({e}); delete that folder") from e
-        return final
+            raise LCMError(f"could not move the prepared corpus into {final} ({e}); delete that folder") from e
 
     def abort(self) -> None:
         self.texts.close()
-        shutil.rmtree(self.tmp, ignore_errors=True)
-
-
-def remove_stale_tmp(root: Path) -> None:
-    """Delete temporary store folders whose writer process is gone (killed mid-write: SIGKILL, OOM)."""
-    for tmp in root.glob(".tmp-*"):
-        try:
-            pid = int(tmp.name.split("-")[1])
-            os.kill(pid, 0)  # raises if no such process
-        except ProcessLookupError:
-            shutil.rmtree(tmp, ignore_errors=True)
-        except (ValueError, IndexError, PermissionError):
-            continue
+        self.folder.abort()
 
 
 def open_store(folder: str | Path, encoder_id: str | None = None) -> tuple[dict, Mapped, Texts, dict[str, Sequences]]:

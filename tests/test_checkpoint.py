@@ -1,0 +1,123 @@
+"""Loading checkpoints: only a real version mismatch becomes the one-line "does not match" error; a bug in a
+model's own code surfaces as itself."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import lightning as L
+import pytest
+import torch
+
+from lcm.checkpoint import load_checkpoint, model_from_checkpoint
+from lcm.errors import LCMError
+from lcm.model import LCMConfig
+from lcm.module import ConceptLM
+
+ARCH = LCMConfig(embed_dim=8, d_model=16, n_layer=1, n_head=2, max_seq_len=8)
+
+
+class Tiny(L.LightningModule):
+    def __init__(self, width: int = 4, broken: str = ""):
+        super().__init__()
+        self.save_hyperparameters()
+        if broken == "value":
+            raise ValueError("bug")
+        if broken == "type":
+            len(5)  # a TypeError from the model's own code, not from its keywords
+        self.lin = torch.nn.Linear(width, 2)
+
+
+def ckpt_of(model: L.LightningModule, **hparams) -> dict:
+    return {"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams) | hparams}
+
+
+def saved(tmp_path, ckpt: dict) -> dict:
+    """Through the file, as `lcm generate` reads it."""
+    torch.save(ckpt, tmp_path / "m.ckpt")
+    return load_checkpoint(tmp_path / "m.ckpt")
+
+
+def test_round_trip_keeps_the_weights(tmp_path):
+    model = ConceptLM(ARCH)
+    ckpt = saved(tmp_path, ckpt_of(model) | {"hyper_parameters": dict(model.hparams) | {"_instantiator": "x.y"}})
+    loaded = model_from_checkpoint(ConceptLM, ckpt, "m.ckpt")
+    assert loaded.arch == ARCH
+    for k, v in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[k], v), k
+
+
+@pytest.mark.parametrize("broken, error", [("value", ValueError), ("type", TypeError)])
+def test_a_bug_in_init_is_not_a_version_mismatch(tmp_path, broken, error):
+    ckpt = saved(tmp_path, ckpt_of(Tiny(), broken=broken))
+    with pytest.raises(error) as info:
+        model_from_checkpoint(Tiny, ckpt, "m.ckpt")
+    assert not isinstance(info.value, LCMError)
+    if broken == "value":
+        assert str(info.value) == "bug"
+
+
+def mismatch(ckpt: dict, cls=ConceptLM) -> str:
+    with pytest.raises(LCMError, match="does not match this version of lcm-trainer") as info:
+        model_from_checkpoint(cls, ckpt, "m.ckpt")
+    message = str(info.value)
+    assert "\n" not in message
+    return message
+
+
+def test_unknown_or_missing_hyper_parameters_are_a_mismatch():
+    assert "unexpected hyper-parameters: retired_option" in mismatch(ckpt_of(Tiny(), retired_option=1), Tiny)
+    model = ConceptLM(ARCH)
+    arch = dict(model.hparams["arch"]) | {"old_field": 2}
+    assert "unexpected hyper-parameters: arch.old_field" in mismatch(ckpt_of(model, arch=arch))
+
+    class Required(Tiny):
+        def __init__(self, depth: int, width: int = 4):
+            super().__init__(width)
+
+    assert "missing hyper-parameters: depth" in mismatch(ckpt_of(Tiny()), Required)
+
+
+def test_other_weights_are_a_mismatch():
+    model = ConceptLM(ARCH)
+    wide = ConceptLM(LCMConfig(**{**vars(ARCH), "d_model": 32}))
+    message = mismatch(ckpt_of(wide) | {"hyper_parameters": dict(model.hparams)})
+    assert "size mismatch (checkpoint vs model): net.blocks.0.attn.proj.weight (32, 32) vs (16, 16)" in message
+    state = model.state_dict()
+    extra = ckpt_of(model) | {"state_dict": state | {"net.retired.weight": torch.zeros(1)}}
+    assert "unexpected weights: net.retired.weight" in mismatch(extra)
+    lacking = ckpt_of(model) | {"state_dict": {k: v for k, v in state.items() if k != "net.norm.weight"}}
+    assert "missing weights: net.norm.weight" in mismatch(lacking)
+
+
+@dataclass
+class Shape:
+    depth: int = 1
+
+
+@dataclass
+class Renamed:
+    """A config that reads its older dicts itself: `size` was called `width`."""
+    size: int = 4
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Renamed":
+        d = dict(d)
+        if "width" in d:
+            d["size"] = d.pop("width")
+        return cls(**d)
+
+
+class Configured(L.LightningModule):
+    def __init__(self, shape: Shape = Shape(), renamed: Renamed = Renamed()):
+        super().__init__()
+        shape = Shape(**shape) if isinstance(shape, dict) else shape
+        renamed = Renamed.from_dict(renamed) if isinstance(renamed, dict) else renamed
+        self.save_hyperparameters({"shape": asdict(shape), "renamed": asdict(renamed)})
+        self.lin = torch.nn.Linear(renamed.size, shape.depth)
+
+
+def test_dataclass_configs_are_checked_unless_they_read_old_dicts_themselves():
+    model = Configured()
+    assert "unexpected hyper-parameters: shape.retired" in mismatch(ckpt_of(model, shape={"retired": 0}), Configured)
+    old = ckpt_of(model, renamed={"width": 4})
+    assert model_from_checkpoint(Configured, old, "m.ckpt").lin.in_features == 4
