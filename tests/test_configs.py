@@ -25,7 +25,10 @@ def test_config_instantiates(path, monkeypatch):
     monkeypatch.chdir(CONFIGS.parent.parent)  # configs use repo-relative data paths
     cli = make_cli(["-c", str(path)], run=False)
     assert isinstance(cli.model.arch, LCMConfig)
-    assert cli.datamodule.max_seq_len == cli.model.arch.max_seq_len  # linked
+    if type(cli.datamodule) is ConceptDataModule:  # concept windows follow the model's context (linked)
+        assert cli.datamodule.max_seq_len == cli.model.arch.max_seq_len
+    elif isinstance(cli.datamodule, TokenDataModule):  # no windows: no flag that would do nothing
+        assert not hasattr(cli.datamodule, "max_seq_len")
     if path.name.startswith("token"):
         assert isinstance(cli.model, TokenLM) and isinstance(cli.datamodule, TokenDataModule)
         return
@@ -94,3 +97,14 @@ def test_compare_config_loads(path):
     for config in [s.config for s in cfg.concept] + [cfg.token.config]:
         assert (repo / config).is_file(), config
     assert cfg.k >= 1 and cfg.problems >= 1 and cfg.concept
+
+
+@pytest.mark.parametrize("option", ["pack", "planning", "long_documents", "max_seq_len"])
+def test_sentence_data_refuses_sequence_options(option, capsys):
+    """The sentence decoder's data serves single sentences: window, packing and planning options are errors."""
+    from conftest import run_lcm
+
+    value = "wrap" if option == "long_documents" else "8" if option == "max_seq_len" else "true"
+    code, err = run_lcm(["fit", "-c", str(CONFIGS / "decoder_quickstart.yaml"), f"--data.init_args.{option}", value],
+                        capsys)
+    assert code == 2 and option in err

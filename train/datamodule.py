@@ -85,6 +85,49 @@ class Corpus:
         return self.table.rows(rows)
 
 
+class ConceptTable:
+    """Rows of the concept table while a corpus is built: each unique sentence once (encoded through the
+    embedding cache), then plan vectors that are no sentence's embedding (e.g. `MeanPlanner`'s)."""
+
+    def __init__(self, cache: EmbeddingCache, planner: Planner):
+        self.cache, self.planner = cache, planner
+        self.index: dict[str, int] = {}
+        self.texts: list[str] = []
+        self.n_sentences = 0
+        self.extra: list[np.ndarray] = []  # (D,) plan vectors, rows n_sentences...
+        self._extra_index: dict[bytes, int] = {}
+
+    def row(self, text: str) -> int:
+        if text not in self.index:
+            self.index[text] = len(self.texts)
+            self.texts.append(text)
+        return self.index[text]
+
+    def encode(self) -> dict:
+        """Encode the sentences the cache lacks; returns the encode counts for the data summary."""
+        cached_before = len(self.texts) - len(self.cache.missing(self.texts))
+        self.cache.ensure(self.texts)
+        self.n_sentences = len(self.texts)
+        return {"sentences": self.n_sentences, "cached": cached_before, "encoded": self.n_sentences - cached_before}
+
+    def vectors(self, rows: list[int]) -> np.ndarray:
+        """(n, D) float32 straight from the embedding cache (sentence rows only)."""
+        return self.cache.get([self.texts[r] for r in rows])
+
+    def plan_row(self, steps: list[str]) -> int:
+        """Row of a paragraph's plan: the sentence's own row when the planner picks a sentence's embedding,
+        else a new row holding the plan vector (shared by identical vectors)."""
+        text, vec = self.planner.plan(steps, self.vectors([self.index[s] for s in steps]))
+        if text in self.index and np.array_equal(vec, self.vectors([self.index[text]])[0]):
+            return self.index[text]
+        key = vec.tobytes()
+        if key not in self._extra_index:
+            self._extra_index[key] = len(self.texts)
+            self.texts.append(text)  # display text of the plan vector
+            self.extra.append(vec)
+        return self._extra_index[key]
+
+
 class ConceptDataModule(L.LightningDataModule):
     """Builds documents from a source, encodes every unique sentence once (cached), serves batches.
 
@@ -266,79 +309,54 @@ class ConceptDataModule(L.LightningDataModule):
         """Documents -> unique sentences (encoded once, cached) -> a prepared store -> a memory-mapped Corpus."""
         docs, stats = load_documents(self.source, self.max_chars, self.val_fraction, self.test_fraction,
                                      self.split_seed)
-        index: dict[str, int] = {}
-        texts: list[str] = []
-
-        def row(text: str) -> int:
-            if text not in index:
-                index[text] = len(texts)
-                texts.append(text)
-            return index[text]
-
-        eot_id = row(self.eot_text)
-        break_id = row(self.break_text) if self.planning else -1
+        table = ConceptTable(self.cache(), self.planner)
+        eot_id = table.row(self.eot_text)
+        break_id = table.row(self.break_text) if self.planning else -1
         for split_docs in docs.values():  # every sentence that can appear, headers included
             for doc in split_docs:
                 for s in doc.prompt + doc.steps:
-                    row(s)
-        cache = self.cache()
-        cached_before = len(texts) - len(cache.missing(texts))
-        cache.ensure(texts)
-        n_sentences = len(texts)
-        stats.update(sentences=n_sentences, cached=cached_before, encoded=n_sentences - cached_before)
-
-        def vectors(rows: list[int]) -> np.ndarray:  # (n, D) float32 straight from the embedding cache
-            return cache.get([texts[r] for r in rows])
-
-        extra: list[np.ndarray] = []  # plan vectors that are not a sentence's embedding (MeanPlanner)
-        extra_index: dict[bytes, int] = {}
-
-        def plan_row(steps: list[str]) -> int:
-            text, vec = self.planner.plan(steps, vectors([index[s] for s in steps]))
-            if text in index and np.array_equal(vec, vectors([index[text]])[0]):
-                return index[text]
-            key = vec.tobytes()
-            if key not in extra_index:
-                extra_index[key] = len(texts)
-                texts.append(text)  # display text of the plan vector
-                extra.append(vec)
-            return extra_index[key]
-
+                    table.row(s)
+        stats.update(table.encode())
         seqs: dict[str, list] = {s: [] for s in SPLITS}
         stats["paragraphs"] = 0
         for split, split_docs in docs.items():
             for doc in split_docs:
-                ids = [index[s] for s in doc.prompt]
-                types = [ConceptType.PROMPT] * len(doc.prompt)
-                if self.planning:
-                    paragraphs = self.paragraphs(doc, vectors, index)
-                    stats["paragraphs"] += len(paragraphs)
-                    for k, para in enumerate(paragraphs):
-                        ids.append(index[para.header] if para.header is not None else plan_row(para.steps))
-                        types.append(ConceptType.PLAN)
-                        ids += [index[s] for s in para.steps]
-                        types += [ConceptType.STEP] * len(para.steps)
-                        if k < len(paragraphs) - 1:
-                            ids.append(break_id)
-                            types.append(ConceptType.BREAK)
-                else:
-                    ids += [index[s] for s in doc.steps]
-                    types += [ConceptType.STEP] * len(doc.steps)
+                ids, types, n_paragraphs = self._sequence(doc, table, break_id)
+                stats["paragraphs"] += n_paragraphs
                 ids.append(eot_id)
                 types.append(ConceptType.EOT)
                 seqs[split].append((np.asarray(ids, dtype=np.int32), np.asarray(types, dtype=np.int8)))
-        stats["plan_vectors"] = len(extra)
-        extra_table = np.stack(extra).astype(np.float32) if extra else None
+        stats["plan_vectors"] = len(table.extra)
+        extra_table = np.stack(table.extra).astype(np.float32) if table.extra else None
         meta = {"eot_id": eot_id, "break_id": break_id, "planning": self.planning, "eot_text": self.eot_text,
                 "break_text": self.break_text if self.planning else None, "source": self.source.describe(),
                 "max_chars": self.max_chars, "split": [self.val_fraction, self.test_fraction, self.split_seed]}
         root = self.cache_dir / "corpora"
-        key = corpus_key(self.encoder.id, self.store_dtype, texts, extra_table, seqs, meta)
+        key = corpus_key(self.encoder.id, self.store_dtype, table.texts, extra_table, seqs, meta)
         if not (root / key / "manifest.json").exists():  # built by an earlier run (or rank 0) otherwise
-            self._write_store(root, key, texts, n_sentences, vectors, extra_table, seqs, meta | {"stats": stats})
-        _, table, _, stored = open_store(root / key, encoder_id=self.encoder.id)
-        return Corpus(texts=texts, table=table, docs=docs, seqs=stored, eot_id=eot_id, break_id=break_id,
+            self._write_store(root, key, table.texts, table.n_sentences, table.vectors, extra_table, seqs,
+                              meta | {"stats": stats})
+        _, mapped, _, stored = open_store(root / key, encoder_id=self.encoder.id)
+        return Corpus(texts=table.texts, table=mapped, docs=docs, seqs=stored, eot_id=eot_id, break_id=break_id,
                       stats=stats, folder=root / key)
+
+    def _sequence(self, doc: Document, table: "ConceptTable", break_id: int) -> tuple[list[int], list[int], int]:
+        """A document's table rows and position types, without the closing end-of-text; and its paragraphs
+        (planning: plan, steps, break between paragraphs)."""
+        ids = [table.index[s] for s in doc.prompt]
+        types = [ConceptType.PROMPT] * len(doc.prompt)
+        if not self.planning:
+            return ids + [table.index[s] for s in doc.steps], types + [ConceptType.STEP] * len(doc.steps), 0
+        paragraphs = self.paragraphs(doc, table.vectors, table.index)
+        for k, para in enumerate(paragraphs):
+            ids.append(table.index[para.header] if para.header is not None else table.plan_row(para.steps))
+            types.append(ConceptType.PLAN)
+            ids += [table.index[s] for s in para.steps]
+            types += [ConceptType.STEP] * len(para.steps)
+            if k < len(paragraphs) - 1:
+                ids.append(break_id)
+                types.append(ConceptType.BREAK)
+        return ids, types, len(paragraphs)
 
     def _write_store(self, root: Path, key: str, texts: list[str], n_sentences: int, vectors, extra_table,
                      seqs: dict, meta: dict) -> None:

@@ -2,13 +2,18 @@
 splits and embedding cache as the concept model."""
 from __future__ import annotations
 
+from typing import Literal
+
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from lcm.concepts import DEFAULT_EOT_TEXT
+from lcm.encoders.base import Encoder
 from lcm.errors import LCMError
 from lcm.handoff import SentenceData
 from lcm.retrieval import SentenceBank
+from lcm.train.corpus import CorpusSource
 from lcm.train.datamodule import ConceptDataModule
 from lcm.train.store import read_rows
 
@@ -23,11 +28,25 @@ class SentenceCollate:
 
 
 class SentenceDataModule(ConceptDataModule):
-    """Same arguments as `ConceptDataModule`; batches are `{"emb": (B, D), "text": [B strings]}`.
+    """Batches `{"emb": (B, D), "text": [B strings]}` of single sentences from the same corpus, splits and
+    embedding cache as `ConceptDataModule` (its arguments of the same names). Sequence options -- windows,
+    packing, planning -- do not apply to single sentences and are not accepted.
 
     train = every unique sentence (prompts and steps) of the training documents; val / test = the
     sentences of those documents that never occur in training, so decoder scores are on unseen text.
     """
+
+    def __init__(self, source: CorpusSource | None = None, encoder: Encoder | None = None,
+                 cache_dir: str = ".cache/lcm", batch_size: int = 32, val_fraction: float = 0.1,
+                 test_fraction: float = 0.1, split_seed: int = 0, max_chars: int = 256, eot_text: str = DEFAULT_EOT_TEXT,
+                 num_workers: int = 0, encode_batch_size: int = 64, show_progress: bool = True,
+                 bank_index: Literal["auto", "flat", "hnsw"] = "auto", hnsw_above: int = 100_000,
+                 store: str | None = None, store_dtype: Literal["float16", "float32"] = "float16", banks: bool = True):
+        super().__init__(source=source, encoder=encoder, cache_dir=cache_dir, batch_size=batch_size,
+                         val_fraction=val_fraction, test_fraction=test_fraction, split_seed=split_seed,
+                         max_chars=max_chars, eot_text=eot_text, num_workers=num_workers,
+                         encode_batch_size=encode_batch_size, show_progress=show_progress, bank_index=bank_index,
+                         hnsw_above=hnsw_above, store=store, store_dtype=store_dtype, banks=banks)
 
     def handoff(self) -> SentenceData:
         """What the sentence decoder needs from this data (`lcm.handoff.SentenceData`)."""

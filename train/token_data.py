@@ -39,16 +39,16 @@ class TokenDataModule(L.LightningDataModule):
 
     Args: as `ConceptDataModule` for the documents and their split (`source`, `val_fraction`,
     `test_fraction`, `split_seed`, `max_chars`), so a token baseline and a concept model trained on the
-    same source see the same problems; `max_seq_len` (tokens) is linked from the model's `arch`.
+    same source see the same problems. Texts longer than the model's `arch.max_seq_len` tokens are cut by the
+    model, which alone knows its tokenizer.
     """
 
-    def __init__(self, source: CorpusSource, batch_size: int = 32, max_seq_len: int = 512, val_fraction: float = 0.1,
+    def __init__(self, source: CorpusSource, batch_size: int = 32, val_fraction: float = 0.1,
                  test_fraction: float = 0.1, split_seed: int = 0, max_chars: int = 256, num_workers: int = 0):
         super().__init__()
         check_split_args(val_fraction, test_fraction, max_chars)
         self.source = source
         self.batch_size = batch_size
-        self.max_seq_len = max_seq_len
         self.val_fraction, self.test_fraction, self.split_seed = val_fraction, test_fraction, split_seed
         self.max_chars = max_chars
         self.num_workers = num_workers
