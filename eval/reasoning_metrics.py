@@ -7,10 +7,12 @@ from __future__ import annotations
 import math
 import re
 from collections import Counter
+from functools import lru_cache
 
 import numpy as np
 
 from lcm.eval.text_metrics import tokens
+from lcm.retrieval import unit_rows
 
 ANSWER = re.compile(r"####[ \t]*(\S.*?)[ \t]*$", re.MULTILINE)
 
@@ -77,13 +79,20 @@ def effective_rank(h: np.ndarray) -> float:
 
 
 def vendi_score(emb: np.ndarray) -> float:
-    """Vendi score of k samples (k, D) under the cosine kernel: exp(entropy of eig(K / k)).
-    1 when all samples are the same direction, k when they are orthogonal."""
-    x = np.asarray(emb, dtype=np.float64)
-    x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-    lam = np.linalg.eigvalsh(x @ x.T / len(x))
+    """Vendi score (Friedman & Dieng) of k samples (k, D) on *centred* unit embeddings (DESIGN.md section 3):
+    unit-normalize the rows, centre them over the k samples, K = X X^T, then exp(entropy of eig(K) / tr(K)).
+
+    Centring removes the direction every sentence embedding shares, which makes raw cosines of unrelated
+    sentences high. Like the effective rank it counts directions of variation: 1 when the samples vary along
+    one direction (or not at all), k - 1 at most (k centred points span at most k - 1 dimensions)."""
+    x = unit_rows(emb).astype(np.float64)
+    x -= x.mean(0, keepdims=True)
+    lam = np.linalg.eigvalsh(x @ x.T)
     lam = lam[lam > 1e-12]
-    return float(np.exp(-(lam * np.log(lam)).sum()))
+    if not len(lam):
+        return 1.0  # every sample the same direction
+    p = lam / lam.sum()
+    return float(np.exp(-(p * np.log(p)).sum()))
 
 
 def distinct_n(texts: list[str], n: int) -> float:
@@ -103,22 +112,27 @@ def self_bleu(texts: list[str]) -> float:
 
 
 # ---- text quality --------------------------------------------------------------------------------
+@lru_cache(maxsize=1)
+def _rouge_l_scorer():
+    from rouge_score import rouge_scorer
+
+    return rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
+
+
 def rouge_l(pred: str, ref: str) -> float:
-    """ROUGE-L F1 over word/punctuation tokens: longest common subsequence, beta = 1."""
-    p, r = tokens(pred), tokens(ref)
-    if not p or not r:
-        return float(p == r)
-    prev = [0] * (len(r) + 1)
-    for x in p:
-        cur = [0]
-        for j, y in enumerate(r):
-            cur.append(prev[j] + 1 if x == y else max(prev[j + 1], cur[j]))
-        prev = cur
-    lcs = prev[-1]
-    if lcs == 0:
-        return 0.0
-    precision, recall = lcs / len(p), lcs / len(r)
-    return 2 * precision * recall / (precision + recall)
+    """ROUGE-L F1 (longest common subsequence, beta = 1) by `rouge-score`, Google's reimplementation of Lin's
+    ROUGE: "rougeL" over the whole text (newlines are just spaces), no stemming.
+
+    Its tokenizer lowercases and keeps only runs of [a-z0-9]: punctuation is dropped and splits tokens
+    ("3.5" -> "3", "5"; "don't" -> "don", "t"), numbers are kept, and non-ASCII letters are dropped ("café" ->
+    "caf"). The hand-written LCS it replaces (`text_metrics.tokens`) kept case, counted every punctuation mark
+    as a token and kept Unicode letters. Two texts without any token score 1.0 (rouge-score says 0.0 when
+    either side is empty); one empty side scores 0.0."""
+    from rouge_score.tokenizers import DefaultTokenizer
+
+    if not DefaultTokenizer().tokenize(pred) and not DefaultTokenizer().tokenize(ref):
+        return 1.0
+    return float(_rouge_l_scorer().score(ref, pred)["rougeL"].fmeasure)
 
 
 # ---- entropy-performance curve -------------------------------------------------------------------

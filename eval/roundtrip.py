@@ -23,14 +23,14 @@ from lcm.errors import LCMError
 
 def text_file_sentences(path: Path, max_chars: int) -> list[str]:
     """Unique sentences of a UTF-8 text file, in order (pysbd, then re-split at `max_chars`)."""
-    from lcm.text import cap_length, split_sentences
+    from lcm.text import split_and_cap
     from lcm.train.corpus import check_utf8
 
     if not path.is_file():
         raise LCMError(f"text file {path} does not exist")
     check_utf8(path)
     text = path.read_text(encoding="utf-8")
-    sentences = [p for s in split_sentences(text) for p in cap_length(s, max_chars)]
+    sentences = split_and_cap(text, max_chars)
     if not sentences:
         raise LCMError(f"{path} holds no sentences (empty or blank)")
     return list(dict.fromkeys(sentences))

@@ -17,7 +17,7 @@ def tiny_config(work, **extra) -> str:
         "concept": [{"name": "Base-LCM + planning", "config": str(REPO / "train/configs/logic_planning.yaml"),
                      "sampling": {"noise": 0.5}},
                     {"name": "Diffusion + planning", "config": str(REPO / "train/configs/logic_diffusion.yaml"),
-                     "sampling": {"diffusion_steps": 4}}],
+                     "sampling": {"ddim_steps": 4}}],
         "token": {"config": str(REPO / "train/configs/token_baseline_logic.yaml"), "max_new_tokens": 24},
         **extra,
     }
@@ -53,15 +53,38 @@ def test_compare_pipeline_smoke(tmp_path, monkeypatch, capsys):
     assert "| token GPT |" in md and "Soft Thinking" in md
 
 
-def test_compare_config_errors(tmp_path, capsys):
+def test_compare_config_values_arrive(tmp_path):
+    from lcm.eval.compare_config import load_config
+
+    path = tiny_config(tmp_path, k=3, soft_thinking={"top_k": 7, "cold_stop_patience": 2})
+    cfg = load_config(["-c", path, "--problems", "5", "--no-progress"])
+    assert cfg.k == 3 and cfg.problems == 5 and not cfg.show_progress and cfg.train_overrides == TINY
+    assert cfg.soft_thinking.top_k == 7 and cfg.soft_thinking.cold_stop_patience == 2
+    assert cfg.soft_thinking.top_p == 0.95 and cfg.token.max_new_tokens == 24  # defaults and written values
+    base, diffusion = cfg.concept
+    assert base.sampling.kwargs() == {"noise": 0.5} and diffusion.sampling.ddim_steps == 4
+    assert diffusion.sampling.kwargs() == {"ddim_steps": 4}
+
+
+@pytest.mark.parametrize("yaml_text, message", [
+    ("problem: 5\n", "'problem'"),  # a typo of `problems`
+    ("soft_thinking: {top_kk: 3}\n", "'top_kk'"),
+    ("concept: [{name: a, config: b, sampling: {temp: 2}}]\n", "'temp'"),
+    ("concept: [{name: a, config: b, sampling: {diffusion_steps: 4}}]\n", "'diffusion_steps'"),  # now ddim_steps
+    ("k: 0\n", '"k"'),
+    ("concept: []\n", "no concept systems"),
+])
+def test_compare_config_errors_name_the_key(tmp_path, capsys, yaml_text, message):
     bad = tmp_path / "bad.yaml"
-    bad.write_text("name: x\nout_dir: y\nconcept: []\ntoken: {config: z}\nproblemz: 3\n")
+    base = "name: x\nout_dir: y\ntoken: {config: z}\n"
+    bad.write_text(base + ("" if yaml_text.startswith("concept") else "concept: [{name: a, config: b}]\n") + yaml_text)
     code, err = run_lcm(["eval", "compare", "-c", str(bad)], capsys)
-    assert code == 2 and "unknown key(s) ['problemz']" in err and "Traceback" not in err
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("error: compare config") and message in lines[0], err
+
+
+def test_compare_cli_errors(tmp_path, capsys):
     code, err = run_lcm(["eval", "nothing"], capsys)
     assert code == 2 and err.startswith("error: usage: lcm eval")
     code, err = run_lcm(["eval", "compare", "-c", str(tmp_path / "missing.yaml")], capsys)
-    assert code == 2 and "cannot read compare config" in err
-    bad.write_text("name: x\nout_dir: y\ntoken: {config: z}\nconcept: [{name: a, config: b, sampling: {temp: 2}}]\n")
-    code, err = run_lcm(["eval", "compare", "-c", str(bad)], capsys)
-    assert code == 2 and "sampling must be a mapping with keys from" in err
+    assert code == 2 and "missing.yaml" in err and "Traceback" not in err

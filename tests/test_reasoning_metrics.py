@@ -70,15 +70,34 @@ def test_distinct_n_on_a_toy_set():
 def test_self_bleu_and_vendi():
     assert self_bleu(["the cat sat on the mat"] * 3) == pytest.approx(100.0)
     assert self_bleu(["the cat sat on the mat", "zebra quantum violin xylophone"]) < 5
-    assert vendi_score(np.ones((4, 3))) == pytest.approx(1.0)
-    assert vendi_score(np.eye(3)) == pytest.approx(3.0)
-    assert vendi_score(np.array([[1.0, 0], [1.0, 0], [0, 1.0], [0, 1.0]])) == pytest.approx(2.0)
 
 
-def test_rouge_l_hand_value():
+def test_vendi_on_centred_unit_embeddings():
+    assert vendi_score(np.ones((4, 3))) == pytest.approx(1.0)  # all the same
+    # k orthonormal rows, centred: Gram = I - J/k, eigenvalues 1 (k - 1 times) and 0 -> Vendi k - 1
+    assert vendi_score(np.eye(3)) == pytest.approx(2.0)
+    assert vendi_score(np.eye(4)) == pytest.approx(3.0)
+    # a direction shared by every row (anisotropic embeddings) is removed by the centring
+    assert vendi_score(np.eye(3) + 5.0) == pytest.approx(2.0)
+    assert vendi_score(np.array([[1.0, 0], [1.0, 0], [0, 1.0], [0, 1.0]])) == pytest.approx(1.0)  # one axis of variation
+    # unit-normalize first, then centre: rows 1 and 2 are one direction (centring raw rows would give rank 2)
+    assert vendi_score(np.array([[1.0, 0], [3.0, 0], [0, 2.0]])) == pytest.approx(1.0)
+    # mean 0 already; X^T X = diag(4, 2): eigenvalue shares (2/3, 1/3)
+    x = np.array([[1.0, 0], [-1, 0], [0, 1], [0, -1], [1, 0], [-1, 0]])
+    p = np.array([2 / 3, 1 / 3])
+    assert vendi_score(x) == pytest.approx(math.exp(-(p * np.log(p)).sum()))
+
+
+def test_rouge_l_hand_values():
+    # rouge-score's rougeL: LCS F1 over lowercased [a-z0-9]+ tokens (punctuation dropped)
     assert rouge_l("a b c d", "a c d e") == pytest.approx(0.75)  # LCS a c d: P = R = 3/4
     assert rouge_l("x y", "a b") == 0.0
-    assert rouge_l("", "") == 1.0
+    assert rouge_l("The cat, sat.", "the cat sat") == pytest.approx(1.0)  # case and punctuation do not count
+    assert rouge_l("x = 3.5", "3 5") == pytest.approx(0.8)  # [x, 3, 5] vs [3, 5]: P = 2/3, R = 1, F = 0.8
+    assert rouge_l("a b\nc d", "a b c d") == pytest.approx(1.0)  # one sequence over the whole text
+    assert rouge_l("b a c", "a b c") == pytest.approx(2 / 3)  # LCS 2 of 3 both ways
+    assert rouge_l("", "") == 1.0 and rouge_l("...", "") == 1.0  # no tokens on either side
+    assert rouge_l("", "a b") == 0.0
 
 
 def test_answer_parsing():

@@ -1,0 +1,152 @@
+"""The comparison's report: metrics.json, report.md (one table and how to read it) and PNG plots."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from lcm.io import atomic_path, write_json
+
+
+def write_report(out: Path, report: dict, histograms: dict[str, list[float]]) -> None:
+    """metrics.json (strict JSON), the plots and report.md into `out`."""
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "metrics.json", finite_or_null(report))
+    plots(out, report, histograms)
+    with atomic_path(out / "report.md") as tmp:
+        tmp.write_text(markdown(report), encoding="utf-8")
+
+
+def finite_or_null(obj):
+    """NaN/inf -> None, so metrics.json is strict JSON (n/a metrics, e.g. a rank of fewer than 2 states)."""
+    if isinstance(obj, float):
+        return obj if np.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: finite_or_null(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [finite_or_null(v) for v in obj]
+    return obj
+
+
+COLUMNS = (("accuracy", "acc", ".3f"), ("pass_at_k", "pass@k", ".3f"), ("rouge_l", "ROUGE-L", ".3f"),
+           ("forking_share", "forking share", ".3f"), ("entropy_mean", "mean H", ".3f"),
+           ("effective_rank_hidden", "ER hidden", ".2f"), ("effective_rank_steps", "ER steps", ".2f"),
+           ("distinct_2", "distinct-2", ".3f"), ("self_bleu", "self-BLEU", ".1f"), ("vendi", "Vendi", ".2f"),
+           ("steps_per_solution", "steps", ".1f"), ("seconds_per_problem", "s/problem", ".3f"),
+           ("seconds_per_sample", "s/sample", ".3f"), ("seconds_per_correct_sample", "s/correct", ".3f"),
+           ("seconds_per_step", "s/step", ".4f"), ("time_per_step_vs_token", "step time vs token", ".2f"),
+           ("time_per_problem_vs_token", "problem time vs token", ".2f"),
+           ("forward_passes_per_step", "fwd/step", ".1f"), ("denoiser_evals_per_step", "denoiser/step", ".0f"),
+           ("soft_token_share", "soft share", ".2f"))
+
+
+def table(report: dict) -> list[str]:
+    head = "| system | params | " + " | ".join(c[1] for c in COLUMNS) + " |"
+    lines = [head, "|" + "---|" * (len(COLUMNS) + 2)]
+    for name, r in report["results"].items():
+        cells = [f"{r[key]:{fmt}}" if isinstance(r.get(key), float) and np.isfinite(r[key]) else "n/a"
+                 for key, _, fmt in COLUMNS]
+        lines.append(f"| {name} | {report['systems'][name]['params'] / 1e6:.2f}M | " + " | ".join(cells) + " |")
+    return lines
+
+
+def markdown(report: dict) -> str:
+    r, k = report["results"], report["k"]
+    chance = report["chance_accuracy"]
+    lines = [f"# Concept vs token: {report['name']}", "",
+             f"{report['problems']} held-out problems, k = {k} samples per problem, seed {report['seed']}, "
+             f"device {report['device']}." + (f" Chance accuracy (majority answer): {chance:.3f}." if chance else ""),
+             "", *table(report), "",
+             "- acc: mean over all samples (unbiased pass@1); pass@k with the unbiased estimator over k samples.",
+             "- Soft Thinking is deterministic: one sample per problem, so its pass@k is its pass@1 and it has no "
+             "diversity columns.",
+             "- forking share: share of generated tokens at or above the token GPT's 80th-percentile entropy "
+             f"({r['token GPT']['forking_threshold']:.3f} nats). Concept models have no token softmax in the "
+             "reasoning loop: n/a.",
+             "- ER hidden: effective rank of the final-layer states over one solution's generated positions (tokens "
+             "for the GPT, concepts for concept models -- different position counts, see hidden_positions); "
+             "ER steps: of the step-embedding trajectory.",
+             "- distinct-2: unique / total bigrams pooled over the k solutions of a problem; self-BLEU 0-100 (lower "
+             "= more diverse); Vendi of the k solutions' mean step embeddings, unit-normalized and centred (1 to k - 1).",
+             "- Time: the k samples of a problem run as one batch on the same device (Soft Thinking: one sample, "
+             "batch 1); s/correct = wall time per correct sample. fwd/step: main-network evaluations per reasoning "
+             "step -- one new position per token for the GPT (KV cache), the whole concept sequence per call for "
+             "concept models (no KV cache); denoiser/step: the diffusion model's DDIM denoiser passes (CFG doubles "
+             "the rows). Retrieval and the encoder are in the wall time, not in the counts.",
+             "- soft share: share of Soft Thinking tokens produced as probability-weighted embeddings before a cold "
+             "stop.", ""]
+    for name in ("token GPT", "Soft Thinking"):
+        top = ", ".join(f"{t} ({c})" for t, c in r[name]["top_forking_tokens"])
+        lines.append(f"Top forking tokens, {name}: {top}")
+    curve = report["entropy_curve"]
+    if "fit" in curve:
+        f = curve["fit"]
+        lines += ["", f"Entropy-performance curve over {len(curve['points'])} token-GPT checkpoints: "
+                      f"R = -{f['a']:.4f}·exp(H) + {f['b']:.4f}, R² = {f['r2']:.3f}."]
+    lines += ["", "Plots: entropy_histogram.png, accuracy_vs_samples.png, diversity.png, entropy_curve.png", ""]
+    return "\n".join(lines)
+
+
+def plots(out: Path, report: dict, histograms: dict[str, list[float]]) -> None:
+    """entropy_histogram.png, accuracy_vs_samples.png, diversity.png (k > 1), entropy_curve.png (checkpoints)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    for name, draw, size in (("entropy_histogram", entropy_histogram, (6, 3.5)),
+                             ("accuracy_vs_samples", accuracy_vs_samples, (6, 3.5)),
+                             ("diversity", diversity_bars, (7, 3.5)), ("entropy_curve", entropy_curve_plot, (5, 3.5))):
+        fig, ax = plt.subplots(figsize=size)
+        if draw(ax, report, histograms):
+            ax.legend()
+            with atomic_path(out / f"{name}.png") as tmp:
+                fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
+        plt.close(fig)
+
+
+def entropy_histogram(ax, report: dict, histograms: dict[str, list[float]]) -> bool:
+    for name, h in histograms.items():
+        ax.hist(h, bins=50, alpha=0.6, label=name, density=True)
+    ax.axvline(report["results"]["token GPT"]["forking_threshold"], color="k", ls="--",
+               label="80th percentile (token GPT)")
+    ax.set_xlabel("token entropy (nats)")
+    ax.set_ylabel("density")
+    return True
+
+
+def accuracy_vs_samples(ax, report: dict, _histograms) -> bool:
+    for name, r in report["results"].items():
+        ax.plot(range(1, len(r["pass_curve"]) + 1), r["pass_curve"], marker="o", label=name)
+    if report["chance_accuracy"]:
+        ax.axhline(report["chance_accuracy"], color="grey", ls=":", label="majority answer")
+    ax.set_xlabel("samples k")
+    ax.set_ylabel("pass@k")
+    return True
+
+
+def diversity_bars(ax, report: dict, _histograms) -> bool:
+    res = report["results"]
+    names = [n for n in res if "distinct_2" in res[n]]  # none when k = 1
+    metrics = (("distinct_2", "distinct-2"), ("distinct_solutions", "distinct solutions"), ("vendi", "Vendi / k"))
+    width = 0.8 / max(len(names), 1)
+    for j, name in enumerate(names):
+        vals = [res[name][m] / (report["k"] if m == "vendi" else 1) for m, _ in metrics]
+        ax.bar(np.arange(len(metrics)) + j * width, vals, width, label=name)
+    ax.set_xticks(np.arange(len(metrics)) + width * (len(names) - 1) / 2, [m[1] for m in metrics])
+    return bool(names)
+
+
+def entropy_curve_plot(ax, report: dict, _histograms) -> bool:
+    curve = report["entropy_curve"]
+    pts = curve["points"]
+    if not pts:  # no epoch*.ckpt in the token run
+        return False
+    ax.scatter([p["entropy"] for p in pts], [p["accuracy"] for p in pts], label="checkpoints")
+    if "fit" in curve:
+        f = curve["fit"]
+        xs = np.linspace(min(p["entropy"] for p in pts), max(p["entropy"] for p in pts), 50)
+        ax.plot(xs, -f["a"] * np.exp(xs) + f["b"], label=f"fit, R²={f['r2']:.2f}")
+    ax.set_xlabel("mean token entropy (nats)")
+    ax.set_ylabel("greedy accuracy")
+    return True

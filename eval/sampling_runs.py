@@ -1,0 +1,132 @@
+"""Sampling every system of a comparison: k solutions per held-out problem, timed, as `Sample`s.
+
+Concept models through `ConceptGenerator.generate`, the token GPT with temperature / top-p sampling or in
+Soft Thinking mode, and greedy decoding of every saved GPT checkpoint for the entropy-performance curve.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from lcm.eval import reasoning_metrics as rm
+from lcm.eval.compare_config import CompareConfig, Sampling
+from lcm.progress import progress_bar
+
+
+@dataclass
+class Sample:
+    """One generated solution, whatever system wrote it."""
+
+    text: str  # steps, one per line (plans excluded)
+    steps: list[str]
+    step_emb: np.ndarray | None  # (S, D) encoder embeddings of the step texts (same encoder for every system)
+    hidden: np.ndarray  # (T, d) final-layer hidden states that produced the solution
+    forward_passes: int  # network evaluations of the main model
+    entropies: np.ndarray | None = None  # token systems: (n,) per-token entropy
+    token_texts: list[str] | None = None
+    soft_tokens: int = 0  # Soft Thinking: tokens generated as probability-weighted embeddings
+
+
+def attach_step_embeddings(groups: list[list[Sample]], encoder) -> None:
+    """Every system's steps embedded by the same encoder (one call over the unique step texts), so step
+    trajectories and diversity compare like with like (a concept model's raw predictions carry its noise)."""
+    lines = sorted({x for group in groups for s in group for x in s.steps})
+    table = dict(zip(lines, encoder.encode(lines))) if lines else {}
+    for group in groups:
+        for s in group:
+            s.step_emb = np.stack([table[x] for x in s.steps]) if s.steps else np.zeros((0, encoder.dim), np.float32)
+
+
+def timed_per_problem(problems: list[str], label: str, show: bool, sample: Callable[[int, str], list]):
+    """[sample(i, problem) for every problem] and the seconds spent inside `sample` (nothing else is timed)."""
+    out, seconds = [], 0.0
+    with progress_bar(len(problems), label, show) as advance:
+        for i, problem in enumerate(problems):
+            start = time.perf_counter()
+            out.append(sample(i, problem))
+            seconds += time.perf_counter() - start
+            advance(1)
+    return out, seconds
+
+
+def concept_sample(g, model) -> Sample:
+    """A `Generation` of a concept model as a Sample, with the hidden states that produced its concepts."""
+    import torch
+
+    steps = [s for s in g.steps if not s.is_plan]
+    with torch.no_grad():
+        h = model.hidden_states(torch.from_numpy(np.stack(g.inputs))[None].to(model.device))[0]
+    return Sample(text="\n".join(s.text for s in steps), steps=[s.text for s in steps], step_emb=None,
+                  hidden=h[g.prompt_concepts - 1: g.prompt_concepts - 1 + g.calls].float().cpu().numpy(),
+                  forward_passes=g.calls)
+
+
+def concept_samples(ckpt: Path, problems: list[str], cfg: CompareConfig, sampling: Sampling, show: bool,
+                    label: str) -> tuple[list[list[Sample]], float, dict]:
+    """k samples per problem from a concept checkpoint; the seconds time generation only (not the read-back of
+    hidden states and step embeddings)."""
+    from lcm.generate import ConceptGenerator
+
+    gen = ConceptGenerator.from_checkpoint(ckpt, device=cfg.device)
+    kw = sampling.kwargs()
+
+    def sample(i: int, problem: str) -> list:
+        group = gen.generate(problem, num_samples=cfg.k, seed=cfg.seed + i, max_steps=cfg.max_steps, **kw)
+        return [group] if cfg.k == 1 else group
+
+    generations, seconds = timed_per_problem(problems, label, show, sample)
+    model = gen.model
+    out = [[concept_sample(g, model) for g in group] for group in generations]
+    attach_step_embeddings(out, gen.encoder)
+    params = sum(p.numel() for p in model.net.parameters())
+    return out, seconds, {"params": params, "model_class": type(model).__name__,
+                          "denoiser_evals_per_call": model.denoiser_evals(**kw)}
+
+
+def token_keywords(cfg: CompareConfig, soft: bool) -> dict:
+    t, st = cfg.token, cfg.soft_thinking
+    if soft:
+        return dict(mode="soft", num_samples=1, soft_top_k=st.top_k, soft_top_p=st.top_p,
+                    cold_stop_entropy=st.cold_stop_entropy, cold_stop_patience=st.cold_stop_patience)
+    return dict(mode="sample", num_samples=cfg.k, temperature=t.temperature, top_p=t.top_p)
+
+
+def token_samples(model, problems: list[str], cfg: CompareConfig, encoder, soft: bool, show: bool,
+                  label: str) -> tuple[list[list[Sample]], float]:
+    """k samples per problem from the token GPT (Soft Thinking: one, it is deterministic)."""
+    from lcm.train.token_data import solution_steps
+
+    kw = token_keywords(cfg, soft)
+    groups, seconds = timed_per_problem(problems, label, show, lambda i, problem: model.generate(
+        problem, max_new_tokens=cfg.token.max_new_tokens, seed=cfg.seed + i, **kw))
+    out = [[Sample(text="\n".join(solution_steps(s.text)), steps=solution_steps(s.text), step_emb=None,
+                   hidden=s.hidden, forward_passes=s.forward_passes, entropies=s.entropies,
+                   token_texts=s.token_texts, soft_tokens=s.soft_tokens) for s in group] for group in groups]
+    attach_step_embeddings(out, encoder)
+    return out, seconds
+
+
+def entropy_curve(run: Path, problems: list[str], golds: list[str], cfg: CompareConfig, show: bool) -> dict:
+    """Greedy accuracy and mean token entropy of every saved token-baseline checkpoint; fit R = -a exp(H) + b."""
+    from lcm.token_model import TokenLM
+
+    ckpts = sorted((run / "checkpoints").glob("epoch*.ckpt"))
+    points = []
+    with progress_bar(len(ckpts) * len(problems), "entropy curve", show) as advance:
+        for ckpt in ckpts:
+            model = TokenLM.from_checkpoint(ckpt, device=cfg.device)
+            ent, right = [], []
+            for problem, gold in zip(problems, golds):
+                s = model.generate(problem, mode="greedy", max_new_tokens=cfg.token.max_new_tokens)[0]
+                ent.append(s.entropies.mean())
+                right.append(rm.answers_match(rm.parse_answer(s.text), gold))
+                advance(1)
+            points.append({"checkpoint": ckpt.name, "entropy": float(np.mean(ent)), "accuracy": float(np.mean(right))})
+    curve = {"points": points}
+    if len(points) >= 3:  # two points fit two parameters exactly (R^2 = 1 says nothing)
+        curve["fit"] = rm.fit_entropy_performance([p["entropy"] for p in points], [p["accuracy"] for p in points])
+    return curve

@@ -1,0 +1,105 @@
+"""Scoring the samples of one system: accuracy, pass@k, text quality, rank, diversity, entropy and cost.
+
+Metric definitions: DESIGN.md section 3 and `lcm.eval.reasoning_metrics`.
+"""
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+
+from lcm.eval import reasoning_metrics as rm
+from lcm.eval.sampling_runs import Sample
+from lcm.retrieval import unit_rows
+
+NAN = float("nan")
+
+
+def mean_or_nan(values: list[float]) -> float:
+    return float(np.mean(values)) if values else NAN
+
+
+def ratio(total: float, count: float) -> float:
+    return total / count if count else NAN
+
+
+def summarize(groups: list[list[Sample]], golds: list[str], refs: list[str], seconds: float) -> dict:
+    """Accuracy, pass@k, text quality, representation rank, diversity and cost of one system."""
+    k = len(groups[0])
+    samples = [s for group in groups for s in group]
+    acc = accuracy(groups, golds)
+    n_correct = acc.pop("n_correct")
+    out = {**acc, **cost(groups, seconds), "seconds_per_correct_sample": ratio(seconds, n_correct),
+           "rouge_l": float(np.mean([rm.rouge_l(s.text, refs[i // k]) for i, s in enumerate(samples)])),
+           "effective_rank_hidden": mean_or_nan([rm.effective_rank(s.hidden) for s in samples if len(s.hidden) >= 2]),
+           "hidden_positions": float(np.mean([len(s.hidden) for s in samples])),
+           "effective_rank_steps": mean_or_nan([rm.effective_rank(s.step_emb) for s in samples
+                                                if len(s.step_emb) >= 2])}
+    if k > 1:
+        out.update(diversity(groups))
+    if samples[0].entropies is not None:
+        ent = np.concatenate([s.entropies for s in samples])
+        out["entropy_mean"] = float(ent.mean()) if len(ent) else NAN
+        out["soft_token_share"] = sum(s.soft_tokens for s in samples) / max(len(ent), 1)
+    return out
+
+
+def accuracy(groups: list[list[Sample]], golds: list[str]) -> dict:
+    """Mean exact-match accuracy over all samples, the unbiased pass@j curve for j = 1..k, answered rate."""
+    k = len(groups[0])
+    correct = [[rm.answers_match(rm.parse_answer(s.text), g) for s in group] for group, g in zip(groups, golds)]
+    pass_curve = [float(np.mean([rm.pass_at_k(k, sum(c), j) for c in correct])) for j in range(1, k + 1)]
+    return {"accuracy": float(np.mean(correct)), "pass_at_k": pass_curve[-1], "pass_curve": pass_curve, "k": k,
+            "answered": float(np.mean([rm.parse_answer(s.text) is not None for g in groups for s in g])),
+            "n_correct": int(np.sum(correct))}
+
+
+def cost(groups: list[list[Sample]], seconds: float) -> dict:
+    """Wall time and main-network forward passes per problem, sample, step and correct sample."""
+    samples = [s for group in groups for s in group]
+    steps = sum(len(s.steps) for s in samples)
+    fwd = sum(s.forward_passes for s in samples)
+    # time: k samples of a problem run as one batch (Soft Thinking: one sample), on the same device
+    return {"steps_per_solution": steps / len(samples),
+            "seconds_per_problem": seconds / len(groups), "seconds_per_sample": seconds / len(samples),
+            "seconds_per_step": ratio(seconds, steps),
+            "forward_passes_per_problem": fwd / len(groups), "forward_passes_per_step": ratio(fwd, steps)}
+
+
+def diversity(groups: list[list[Sample]]) -> dict:
+    """Distinct-1/2, self-BLEU, share of distinct solutions and Vendi over the k samples of each problem."""
+    k = len(groups[0])
+    texts = [[s.text for s in g] for g in groups]
+    vendi = [rm.vendi_score(np.stack([unit_rows(s.step_emb).mean(0) for s in g if s.steps])) for g in groups
+             if sum(bool(s.steps) for s in g) >= 2]  # a solution's vector: its mean unit step embedding
+    return {"distinct_1": float(np.mean([rm.distinct_n(t, 1) for t in texts])),
+            "distinct_2": float(np.mean([rm.distinct_n(t, 2) for t in texts])),
+            "self_bleu": float(np.mean([rm.self_bleu(t) for t in texts])),
+            "distinct_solutions": float(np.mean([len(set(t)) / k for t in texts])),
+            "vendi": mean_or_nan(vendi)}
+
+
+def token_entropy_stats(stats: dict, groups: list[list[Sample]], threshold: float) -> None:
+    """Forking-token share against a fixed entropy threshold and the most frequent forking tokens."""
+    samples = [s for g in groups for s in g]
+    ent = np.concatenate([s.entropies for s in samples])
+    toks = [t for s in samples for t in s.token_texts]  # aligned with `ent`: one text per generated token
+    share, top = rm.forking_tokens(ent, toks, threshold)
+    stats.update({"forking_threshold": threshold, "forking_share": share,
+                  "top_forking_tokens": [[repr(t), c] for t, c in top]})
+
+
+def relative_cost(results: dict[str, dict], denoiser_evals_per_call: dict[str, int], baseline: str) -> None:
+    """Denoiser passes per step of the concept systems, and every system's time against `baseline`."""
+    for name, evals in denoiser_evals_per_call.items():
+        results[name]["denoiser_evals_per_step"] = results[name]["forward_passes_per_step"] * evals
+    base = results[baseline]
+    for r in results.values():  # same device, one run
+        r["time_per_problem_vs_token"] = r["seconds_per_problem"] / base["seconds_per_problem"]
+        r["time_per_step_vs_token"] = r["seconds_per_step"] / base["seconds_per_step"]
+
+
+def chance_accuracy(golds: list[str]) -> float | None:
+    """Accuracy of always answering the most frequent gold answer (0.5 for balanced True/False)."""
+    top = Counter(golds).most_common(1)[0][1]
+    return top / len(golds) if len(set(golds)) <= 10 else None
