@@ -173,10 +173,14 @@ class ConceptLM(CompileOnFit, DataConsumer, L.LightningModule):
         self._evaluate(batch, "test")
 
     def predict_step(self, batch: dict, batch_idx: int) -> dict:
+        """Teacher-forced next-concept predictions at every target position of the batch, flattened (N = targets):
+        pred (N, D) raw, gold_row (N,) table row of the gold concept, type (N,) its position type, cosine (N,)
+        to the gold concept. `lcm predict` writes them (`lcm.train.callbacks.PredictionWriter`)."""
         pred, _, mask = self._predict(batch)
-        pred = self.normalizer.denormalize(pred.float())
-        gold = batch["x"][:, 1:]
-        return {"pred": pred, "mask": mask, "cosine": F.cosine_similarity(pred, gold, dim=-1)}
+        pred = self.normalizer.denormalize(pred.float())[mask]  # (N, D)
+        gold = batch["x"][:, 1:][mask].float()
+        return {"pred": pred, "gold_row": batch["ids"][:, 1:][mask], "type": batch["types"][:, 1:][mask],
+                "cosine": F.cosine_similarity(pred, gold, dim=-1)}
 
     @torch.no_grad()
     def _evaluate(self, batch: dict, split: str) -> None:

@@ -117,3 +117,21 @@ def test_decoder_counts_sentences_cut_without_eos(encoder):
     batch = {"emb": torch.from_numpy(encoder.encode(texts)), "text": texts}
     *_, truncated = decoder._loss(batch)
     assert truncated == 1
+
+
+def test_lcm_predict_writes_the_predictions(trained_run, tmp_path):
+    """`lcm predict` used to compute predictions that nothing wrote; now they land in one .npz file."""
+    out = tmp_path / "pred.npz"
+    cwd = os.getcwd()
+    os.chdir(trained_run.parents[2])
+    try:
+        code, _ = run_lcm(["predict", "-c", str(CONFIGS / "quickstart.yaml"), *TINY_FIT, "--ckpt_path",
+                           str(trained_run / "checkpoints" / "last.ckpt"), "--prediction_writer.path", str(out)])
+    finally:
+        os.chdir(cwd)
+    assert code == 0
+    got = np.load(out)
+    n = len(got["cosine"])
+    assert n > 0 and got["pred"].shape == (n, 384) and got["gold_row"].shape == got["type"].shape == (n,)
+    assert set(np.unique(got["type"])) <= {1, 2}  # steps and end-of-text: the targets, never the prompt
+    assert 0.3 < float(got["cosine"].mean()) <= 1.0

@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import lightning as L
-from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.callbacks import BasePredictionWriter
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 
 from lcm.errors import LCMError
 from lcm.generate import format_generation
@@ -116,6 +117,38 @@ class GenerationPreview(L.Callback):
             console.print("[bold]reference[/bold]")
             for i, step in enumerate(doc.steps, 1):
                 console.print(f"  {i:2d}. {step}", highlight=False)
+
+
+class PredictionWriter(BasePredictionWriter):
+    """Writes what `lcm predict` returns -- every batch's flat prediction records (the model's `predict_step`:
+    e.g. pred (N, D), gold_row (N,), type (N,), cosine (N,)) concatenated -- to one `.npz` file, atomically, on
+    each rank (`<path stem>.rank<k>.npz` when there are several). Added to every `lcm` run by the CLI.
+
+    Args:
+        path: output file; default `<log dir>/predictions.npz` (the run's logger folder, else the working dir).
+    """
+
+    def __init__(self, path: str | None = None):
+        super().__init__(write_interval="epoch")
+        self.path = path
+
+    def write_on_epoch_end(self, trainer: L.Trainer, pl_module, predictions, batch_indices) -> None:
+        import numpy as np
+
+        from lcm.io import atomic_path
+
+        batches = [b for b in (predictions[0] if predictions and isinstance(predictions[0], list) else predictions)
+                   if isinstance(b, dict)]
+        if not batches:
+            return
+        arrays = {k: np.concatenate([b[k].detach().cpu().numpy() for b in batches]) for k in batches[0]}
+        path = Path(self.path) if self.path else Path(trainer.log_dir or ".") / "predictions.npz"
+        if trainer.world_size > 1:
+            path = path.with_name(f"{path.stem}.rank{trainer.global_rank}{path.suffix}")
+        with atomic_path(path) as tmp:
+            with open(tmp, "wb") as f:
+                np.savez(f, **arrays)
+        rank_zero_info(f"predictions: {len(arrays[next(iter(arrays))])} records -> {path}")
 
 
 class DataShardLog(L.Callback):

@@ -14,7 +14,7 @@ import torch
 from lightning.pytorch.cli import LightningCLI
 
 from lcm.errors import LCMError
-from lcm.train.callbacks import BankWriter
+from lcm.train.callbacks import BankWriter, PredictionWriter
 
 # Lightning's own aliases that are not file paths
 _CKPT_ALIASES = {"last", "best", "hpc", "registry"}
@@ -28,6 +28,8 @@ class LCMCLI(LightningCLI):
         parser.set_defaults({"trainer.precision": "bf16-mixed" if torch.cuda.is_available() else "32-true"})
         # every run writes the retrieval banks of its data (nothing for data without banks)
         parser.add_lightning_class_args(BankWriter, "bank_writer")
+        # `lcm predict` writes what the model's predict_step returns (predictions.npz in the run's folder)
+        parser.add_lightning_class_args(PredictionWriter, "prediction_writer")
 
     def _parse_ckpt_path(self) -> None:
         """Lightning reads the hyper-parameters of --ckpt_path here (one `torch.load`, weights only); a missing
