@@ -5,7 +5,7 @@
 Trains what is missing with `lcm fit` (finished runs are reused), then for every system -- each concept
 model of the config, the token GPT (temperature / top-p sampling) and the same GPT in Soft Thinking mode --
 generates k solutions per held-out problem on one device, and writes to `out_dir`: `metrics.json`,
-`report.md` and PNG plots. Metric definitions: DESIGN.md section 3 and `lcm.eval.reasoning_metrics`.
+`report.md` and PNG plots. Metric definitions: docs/metrics.md and `lcm.eval.reasoning_metrics`.
 
 The parts: `compare_config` (the YAML schema), `sampling_runs` (sampling each system), `scoring` (the
 metrics of one system), `report` (markdown and plots); this module runs them in order.

@@ -1,4 +1,4 @@
-"""Metrics of the concept-vs-token comparison (definitions: DESIGN.md section 3).
+"""Metrics of the concept-vs-token comparison (definitions: docs/metrics.md).
 
 Pure functions over numbers and strings, so each one is tested against hand-computed values.
 """
@@ -79,7 +79,7 @@ def effective_rank(h: np.ndarray) -> float:
 
 
 def vendi_score(emb: np.ndarray) -> float:
-    """Vendi score (Friedman & Dieng) of k samples (k, D) on *centred* unit embeddings (DESIGN.md section 3):
+    """Vendi score (Friedman & Dieng) of k samples (k, D) on *centred* unit embeddings (docs/metrics.md):
     unit-normalize the rows, centre them over the k samples, K = X X^T, then exp(entropy of eig(K) / tr(K)).
 
     Centring removes the direction every sentence embedding shares, which makes raw cosines of unrelated

@@ -1,6 +1,6 @@
 """Scoring the samples of one system: accuracy, pass@k, text quality, rank, diversity, entropy and cost.
 
-Metric definitions: DESIGN.md section 3 and `lcm.eval.reasoning_metrics`.
+Metric definitions: docs/metrics.md and `lcm.eval.reasoning_metrics`.
 """
 from __future__ import annotations
 

@@ -21,7 +21,7 @@ from lcm.errors import LCMError
 from lcm.handoff import DataConsumer, SentenceData, check_embed_dim, expect
 from lcm.model import Block, KVCache, LCMConfig, RMSNorm, init_gpt_weights, rotary_tables
 from lcm.optim import adamw_warmup_cosine
-from lcm.tokenizer import SentenceTokenizer
+from lcm.tokenizer import SentenceTokenizer, TokenizerInCheckpoint
 
 MIN_VOCAB = 256 + 3  # byte-level BPE always holds the 256 bytes, plus <pad> <bos> <eos>
 DEFAULT_DECODER_ARCH = LCMConfig(d_model=256, n_layer=4, n_head=4, max_seq_len=96, dropout=0.1)
@@ -165,7 +165,7 @@ def _strip(ids: list[int], eos: int) -> list[int]:
     return ids[: ids.index(eos)] if eos in ids else ids
 
 
-class SentenceDecoderLM(DataConsumer, L.LightningModule):
+class SentenceDecoderLM(TokenizerInCheckpoint, DataConsumer, L.LightningModule):
     """Trains the embedding -> sentence decoder with teacher forcing (`lcm fit -c train/configs/decoder_*.yaml`).
 
     Args:
@@ -179,6 +179,8 @@ class SentenceDecoderLM(DataConsumer, L.LightningModule):
         max_new_tokens: cap on generated tokens at validation.
         lr, weight_decay, betas, warmup_steps, min_lr_ratio: AdamW + warmup/cosine (as for the concept model).
     """
+
+    KIND, WHAT = "decoder", "sentence-decoder"
 
     def __init__(self, arch: LCMConfig = DEFAULT_DECODER_ARCH, vocab_size: int = 4096, n_prefix: int = 4,
                  noise_std: float = 0.0, max_new_tokens: int = 64, lr: float = 1e-3, weight_decay: float = 0.1,
@@ -216,18 +218,10 @@ class SentenceDecoderLM(DataConsumer, L.LightningModule):
                 rank_zero_warn(f"{cut} of {len(texts)} training sentences exceed the decoder's {self.net.max_tokens} "
                                "tokens and are cut without <eos> (logged as train/truncated); raise arch.max_seq_len")
 
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["lcm"] = dict(self.meta, tokenizer=self.tokenizer.to_str() if self.tokenizer else None)
-
-    def on_load_checkpoint(self, checkpoint: dict) -> None:
-        meta = dict(checkpoint.get("lcm") or {})
-        if meta.get("kind") != "decoder" or not meta.get("tokenizer"):
-            raise LCMError("checkpoint is not a sentence-decoder checkpoint (no tokenizer record)")
+    def check_record(self, meta: dict) -> None:
         if self.data is not None and meta.get("encoder_id") != self.data.encoder.id:
             raise LCMError(f"decoder checkpoint was trained with encoder {meta.get('encoder_id')!r}, "
                            f"the data config uses {self.data.encoder.id!r}")
-        self.tokenizer = SentenceTokenizer.from_str(meta.pop("tokenizer"))
-        self.meta = meta
 
     # ---- steps -----------------------------------------------------------------------------------
     def _batch_tokens(self, texts: list[str]) -> tuple[torch.Tensor, int]:

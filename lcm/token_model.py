@@ -32,7 +32,7 @@ from lcm.handoff import DataConsumer, TextData, expect
 from lcm.metrics import token_entropy
 from lcm.model import LCMConfig
 from lcm.optim import adamw_warmup_cosine
-from lcm.tokenizer import SentenceTokenizer
+from lcm.tokenizer import SentenceTokenizer, TokenizerInCheckpoint
 
 DEFAULT_TOKEN_ARCH = LCMConfig(d_model=256, n_layer=4, n_head=4, max_seq_len=512, dropout=0.1)
 
@@ -59,7 +59,7 @@ def nucleus(probs: torch.Tensor, top_p: float = 1.0, top_k: int = 0) -> torch.Te
     return kept / kept.sum(-1, keepdim=True)
 
 
-class TokenLM(CompileOnFit, DataConsumer, L.LightningModule):
+class TokenLM(CompileOnFit, TokenizerInCheckpoint, DataConsumer, L.LightningModule):
     """GPT baseline (see the module docstring).
 
     Args:
@@ -72,6 +72,8 @@ class TokenLM(CompileOnFit, DataConsumer, L.LightningModule):
     Batches: `{"prompt": [B str], "solution": [B str]}` (TokenDataModule; tokenized in the step), or already
     tokenized `{"tokens": (B, L) long, "target": (B, L-1) bool}` (target: the next token is a loss target).
     """
+
+    KIND, WHAT = "token", "token-baseline"
 
     def __init__(self, arch: LCMConfig = DEFAULT_TOKEN_ARCH, vocab_size: int = 1024, lr: float = 1e-3,
                  weight_decay: float = 0.1, betas: tuple[float, float] = (0.9, 0.95), warmup_steps: int = 50,
@@ -104,16 +106,6 @@ class TokenLM(CompileOnFit, DataConsumer, L.LightningModule):
     def setup(self, stage: str) -> None:
         if self.tokenizer is None:  # no TokenDataModule handed texts over, and no checkpoint brought a tokenizer
             raise LCMError("TokenLM trains on text: use data class_path lcm.train.TokenDataModule")
-
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["lcm"] = dict(self.meta, tokenizer=self.tokenizer.to_str() if self.tokenizer else None)
-
-    def on_load_checkpoint(self, checkpoint: dict) -> None:
-        meta = dict(checkpoint.get("lcm") or {})
-        if meta.get("kind") != "token" or not meta.get("tokenizer"):
-            raise LCMError("checkpoint is not a token-baseline checkpoint (no tokenizer record)")
-        self.tokenizer = SentenceTokenizer.from_str(meta.pop("tokenizer"))
-        self.meta = meta
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str = "cpu") -> "TokenLM":

@@ -58,3 +58,25 @@ class SentenceTokenizer:
     def decode(self, ids: list[list[int]]) -> list[str]:
         """token ids (specials dropped) -> texts."""
         return self.tok.decode_batch([list(map(int, x)) for x in ids], skip_special_tokens=True)
+
+
+class TokenizerInCheckpoint:
+    """For LightningModules that train their own tokenizer: it travels in the checkpoint's `lcm` record, next
+    to `self.meta` (whose "kind" names the model: "decoder", "token"). Subclasses set `KIND` and `WHAT`."""
+
+    KIND = ""
+    WHAT = ""
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["lcm"] = dict(self.meta, tokenizer=self.tokenizer.to_str() if self.tokenizer else None)
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        meta = dict(checkpoint.get("lcm") or {})
+        if meta.get("kind") != self.KIND or not meta.get("tokenizer"):
+            raise LCMError(f"checkpoint is not a {self.WHAT} checkpoint (no tokenizer record)")
+        self.check_record(meta)
+        self.tokenizer = SentenceTokenizer.from_str(meta.pop("tokenizer"))
+        self.meta = meta
+
+    def check_record(self, meta: dict) -> None:
+        """Refuse a checkpoint whose record does not fit the data this run trains on (default: any fits)."""

@@ -8,7 +8,6 @@ from typing import Literal
 
 import lightning as L
 import numpy as np
-import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader
 
@@ -23,6 +22,7 @@ from lcm.planners.planner import ExtractivePlanner, Planner
 from lcm.retrieval import SentenceBank
 from lcm.train.corpus import CorpusSource
 from lcm.train.documents import Document
+from lcm.train.loaders import SplitLoaders, make_loader
 from lcm.train.store import CHUNK_ROWS, SPLITS, Mapped, Sequences, StoreWriter, Texts, corpus_key, open_store
 from lcm.train.windows import LongDocuments, PadCollate, WindowDataset, cut_segments, pack_segments
 
@@ -128,7 +128,7 @@ class ConceptTable:
         return self._extra_index[key]
 
 
-class ConceptDataModule(L.LightningDataModule):
+class ConceptDataModule(SplitLoaders, L.LightningDataModule):
     """Builds documents from a source, encodes every unique sentence once (cached), serves batches.
 
     Args:
@@ -473,23 +473,8 @@ class ConceptDataModule(L.LightningDataModule):
     # ---- loaders ---------------------------------------------------------------------------------
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         seg = self.window_segments(split)
-        if not len(seg):
-            raise LCMError(f"the {split} split is empty; raise data.{split}_fraction or add documents")
-        if self.pack and split not in self._packed:  # packed once (seeded); the loader shuffles windows per epoch
+        if self.pack and len(seg) and split not in self._packed:  # packed once (seeded); shuffled per epoch
             self._packed[split] = pack_segments(seg, self.max_seq_len, self.split_seed)
-        windows = self._packed[split] if self.pack else seg
-        return DataLoader(WindowDataset(self.corpus.seqs[split], windows, self.pack), batch_size=self.batch_size,
-                          shuffle=shuffle, collate_fn=PadCollate(self.corpus.table), num_workers=self.num_workers,
-                          pin_memory=torch.cuda.is_available(), persistent_workers=self.num_workers > 0)
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
-
-    def predict_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
+        windows = self._packed[split] if self.pack and len(seg) else seg
+        return make_loader(WindowDataset(self.corpus.seqs[split], windows, self.pack), split, self.batch_size,
+                           shuffle, PadCollate(self.corpus.table), self.num_workers)

@@ -15,6 +15,7 @@ from lcm.handoff import SentenceData
 from lcm.retrieval import SentenceBank
 from lcm.train.corpus import CorpusSource
 from lcm.train.datamodule import ConceptDataModule
+from lcm.train.loaders import make_loader
 from lcm.train.store import read_rows
 
 
@@ -79,6 +80,5 @@ class SentenceDataModule(ConceptDataModule):
         _, rows = self.decoder_sentences(split)
         if not len(rows):
             raise LCMError(f"the {split} split has no sentences unseen in training; raise data.{split}_fraction")
-        return DataLoader(rows.tolist(), batch_size=self.batch_size, shuffle=shuffle,
-                          collate_fn=SentenceCollate(self.corpus.table, self.corpus.texts), num_workers=self.num_workers,
-                          pin_memory=torch.cuda.is_available(), persistent_workers=self.num_workers > 0)
+        return make_loader(rows.tolist(), split, self.batch_size, shuffle,
+                           SentenceCollate(self.corpus.table, self.corpus.texts), self.num_workers)

@@ -6,15 +6,14 @@ between paragraphs): the token model reads the prompt and learns to write the so
 from __future__ import annotations
 
 import lightning as L
-import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader
 
-from lcm.errors import LCMError
 from lcm.handoff import TextData, hand_over
 from lcm.train.corpus import CorpusSource
 from lcm.train.datamodule import SPLITS, check_split_args, load_documents
 from lcm.train.documents import Document
+from lcm.train.loaders import SplitLoaders, make_loader
 
 
 def render_prompt(doc: Document) -> str:
@@ -34,7 +33,7 @@ def collate_texts(docs: list[Document]) -> dict[str, list[str]]:
     return {"prompt": [render_prompt(d) for d in docs], "solution": [render_solution(d) for d in docs]}
 
 
-class TokenDataModule(L.LightningDataModule):
+class TokenDataModule(SplitLoaders, L.LightningDataModule):
     """Batches `{"prompt": [B strings], "solution": [B strings]}`; the model tokenizes them.
 
     Args: as `ConceptDataModule` for the documents and their split (`source`, `val_fraction`,
@@ -73,18 +72,4 @@ class TokenDataModule(L.LightningDataModule):
             hand_over(self.trainer.lightning_module, TextData(self.source.describe(), lambda: self.texts("train")))
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        docs = self.documents(split)
-        if not docs:
-            raise LCMError(f"the {split} split is empty; raise data.{split}_fraction or add documents")
-        return DataLoader(docs, batch_size=self.batch_size, shuffle=shuffle, collate_fn=collate_texts,
-                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
-                          pin_memory=torch.cuda.is_available())
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
+        return make_loader(self.documents(split), split, self.batch_size, shuffle, collate_texts, self.num_workers)
