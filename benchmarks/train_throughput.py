@@ -62,6 +62,7 @@ from lcm.concepts import ConceptType
 from lcm.io import write_json
 from lcm.model import LCMConfig
 from lcm.module import ConceptLM, target_mask
+from lcm.optim import OptimConfig
 from lcm.token_model import TokenLM
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -143,7 +144,7 @@ class PretokenizedTokenLM(TokenLM):
 
 def new_module(spec: SimpleNamespace, seed: int) -> L.LightningModule:
     torch.manual_seed(seed)  # both runs start from the same weights
-    hp = {"lr": spec.lr, "warmup_steps": spec.warmup_steps, "compile": spec.compile}
+    hp = {"optim": OptimConfig(lr=spec.lr, warmup_steps=spec.warmup_steps), "compile": spec.compile}
     if spec.kind == "token":
         return PretokenizedTokenLM(arch=spec.arch, vocab_size=spec.vocab, **hp)
     module = ConceptLM(arch=spec.arch, **hp)
@@ -382,7 +383,8 @@ def main() -> None:
         if args.preset == "quickstart":
             cfg = yaml.safe_load(args.config.read_text(encoding="utf-8"))
             arch = LCMConfig(**cfg["model"]["arch"])
-            lr, warm = float(cfg["model"].get("lr", 1e-3)), int(cfg["model"].get("warmup_steps", 100))
+            optim = cfg["model"].get("optim", {})
+            lr, warm = float(optim.get("lr", 1e-3)), int(optim.get("warmup_steps", 100))
             batch_size = batch_size or int(cfg.get("data", {}).get("batch_size", 32))
         else:
             arch, lr, warm = LCMConfig(**preset["arch"]), 1e-3, 100
@@ -401,7 +403,8 @@ def main() -> None:
             cfg = yaml.safe_load(args.token_config.read_text(encoding="utf-8"))
             init = cfg["model"]["init_args"]
             arch = LCMConfig(**init["arch"])
-            lr, warm = float(init.get("lr", 1e-3)), int(init.get("warmup_steps", 50))
+            optim = init.get("optim", {})
+            lr, warm = float(optim.get("lr", 1e-3)), int(optim.get("warmup_steps", 50))
             tbatch = args.token_batch_size or args.batch_size or int(cfg["data"]["init_args"].get("batch_size", 32))
         else:
             arch, lr, warm = LCMConfig(**preset["arch"]), 1e-3, 100

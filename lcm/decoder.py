@@ -20,7 +20,7 @@ from torch import nn
 from lcm.errors import LCMError
 from lcm.handoff import DataConsumer, SentenceData, check_embed_dim, expect
 from lcm.model import Block, KVCache, LCMConfig, RMSNorm, init_gpt_weights, rotary_tables
-from lcm.optim import adamw_warmup_cosine
+from lcm.optim import OptimConfig, adamw_warmup_cosine
 from lcm.tokenizer import SentenceTokenizer, TokenizerInCheckpoint
 
 MIN_VOCAB = 256 + 3  # byte-level BPE always holds the 256 bytes, plus <pad> <bos> <eos>
@@ -177,14 +177,13 @@ class SentenceDecoderLM(TokenizerInCheckpoint, DataConsumer, L.LightningModule):
             uniformly from [0, noise_std] per sentence (0 = off). A noise of norm s on a unit vector leaves
             cosine ~ 1/sqrt(1 + s^2) to the clean one: 0.5 covers predictions at cosine 0.9.
         max_new_tokens: cap on generated tokens at validation.
-        lr, weight_decay, betas, warmup_steps, min_lr_ratio: AdamW + warmup/cosine (as for the concept model).
+        optim: AdamW + warmup/cosine (`lcm.optim.OptimConfig`, as for the concept model).
     """
 
     KIND, WHAT = "decoder", "sentence-decoder"
 
     def __init__(self, arch: LCMConfig = DEFAULT_DECODER_ARCH, vocab_size: int = 4096, n_prefix: int = 4,
-                 noise_std: float = 0.0, max_new_tokens: int = 64, lr: float = 1e-3, weight_decay: float = 0.1,
-                 betas: tuple[float, float] = (0.9, 0.95), warmup_steps: int = 100, min_lr_ratio: float = 0.1):
+                 noise_std: float = 0.0, max_new_tokens: int = 64, optim: OptimConfig = OptimConfig()):
         super().__init__()
         if isinstance(arch, dict):  # from a checkpoint's hyperparameters
             arch = LCMConfig(**arch)
@@ -192,10 +191,10 @@ class SentenceDecoderLM(TokenizerInCheckpoint, DataConsumer, L.LightningModule):
             raise LCMError(f"vocab_size={vocab_size} is below the {MIN_VOCAB} byte-level tokens + specials; use >= {MIN_VOCAB}")
         if n_prefix < 1 or arch.max_seq_len < n_prefix + 2:
             raise LCMError(f"n_prefix={n_prefix} and arch.max_seq_len={arch.max_seq_len} leave no room for tokens")
+        self.optim = OptimConfig.of(optim)
         self.save_hyperparameters({"arch": asdict(arch), "vocab_size": vocab_size, "n_prefix": n_prefix,
-                                   "noise_std": noise_std, "max_new_tokens": max_new_tokens, "lr": lr,
-                                   "weight_decay": weight_decay, "betas": tuple(betas), "warmup_steps": warmup_steps,
-                                   "min_lr_ratio": min_lr_ratio})
+                                   "noise_std": noise_std, "max_new_tokens": max_new_tokens,
+                                   "optim": self.optim.hparams()})
         self.arch = arch
         self.net = PrefixDecoder(arch, vocab_size, n_prefix)
         self.tokenizer: SentenceTokenizer | None = None
@@ -306,4 +305,4 @@ class SentenceDecoderLM(TokenizerInCheckpoint, DataConsumer, L.LightningModule):
 
     # ---- optimisation ----------------------------------------------------------------------------
     def configure_optimizers(self):
-        return adamw_warmup_cosine(self, self.hparams)
+        return adamw_warmup_cosine(self, self.optim)

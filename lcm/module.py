@@ -14,7 +14,7 @@ from lcm.handoff import ConceptData, DataConsumer, check_embed_dim, expect
 from lcm.metrics import next_step_scores, retrieval_hits
 from lcm.model import BaseLCM, LCMConfig
 from lcm.normalizer import RobustScaler
-from lcm.optim import adamw_warmup_cosine
+from lcm.optim import OptimConfig, adamw_warmup_cosine
 from lcm.retrieval import unit_rows
 from lcm.sampling import randn_like
 
@@ -41,11 +41,7 @@ class ConceptLM(CompileOnFit, DataConsumer, L.LightningModule):
 
     Args:
         arch: transformer shape; `arch.embed_dim` must equal the encoder's dimension.
-        lr: peak AdamW learning rate.
-        weight_decay: AdamW decay on matrices (not on norms and biases).
-        betas: AdamW betas.
-        warmup_steps: linear warmup, then cosine decay to `lr * min_lr_ratio` at the last step.
-        min_lr_ratio: final learning rate as a share of `lr`.
+        optim: AdamW with linear warmup and cosine decay (`lcm.optim.OptimConfig`), shared by every model.
         loss_weights: weight of each target type in the MSE, by name: step, eot, plan, break (default 1).
         boundary_threshold: cosine to the break / end-of-text concept at which a prediction counts as
             that boundary in the validation detection metrics (generation uses the same default).
@@ -55,14 +51,13 @@ class ConceptLM(CompileOnFit, DataConsumer, L.LightningModule):
             (and each new batch shape, until shapes are marked dynamic) pay the compile time.
     """
 
-    def __init__(self, arch: LCMConfig = LCMConfig(), lr: float = 1e-3, weight_decay: float = 0.1,
-                 betas: tuple[float, float] = (0.9, 0.95), warmup_steps: int = 100, min_lr_ratio: float = 0.1,
+    def __init__(self, arch: LCMConfig = LCMConfig(), optim: OptimConfig = OptimConfig(),
                  loss_weights: dict[str, float] | None = None, boundary_threshold: float = 0.9, compile: bool = False):
         super().__init__()
         if isinstance(arch, dict):  # from a checkpoint's hyperparameters
             arch = LCMConfig(**arch)
-        self.save_hyperparameters({"arch": asdict(arch), "lr": lr, "weight_decay": weight_decay, "betas": tuple(betas),
-                                   "warmup_steps": warmup_steps, "min_lr_ratio": min_lr_ratio,
+        self.optim = OptimConfig.of(optim)
+        self.save_hyperparameters({"arch": asdict(arch), "optim": self.optim.hparams(),
                                    "loss_weights": dict(loss_weights or {}), "boundary_threshold": boundary_threshold,
                                    "compile": bool(compile), **self.extra_hparams()})
         unknown = set(loss_weights or {}) - {TYPE_NAMES[t] for t in TARGET_TYPES}
@@ -243,4 +238,4 @@ class ConceptLM(CompileOnFit, DataConsumer, L.LightningModule):
 
     # ---- optimisation ----------------------------------------------------------------------------
     def configure_optimizers(self):
-        return adamw_warmup_cosine(self, self.hparams)
+        return adamw_warmup_cosine(self, self.optim)

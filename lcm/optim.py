@@ -2,15 +2,42 @@
 from __future__ import annotations
 
 import math
+from dataclasses import asdict, dataclass
 
 import lightning as L
 import torch
 
 
-def adamw_warmup_cosine(module: L.LightningModule, hp) -> dict:
+@dataclass
+class OptimConfig:
+    """The optimiser of every lcm LightningModule (YAML: `model.optim: {lr: ..., warmup_steps: ...}`).
+
+    Args:
+        lr: peak AdamW learning rate.
+        weight_decay: AdamW decay on matrices (not on norms and biases).
+        betas: AdamW betas.
+        warmup_steps: linear warmup, then cosine decay to `lr * min_lr_ratio` at the last step.
+        min_lr_ratio: final learning rate as a share of `lr`.
+    """
+
+    lr: float = 1e-3
+    weight_decay: float = 0.1
+    betas: tuple[float, float] = (0.9, 0.95)
+    warmup_steps: int = 100
+    min_lr_ratio: float = 0.1
+
+    @classmethod
+    def of(cls, value: "OptimConfig | dict") -> "OptimConfig":
+        """From the YAML / a checkpoint's hyper-parameters (a dict) or as given."""
+        return cls(**value) if isinstance(value, dict) else value
+
+    def hparams(self) -> dict:
+        return {**asdict(self), "betas": tuple(self.betas)}
+
+
+def adamw_warmup_cosine(module: L.LightningModule, hp: OptimConfig) -> dict:
     """AdamW (decay on matrices only, fused on CUDA); linear warmup for `hp.warmup_steps`, then cosine
-    decay to `hp.lr * hp.min_lr_ratio` at the last step. `hp`: lr, weight_decay, betas, warmup_steps,
-    min_lr_ratio."""
+    decay to `hp.lr * hp.min_lr_ratio` at the last step."""
     decay = [p for p in module.parameters() if p.requires_grad and p.ndim >= 2]
     no_decay = [p for p in module.parameters() if p.requires_grad and p.ndim < 2]
     groups = [{"params": decay, "weight_decay": hp.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]

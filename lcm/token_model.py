@@ -31,7 +31,7 @@ from lcm.errors import LCMError
 from lcm.handoff import DataConsumer, TextData, expect
 from lcm.metrics import token_entropy
 from lcm.model import LCMConfig
-from lcm.optim import adamw_warmup_cosine
+from lcm.optim import OptimConfig, adamw_warmup_cosine
 from lcm.tokenizer import SentenceTokenizer, TokenizerInCheckpoint
 
 DEFAULT_TOKEN_ARCH = LCMConfig(d_model=256, n_layer=4, n_head=4, max_seq_len=512, dropout=0.1)
@@ -65,7 +65,7 @@ class TokenLM(CompileOnFit, TokenizerInCheckpoint, DataConsumer, L.LightningModu
     Args:
         arch: transformer shape (`embed_dim` is unused); `max_seq_len` = prompt + solution tokens.
         vocab_size: byte-level BPE vocabulary trained on the training split at fit start.
-        lr, weight_decay, betas, warmup_steps, min_lr_ratio: AdamW + warmup/cosine (as for the concept model).
+        optim: AdamW + warmup/cosine (`lcm.optim.OptimConfig`, as for the concept model; 50 warmup steps).
         compile: `torch.compile` the network (`self.net`, its training forward) when `fit` starts, in place
             (`nn.Module.compile`: parameter names and checkpoints unchanged); KV-cache generation stays eager.
 
@@ -75,17 +75,16 @@ class TokenLM(CompileOnFit, TokenizerInCheckpoint, DataConsumer, L.LightningModu
 
     KIND, WHAT = "token", "token-baseline"
 
-    def __init__(self, arch: LCMConfig = DEFAULT_TOKEN_ARCH, vocab_size: int = 1024, lr: float = 1e-3,
-                 weight_decay: float = 0.1, betas: tuple[float, float] = (0.9, 0.95), warmup_steps: int = 50,
-                 min_lr_ratio: float = 0.1, compile: bool = False):
+    def __init__(self, arch: LCMConfig = DEFAULT_TOKEN_ARCH, vocab_size: int = 1024,
+                 optim: OptimConfig = OptimConfig(warmup_steps=50), compile: bool = False):
         super().__init__()
         if isinstance(arch, dict):  # from a checkpoint's hyperparameters
             arch = LCMConfig(**arch)
         if vocab_size < MIN_VOCAB:
             raise LCMError(f"vocab_size={vocab_size} is below the {MIN_VOCAB} byte-level tokens + specials")
-        self.save_hyperparameters({"arch": asdict(arch), "vocab_size": vocab_size, "lr": lr,
-                                   "weight_decay": weight_decay, "betas": tuple(betas), "warmup_steps": warmup_steps,
-                                   "min_lr_ratio": min_lr_ratio, "compile": bool(compile)})
+        self.optim = OptimConfig.of(optim)
+        self.save_hyperparameters({"arch": asdict(arch), "vocab_size": vocab_size, "optim": self.optim.hparams(),
+                                   "compile": bool(compile)})
         self.arch = arch
         self.net = CausalTokenStack(arch, vocab_size)
         self.tokenizer: SentenceTokenizer | None = None
@@ -173,7 +172,7 @@ class TokenLM(CompileOnFit, TokenizerInCheckpoint, DataConsumer, L.LightningModu
                      sync_dist=True)
 
     def configure_optimizers(self):
-        return adamw_warmup_cosine(self, self.hparams)
+        return adamw_warmup_cosine(self, self.optim)
 
     # ---- generation ------------------------------------------------------------------------------
     @torch.no_grad()

@@ -17,7 +17,7 @@ CONFIGS = REPO / "train" / "configs"
 TINY_FIT = [
     "--data.source.init_args.n", "80", "--data.batch_size", "8", "--data.show_progress", "false",
     "--model.arch.d_model", "64", "--model.arch.n_layer", "2", "--model.arch.n_head", "2",
-    "--model.warmup_steps", "5", "--trainer.max_epochs", "2", "--trainer.enable_progress_bar", "false",
+    "--model.optim.warmup_steps", "5", "--trainer.max_epochs", "2", "--trainer.enable_progress_bar", "false",
 ]
 
 

@@ -6,7 +6,7 @@ import yaml
 from conftest import REPO, run_lcm
 
 TINY = ["--data.source.init_args.n", "60", "--data.batch_size", "8", "--model.arch.d_model", "32",
-        "--model.arch.n_layer", "1", "--model.arch.n_head", "2", "--model.warmup_steps", "2",
+        "--model.arch.n_layer", "1", "--model.arch.n_head", "2", "--model.optim.warmup_steps", "2",
         "--trainer.max_epochs", "6", "--trainer.enable_model_summary", "false"]
 
 

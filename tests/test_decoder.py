@@ -19,7 +19,7 @@ TINY_DECODER = [
     "--data.init_args.source.init_args.n", "80", "--data.init_args.batch_size", "16",
     "--data.init_args.show_progress", "false", "--model.init_args.arch.d_model", "64",
     "--model.init_args.arch.n_layer", "2", "--model.init_args.arch.n_head", "2", "--model.init_args.vocab_size", "512",
-    "--model.init_args.warmup_steps", "5", "--trainer.max_epochs", "3", "--trainer.enable_progress_bar", "false",
+    "--model.init_args.optim.warmup_steps", "5", "--trainer.max_epochs", "3", "--trainer.enable_progress_bar", "false",
 ]
 SENTENCES = ["Emma bought 3 packs of 12 forks for $4.50 each.", "So 36 - 12 = 24 forks are left.", "#### 24"]
 

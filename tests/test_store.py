@@ -13,6 +13,7 @@ from lcm.diffusion import DiffusionConfig, DiffusionLCM
 from lcm.errors import LCMError
 from lcm.model import BaseLCM, LCMConfig
 from lcm.module import ConceptLM, target_mask
+from lcm.optim import OptimConfig
 from lcm.train import ConceptDataModule, DatasetSource
 from lcm.train.store import Mapped
 from lcm.train.windows import PadCollate, Window, cut_segments, pack_segments
@@ -185,7 +186,7 @@ def test_fit_on_packed_windows(data, tmp_path, encoder, model_cls):
     assert batch["x"].shape[1] <= 32 and int(batch["doc"].max()) >= 1  # several documents per window
     arch = LCMConfig(embed_dim=384, d_model=32, n_layer=1, n_head=2, max_seq_len=32)
     kw = {"diffusion": DiffusionConfig(denoiser_layers=1, ddim_steps=2)} if model_cls is DiffusionLCM else {}
-    model = model_cls(arch, warmup_steps=1, **kw)
+    model = model_cls(arch, optim=OptimConfig(warmup_steps=1), **kw)
     trainer = L.Trainer(max_steps=3, limit_val_batches=1, logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, accelerator="cpu")
     trainer.fit(model, dm)
