@@ -34,11 +34,23 @@ def default_ckpt(prefix: str) -> Path:
     return found[0] if found else RUNS / f"{prefix}-missing"
 
 
+def print_table(result: dict, methods: list[str], steps: dict[str, int], n: int) -> None:
+    med = result["median_seconds"]
+    table = Table(title=f"{result['problems']} problems x k={result['k']} samples, CPU, {result['torch_threads']} "
+                        f"threads, median of {result['repeats']}")
+    for col in ("method", "samples/s", "steps/s", "seconds"):
+        table.add_column(col, justify="left" if col == "method" else "right")
+    for m in methods:
+        table.add_row(m, f"{n / med[m]:.1f}", f"{steps[m] / med[m]:.1f}", f"{med[m]:.2f}")
+    Console().print(table)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--base", type=Path, default=default_ckpt("quickstart"))
     p.add_argument("--diffusion", type=Path, default=default_ckpt("quickstart_diffusion"))
     p.add_argument("--base-noise", type=float, default=0.5)
+    p.add_argument("--ddim-steps", type=int, default=None, help="two-tower DDIM steps (default: the checkpoint's)")
     p.add_argument("--k", type=int, default=8)
     p.add_argument("--problems", type=int, default=5)
     p.add_argument("--max-steps", type=int, default=12)
@@ -50,7 +62,7 @@ def main() -> None:
     problems = test_problems("train/configs/quickstart.yaml")[: args.problems]
     load_before = os.getloadavg()[0]
     gens = {"Base-LCM": (ConceptGenerator.from_checkpoint(args.base), {"noise": args.base_noise}),
-            "two-tower diffusion": (ConceptGenerator.from_checkpoint(args.diffusion), {})}
+            "two-tower diffusion": (ConceptGenerator.from_checkpoint(args.diffusion), {"ddim_steps": args.ddim_steps})}
     k = args.k
 
     def batched(gen, kw):
@@ -77,20 +89,14 @@ def main() -> None:
     med = {m: statistics.median(v) for m, v in seconds.items()}
     result = {
         "date": dt.datetime.now().isoformat(timespec="seconds"), "problems": len(problems), "k": k,
-        "repeats": args.repeats, "torch_threads": torch.get_num_threads(),
+        "repeats": args.repeats, "ddim_steps": args.ddim_steps, "torch_threads": torch.get_num_threads(),
         "load_avg_1min": {"start": load_before, "end": os.getloadavg()[0]},
         "params": {name: sum(p.numel() for p in g.model.net.parameters()) for name, (g, _) in gens.items()},
         "seconds": seconds, "median_seconds": med, "samples_per_s": {m: n / v for m, v in med.items()},
         "steps_per_s": {m: steps[m] / med[m] for m in med},
         "batching_speedup": {name: med[f"{name}, one by one"] / med[f"{name}, batched"] for name in gens},
     }
-    table = Table(title=f"{len(problems)} problems x k={k} samples, CPU, {result['torch_threads']} threads, "
-                        f"median of {args.repeats}")
-    for col in ("method", "samples/s", "steps/s", "seconds"):
-        table.add_column(col, justify="left" if col == "method" else "right")
-    for m in methods:
-        table.add_row(m, f"{n / med[m]:.1f}", f"{steps[m] / med[m]:.1f}", f"{med[m]:.2f}")
-    Console().print(table)
+    print_table(result, list(methods), steps, n)
     for name, x in result["batching_speedup"].items():
         print(f"batching speedup, {name}: {x:.2f}x")
     write_json(args.out, result)

@@ -28,7 +28,13 @@ def generate_main(args: list[str]) -> None:
     parser.add_argument("--k", type=int, default=4, help="hybrid: bank candidates compared with the decoded text")
     parser.add_argument("--beam", type=int, default=1, help="hybrid: beam size of the sentence decoder (1 = greedy)")
     parser.add_argument("--plan", action="append", default=None,
-                        help="planning models: a plan sentence for the next paragraph (repeat for paragraphs 2, 3, ...)")
+                        help="planning models: the plan of the next paragraph (repeat for paragraphs 2, 3, ...); its "
+                             "sentences become one plan concept the way the checkpoint's planner built them")
+    parser.add_argument("--seed", type=int, default=None, help="seed of the sampling noise")
+    parser.add_argument("--noise", type=float, default=None,
+                        help="Base-LCM only: sample with N(0, noise^2) added to each prediction (normalized space)")
+    parser.add_argument("--guidance", type=float, default=None, help="diffusion only: classifier-free guidance scale")
+    parser.add_argument("--ddim-steps", type=int, default=None, help="diffusion only: DDIM steps per concept")
     parser.add_argument("--device", default="cpu")
     ns = parser.parse_args(args)
     from lcm.generate import ConceptGenerator, format_generation
@@ -37,7 +43,7 @@ def generate_main(args: list[str]) -> None:
     gen = ConceptGenerator.from_checkpoint(ns.ckpt, bank=ns.bank, device=ns.device, decoder=ns.decoder, **hybrid)
     plans = [ns.plan] * len(ns.problem) if ns.plan else None
     outs = gen.generate(ns.problem, max_steps=ns.max_steps, eot_threshold=ns.eot_threshold, feedback=ns.feedback,
-                        plans=plans)
+                        plans=plans, seed=ns.seed, noise=ns.noise, guidance=ns.guidance, ddim_steps=ns.ddim_steps)
     for out in outs:
         print(f"problem: {out.problem}")
         print("\n".join(format_generation(out)))

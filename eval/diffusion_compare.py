@@ -69,8 +69,9 @@ def teacher_forced(model, config: str) -> dict[str, float]:
     return {k: float(out[f"val/{k}"]) for k in ("step_cosine", "step_retrieval_acc")}
 
 
-def with_guidance(model, guidance: float):
-    model.diffusion = model.net.diffusion = dataclasses.replace(model.diffusion, guidance=guidance)
+def with_settings(model, **changes):
+    """The two-tower model with some of its diffusion settings replaced (guidance, ddim_steps, ...)."""
+    model.diffusion = model.net.diffusion = dataclasses.replace(model.diffusion, **changes)
     return model
 
 
@@ -89,6 +90,7 @@ def main() -> None:
     p.add_argument("--max-steps", type=int, default=12)
     p.add_argument("--base-noise", type=float, default=0.5, help="Base-LCM sampling noise (normalized units)")
     p.add_argument("--guidance", type=float, nargs="+", default=[1.0, 2.0, 3.0, 5.0])
+    p.add_argument("--ddim-steps", type=int, default=None, help="two-tower DDIM steps (default: the checkpoint's)")
     p.add_argument("--root", type=Path, default=Path("runs/diffusion_compare"))
     p.add_argument("--retrain", action="store_true")
     p.add_argument("--out", type=Path, default=Path("runs/diffusion_compare/results.json"))
@@ -102,6 +104,8 @@ def main() -> None:
             gen = ConceptGenerator.from_checkpoint(run / "checkpoints" / "last.ckpt")
             diffusion = hasattr(gen.model, "diffusion")
             sampling = {} if diffusion else {"noise": args.base_noise}
+            if diffusion and args.ddim_steps:  # teacher-forced scores and samples alike
+                with_settings(gen.model, ddim_steps=args.ddim_steps)
             row = {"seed": seed, **teacher_forced(gen.model, config),
                    **diversity(gen, problems, args.k, seed, args.max_steps, **sampling)}
             runs[name].append(row)
@@ -109,12 +113,12 @@ def main() -> None:
             if diffusion:
                 default = gen.model.diffusion.guidance
                 for g in args.guidance:
-                    with_guidance(gen.model, g)
+                    with_settings(gen.model, guidance=g)
                     grow = {"seed": seed, **teacher_forced(gen.model, config),
                             **diversity(gen, problems, args.k, seed, args.max_steps)}
                     sweep[str(g)].append(grow)
                     print(f"  guidance {g}", {k: round(v, 4) for k, v in grow.items()}, flush=True)
-                with_guidance(gen.model, default)
+                with_settings(gen.model, guidance=default)
     summary = {name: mean_std(rows) for name, rows in runs.items()}
     sweep_summary = {g: mean_std(rows) for g, rows in sweep.items() if rows}
     write_json(args.out, {"seeds": args.seeds, "k": args.k, "problems": len(problems), "base_noise": args.base_noise,

@@ -8,7 +8,7 @@ noisy next concept into a clean one while cross-attending to the context (LCM pa
   learned null context that every position can always see, then SwiGLU. Predicts the clean x0.
 - Training: x_τ = sqrt(ᾱ_τ) x0 + sqrt(1 - ᾱ_τ) ε with τ uniform; MSE on x0 at target positions. A share
   `cfg_dropout` of positions sees only the null context (classifier-free guidance).
-- Sampling: DDIM over `steps` evenly spaced timesteps from an initial noise of scale `init_noise`, with
+- Sampling: DDIM over `ddim_steps` evenly spaced timesteps from an initial noise of scale `init_noise`, with
   guidance x0 = x0_u + g (x0_c - x0_u) and rescale φ (Lin et al. 2024): mix of the guided x0 rescaled to the
   conditional's std and the guided x0.
 """
@@ -25,28 +25,40 @@ from torch import nn
 from lcm.errors import LCMError
 from lcm.model import BaseLCM, LCMConfig, SwiGLU, init_gpt_weights
 from lcm.module import ConceptLM, packed, target_mask
-from lcm.sampling import randn_like
+from lcm.optim import OptimConfig
+from lcm.sampling import DiffusionSampling, randn_like
 
 
 @dataclass
 class DiffusionConfig:
-    """Diffusion process and sampling defaults (the LCM paper's: 40 steps, noise 0.6, guidance 3, rescale 0.7)."""
+    """Diffusion process and sampling defaults (the LCM paper's: 40 DDIM steps, noise 0.6, guidance 3, rescale 0.7)."""
 
     denoiser_layers: int = 2
     timesteps: int = 100  # training noise levels
     schedule: Literal["cosine", "sigmoid"] = "cosine"
     cfg_dropout: float = 0.15  # share of training positions that see no context
-    steps: int = 40  # DDIM steps at inference
+    ddim_steps: int = 40  # DDIM steps at inference
     init_noise: float = 0.6  # scale of the starting noise
     guidance: float = 3.0  # classifier-free guidance scale; 1 = off
     guidance_rescale: float = 0.7
     eta: float = 0.0  # 0 = deterministic DDIM given the starting noise
 
     def __post_init__(self) -> None:
-        if self.timesteps < 2 or not 1 <= self.steps <= self.timesteps:
-            raise ValueError(f"need timesteps >= 2 and 1 <= steps <= timesteps (got {self.timesteps}, {self.steps})")
+        if self.timesteps < 2 or not 1 <= self.ddim_steps <= self.timesteps:
+            raise ValueError(f"need timesteps >= 2 and 1 <= ddim_steps <= timesteps "
+                             f"(got {self.timesteps}, {self.ddim_steps})")
         if not 0 <= self.cfg_dropout < 1 or self.guidance < 0 or not 0 <= self.guidance_rescale <= 1:
             raise ValueError("cfg_dropout must be in [0, 1), guidance >= 0, guidance_rescale in [0, 1]")
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "DiffusionConfig":
+        """From a checkpoint's hyperparameters; checkpoints written before the rename store `steps` for `ddim_steps`."""
+        d = dict(d)
+        if "steps" in d:
+            if "ddim_steps" in d:
+                raise ValueError("diffusion settings give both `steps` (its old name) and `ddim_steps`")
+            d["ddim_steps"] = d.pop("steps")
+        return cls(**d)
 
 
 # ---- noise schedules ----------------------------------------------------------------------------
@@ -70,9 +82,9 @@ def alphas_cumprod(schedule: str, timesteps: int) -> torch.Tensor:
     return torch.cumprod(1 - betas, dim=0).float()
 
 
-def ddim_timesteps(timesteps: int, steps: int) -> list[int]:
-    """`steps` noise levels evenly spaced from T-1 down to 0 (distinct, descending)."""
-    return sorted({round(x) for x in torch.linspace(timesteps - 1, 0, steps).tolist()}, reverse=True)
+def ddim_timesteps(timesteps: int, ddim_steps: int) -> list[int]:
+    """`ddim_steps` noise levels evenly spaced from T-1 down to 0 (distinct, descending)."""
+    return sorted({round(x) for x in torch.linspace(timesteps - 1, 0, ddim_steps).tolist()}, reverse=True)
 
 
 def ddim(denoise: Callable[[torch.Tensor, int], torch.Tensor], x: torch.Tensor, abar: torch.Tensor, taus: list[int],
@@ -194,14 +206,14 @@ class TwoTowerLCM(nn.Module):
     def sample(self, ctx: torch.Tensor, qpos: torch.Tensor, generator: torch.Generator | None = None,
                doc: torch.Tensor | None = None, **overrides) -> torch.Tensor:
         """Clean next concepts after context positions qpos (B, Q) -> (B, Q, D), by DDIM. `overrides`:
-        steps, init_noise, guidance, guidance_rescale, eta (default: the config's)."""
+        ddim_steps, init_noise, guidance, guidance_rescale, eta (default: the config's)."""
         try:
             cfg = DiffusionConfig(**{**asdict(self.diffusion), **{k: v for k, v in overrides.items() if v is not None}})
         except (TypeError, ValueError) as e:
             raise LCMError(f"diffusion sampling settings: {e}") from e
         B, Q = qpos.shape
         x = cfg.init_noise * randn_like(ctx.new_empty(B, Q, self.cfg.embed_dim).float(), generator)
-        taus = ddim_timesteps(cfg.timesteps, cfg.steps)
+        taus = ddim_timesteps(cfg.timesteps, cfg.ddim_steps)
 
         def denoise(x_tau: torch.Tensor, tau: int) -> torch.Tensor:
             levels = torch.full_like(qpos, tau)
@@ -222,15 +234,15 @@ class DiffusionLCM(ConceptLM):
         Other arguments as `ConceptLM`.
     """
 
+    sampling_settings = DiffusionSampling  # per-call options of generation: guidance, ddim_steps
+
     def __init__(self, arch: LCMConfig = LCMConfig(), diffusion: DiffusionConfig = DiffusionConfig(),
-                 lr: float = 1e-3, weight_decay: float = 0.1, betas: tuple[float, float] = (0.9, 0.95),
-                 warmup_steps: int = 100, min_lr_ratio: float = 0.1, loss_weights: dict[str, float] | None = None,
+                 optim: OptimConfig = OptimConfig(), loss_weights: dict[str, float] | None = None,
                  boundary_threshold: float = 0.9, eval_seed: int = 0, compile: bool = False):
         if isinstance(diffusion, dict):  # from a checkpoint's hyperparameters
-            diffusion = DiffusionConfig(**diffusion)
+            diffusion = DiffusionConfig.from_dict(diffusion)
         self.diffusion, self.eval_seed = diffusion, eval_seed  # read by build_net / extra_hparams below
-        super().__init__(arch, lr=lr, weight_decay=weight_decay, betas=betas, warmup_steps=warmup_steps,
-                         min_lr_ratio=min_lr_ratio, loss_weights=loss_weights, boundary_threshold=boundary_threshold,
+        super().__init__(arch, optim=optim, loss_weights=loss_weights, boundary_threshold=boundary_threshold,
                          compile=compile)
 
     def extra_hparams(self) -> dict:
@@ -280,16 +292,17 @@ class DiffusionLCM(ConceptLM):
         """Raw concepts (B, T, D) -> the contextualizer's final-layer hidden states (B, T, d)."""
         return self.net.context.hidden_states(self.normalizer.normalize(x))
 
-    def denoiser_evals(self, guidance: float | None = None, diffusion_steps: int | None = None, **_) -> int:
+    def denoiser_evals(self, guidance: float | None = None, ddim_steps: int | None = None) -> int:
         """Denoiser forward passes per predicted concept: DDIM steps, twice with classifier-free guidance
-        (the conditional and unconditional passes share one batched call)."""
+        (the conditional and unconditional passes share one batched call). Keywords as `DiffusionSampling`."""
         scale = self.diffusion.guidance if guidance is None else guidance
-        return (diffusion_steps or self.diffusion.steps) * (1 if scale == 1.0 else 2)
+        return (ddim_steps or self.diffusion.ddim_steps) * (1 if scale == 1.0 else 2)
 
     def next_concept(self, x: torch.Tensor, lengths: torch.Tensor, generator: torch.Generator | None = None,
-                     noise: float = 0.0, **sampling) -> torch.Tensor:
+                     **sampling) -> torch.Tensor:
         """Sampled next concept after each sequence's last position. x (A, T, D) raw -> (A, D) raw.
-        `sampling`: steps, init_noise, guidance, guidance_rescale, eta overrides; `noise` is not used."""
+        `sampling`: ddim_steps, init_noise, guidance, guidance_rescale, eta overrides of the checkpoint's settings
+        (generation passes the checked `DiffusionSampling` ones; Base-LCM's `noise` is not an option here)."""
         xn = self.normalizer.normalize(x)
         ctx = self.net.context.hidden_states(xn)  # (A, T, d)
         pred = self.net.sample(ctx, (lengths - 1)[:, None].to(ctx.device), generator, **sampling)[:, 0]  # (A, D)

@@ -1,7 +1,11 @@
-"""Text in, reasoning steps out: a trained concept model + frozen encoder + sentence bank."""
+"""Text in, reasoning steps out: a trained concept model + frozen encoder + sentence bank.
+
+`ConceptGenerator.generate` is the batched driver: it encodes the problems (and supplied plans) once, then
+predicts the next concept of every active row in one `model.next_concept` forward per step and hands each
+row's prediction to the per-row rule (`lcm.generation_step.StepRule`).
+"""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -11,70 +15,17 @@ import torch.nn.functional as F
 
 from lcm.checkpoint import load_checkpoint, model_from_checkpoint
 from lcm.concepts import DEFAULT_EOT_TEXT
-from lcm.decoding import ConceptDecoder, HybridDecoder, RetrievalDecoder
+from lcm.decoding import ConceptDecoder, Decoded, HybridDecoder, RetrievalDecoder
 from lcm.encoders.base import Encoder, encoder_from_config
 from lcm.errors import LCMError
+from lcm.generation_step import Generation, Kind, Row, Step, StepRule, StopReason, format_generation
 from lcm.module import ConceptLM
+from lcm.plan_vectors import plan_vector_rule
 from lcm.retrieval import SentenceBank
-from lcm.text import cap_length, split_sentences
+from lcm.sampling import SamplingSettings, sampling_settings
+from lcm.text import split_and_cap, split_lines
 
-StopReason = Literal["end_of_text", "repetition", "max_steps"]
-
-
-@dataclass
-class Step:
-    text: str
-    embedding: np.ndarray  # (D,) the model's predicted (de-normalized) concept
-    score: float  # round-trip cosine: the decoded text's encoder embedding vs the prediction
-    source: str = "retrieved"  # "retrieved" from a bank, "generated" by the sentence decoder, "supplied" (a user's plan)
-    paragraph: int = 0
-    is_plan: bool = False
-
-
-@dataclass
-class _State:
-    at_paragraph_start: bool
-    paragraph: int = 0
-    paragraph_steps: int = 0
-
-
-@dataclass
-class Generation:
-    problem: str
-    steps: list[Step] = field(default_factory=list)  # plans (is_plan=True) and steps, in order
-    stop_reason: StopReason = "max_steps"
-    breaks_predicted: int = 0  # planning: paragraph ends the model predicted
-    breaks_forced: int = 0  # planning: paragraph ends forced by max_paragraph_steps
-    calls: int = 0  # concept-model predictions made for this solution (one per loop step, the stopping one too)
-    prompt_concepts: int = 0  # leading entries of `inputs` that are the problem's sentences
-    inputs: list[np.ndarray] = field(default_factory=list, repr=False)  # every concept fed to the model (D,)
-
-    @property
-    def paragraphs(self) -> list[list[Step]]:
-        out: list[list[Step]] = []
-        for s in self.steps:
-            while len(out) <= s.paragraph:
-                out.append([])
-            out[s.paragraph].append(s)
-        return out
-
-    @property
-    def text(self) -> str:
-        return "\n".join(s.text for s in self.steps)
-
-
-def format_generation(gen: Generation) -> list[str]:
-    """Readable lines: plans as paragraph headings, numbered steps with their cosine."""
-    lines, n = [], 0
-    for s in gen.steps:
-        if s.is_plan:
-            tag = ", supplied" if s.source == "supplied" else ""
-            lines.append(f"  [plan {s.paragraph + 1}] {s.text}  (cos {s.score:.2f}{tag})")
-        else:
-            n += 1
-            tag = ", generated" if s.source == "generated" else ""
-            lines.append(f"  {n:2d}. {s.text}  (cos {s.score:.2f}{tag})")
-    return lines
+__all__ = ["ConceptGenerator", "Generation", "Step", "StopReason", "concept_model_class", "format_generation"]
 
 
 def concept_model_class(meta: dict) -> type[ConceptLM]:
@@ -110,7 +61,8 @@ class ConceptGenerator:
                  max_chars: int = 256, device: str | torch.device = "cpu", plan_bank: SentenceBank | None = None,
                  decoder: ConceptDecoder | None = None):
         decoder = decoder if decoder is not None else RetrievalDecoder(bank)
-        for name, part in (("sentence bank", bank), ("decoder", decoder)):
+        parts = {"sentence bank": bank, "decoder": decoder, "plan bank": plan_bank}
+        for name, part in ((k, v) for k, v in parts.items() if v is not None):
             if part.encoder_id != encoder.id:
                 raise LCMError(f"encoder {encoder.id!r} does not match the {name}'s {part.encoder_id!r}")
             if part.dim != model.arch.embed_dim:
@@ -126,6 +78,7 @@ class ConceptGenerator:
         self.max_chars = max_chars
         self.device = torch.device(device)
         self.plan_bank = plan_bank
+        self.plan_decoder = RetrievalDecoder(plan_bank) if plan_bank is not None else None  # the model's plans
         self.planning = bool(model.meta.get("planning"))
         if self.planning and plan_bank is None:
             raise LCMError("this model was trained with planning and needs its plan bank (checkpoints/plan_bank)")
@@ -170,17 +123,21 @@ class ConceptGenerator:
                    max_chars=meta.get("max_chars", 256), device=device, plan_bank=plan_bank, decoder=decoder)
 
     def prompt_concepts(self, problem: str) -> list[str]:
-        sentences = [p for s in split_sentences(problem) for p in cap_length(s, self.max_chars)]
+        sentences = split_and_cap(problem, self.max_chars)
         if not sentences:
             raise LCMError("the problem text is empty")
         return sentences
+
+    def plan_sentences(self, plan: str) -> list[str]:
+        """A supplied plan's text -> its sentences (each line split into sentences, capped like training text)."""
+        return [s for line in split_lines(plan) for s in split_and_cap(line, self.max_chars)]
 
     @torch.no_grad()
     def generate(self, problems: str | list[str], max_steps: int = 16, eot_threshold: float = 0.9,
                  feedback: Literal["decoded", "predicted", "retrieved"] = "decoded", stop_on_repeat: bool = True,
                  plans: list[str] | list[list[str]] | None = None, break_threshold: float = 0.9,
-                 max_paragraph_steps: int = 9, num_samples: int = 1, seed: int | None = None, noise: float = 0.0,
-                 guidance: float | None = None, diffusion_steps: int | None = None):
+                 max_paragraph_steps: int = 9, num_samples: int = 1, seed: int | None = None,
+                 noise: float | None = None, guidance: float | None = None, ddim_steps: int | None = None):
         """Generate steps for one problem (returns a `Generation`) or a batch (returns a list).
 
         With `num_samples=k > 1`, k sampled reasoning paths per problem: a list of k `Generation`s for one
@@ -192,121 +149,82 @@ class ConceptGenerator:
             feedback: feed back the decoded sentence's encoder embedding ("decoded", default: "snap", keeps
                 inputs on the data manifold; "retrieved" is its old name) or the raw predicted vector.
             stop_on_repeat: stop when the decoded step equals an earlier step of the same solution.
-            plans: planning models only: plan sentences to steer generation, used in order as the plans of
+            plans: planning models only: plan texts to steer generation, used in order as the plans of
                 paragraphs 1, 2, ... (later paragraphs are planned by the model). One list for a single
-                problem, or one list per problem.
+                problem, or one list per problem. A plan's sentences become one plan concept by the vector
+                rule of the planner the model was trained with (`lcm.plan_vectors`), as training plans were.
             break_threshold: planning: cosine to the break concept at which the paragraph ends.
             max_paragraph_steps: planning: steps after which a break is forced (counted in `breaks_forced`).
             num_samples: sampled paths per problem (see above).
             seed: seed of all sampling noise (same call + same seed = same output); None = fresh noise.
             noise: Base-LCM only: sample by adding N(0, noise^2) to each prediction in normalized space (Base-LCM
                 is otherwise deterministic: its k samples are then identical).
-            guidance, diffusion_steps: diffusion models only: override the checkpoint's guidance scale / DDIM steps.
+            guidance, ddim_steps: diffusion models only: override the checkpoint's guidance scale / DDIM steps.
+                A sampling option the loaded model does not use raises `LCMError` (`lcm.sampling`).
         """
         if num_samples < 1:
             raise LCMError(f"num_samples must be >= 1, not {num_samples}")
+        settings = sampling_settings(self.model, noise=noise, guidance=guidance, ddim_steps=ddim_steps)
+        rule = StepRule(self.eot_text, self.model.break_embedding.detach().cpu().clone(), self.planning,
+                        max_steps=max_steps, max_len=self.model.arch.max_seq_len, eot_threshold=eot_threshold,
+                        break_threshold=break_threshold, max_paragraph_steps=max_paragraph_steps,
+                        stop_on_repeat=stop_on_repeat, feedback=feedback)
         single = isinstance(problems, str)
         problems = [problems] if single else list(problems)
         if not problems:
             return []
-        plan_lists = self._plan_lists(plans, single, len(problems))
-        prompts = [self.prompt_concepts(p) for p in problems]
-        supplied = [s for ps in plan_lists for s in ps]
-        emb = torch.from_numpy(self.encoder.encode([s for p in prompts for s in p] + supplied))  # (S, D)
-        if not torch.isfinite(emb).all():
-            raise LCMError("the encoder returned NaN/inf for the problem text")
-        # one encoder call for everything, then cut back into per-problem lists of (D,) vectors
-        chunks = list(torch.split(emb, [len(p) for p in prompts] + [len(ps) for ps in plan_lists]))
-        seqs = [list(c) for c in chunks[: len(prompts)]]
-        plan_vecs = [list(c) for c in chunks[len(prompts):]]
-        n_problems, k = len(problems), num_samples
-        if k > 1:  # every sample is a row of the same batch
-            problems, plan_lists = [p for p in problems for _ in range(k)], [p for p in plan_lists for _ in range(k)]
-            seqs, plan_vecs = [list(x) for x in seqs for _ in range(k)], [x for x in plan_vecs for _ in range(k)]
+        rows = self._rows(problems, self._plan_lists(plans, single, len(problems)), num_samples)
         generator = torch.Generator().manual_seed(seed) if seed is not None else None
-        sampling = {"noise": noise, "guidance": guidance, "steps": diffusion_steps}
-        max_len = self.model.arch.max_seq_len
-        if max(len(s) for s in seqs) >= max_len:
-            raise LCMError(f"problem has more sentences than the model's context ({max_len} concepts)")
-        results = [Generation(problem=p) for p in problems]
-        states = [_State(at_paragraph_start=self.planning) for _ in problems]
-        active = list(range(len(problems)))
-        eot = self.model.eot_embedding.to(self.device)
-        brk = self.model.break_embedding.to(self.device)
-        if feedback not in ("decoded", "retrieved", "predicted"):
-            raise LCMError(f"feedback must be 'decoded' or 'predicted', not {feedback!r}")
-        while active:
-            preds = self._next_concepts([seqs[i] for i in active], generator, sampling)  # (A, D)
-            for i in active:
-                results[i].calls += 1
-            eot_cos = F.cosine_similarity(preds, eot.expand_as(preds), dim=-1).cpu().numpy()
-            brk_cos = F.cosine_similarity(preds, brk.expand_as(preds), dim=-1).cpu().numpy()
-            pred_np = preds.cpu().numpy()
-            still, step_rows = [], []
-
-            def advance(i: int) -> None:
-                if len(results[i].steps) >= max_steps or len(seqs[i]) >= max_len:
-                    results[i].stop_reason = "max_steps"
-                else:
-                    still.append(i)
-
-            for j, i in enumerate(active):
-                gen, st = results[i], states[i]
-                if st.at_paragraph_start and st.paragraph < len(plan_vecs[i]):  # the user's plan
-                    vec = plan_vecs[i][st.paragraph]
-                    score = float(F.cosine_similarity(vec, preds[j].cpu(), dim=0))
-                    gen.steps.append(Step(plan_lists[i][st.paragraph], pred_np[j], score, "supplied",
-                                          st.paragraph, is_plan=True))
-                    st.at_paragraph_start = False
-                    seqs[i].append(vec)
-                elif eot_cos[j] >= eot_threshold:
-                    gen.stop_reason = "end_of_text"
-                    continue
-                elif st.at_paragraph_start:  # the model's plan, read out through the plan bank
-                    scores, ids = self.plan_bank.search(pred_np[j:j + 1], k=1)
-                    row = int(ids[0, 0])
-                    gen.steps.append(Step(self.plan_bank.texts[row], pred_np[j], float(scores[0, 0]),
-                                          "retrieved", st.paragraph, is_plan=True))
-                    st.at_paragraph_start = False
-                    seqs[i].append(self._feedback(pred_np[j], self.plan_bank.embeddings([row])[0], feedback))
-                # before the step read-out: a predicted break's nearest bank sentence is often end-of-text
-                elif self.planning and (brk_cos[j] >= break_threshold or st.paragraph_steps >= max_paragraph_steps):
-                    if brk_cos[j] >= break_threshold:
-                        gen.breaks_predicted += 1
-                    else:
-                        gen.breaks_forced += 1
-                    st.paragraph, st.paragraph_steps, st.at_paragraph_start = st.paragraph + 1, 0, True
-                    seqs[i].append(brk.cpu())
-                else:
-                    step_rows.append(j)  # decoded below, all rows in one call
-                    continue
-                advance(i)
-            decoded = self.decoder.decode(pred_np[step_rows]) if step_rows else []
-            for j, d in zip(step_rows, decoded):
-                i = active[j]
-                gen, st = results[i], states[i]
-                if d.text == self.eot_text:
-                    gen.stop_reason = "end_of_text"
-                    continue
-                if stop_on_repeat and any(s.text == d.text for s in gen.steps if not s.is_plan):
-                    gen.stop_reason = "repetition"
-                    continue
-                gen.steps.append(Step(d.text, pred_np[j], d.score, d.source, st.paragraph))
-                st.paragraph_steps += 1
-                seqs[i].append(self._feedback(pred_np[j], d.embedding, feedback))
-                advance(i)
-            active = sorted(still)
-        for gen, seq, prompt in zip(results, seqs, (p for p in prompts for _ in range(k))):
-            gen.inputs, gen.prompt_concepts = [v.numpy() for v in seq], len(prompt)
-        if k > 1:
-            grouped = [results[i * k:(i + 1) * k] for i in range(n_problems)]
+        self._drive(rows, rule, generator, settings)
+        results = [row.finish() for row in rows]
+        if num_samples > 1:
+            grouped = [results[i:i + num_samples] for i in range(0, len(results), num_samples)]
             return grouped[0] if single else grouped
         return results[0] if single else results
 
-    @staticmethod
-    def _feedback(pred: np.ndarray, decoded: np.ndarray, mode: str) -> torch.Tensor:
-        """The next input: the decoded text's embedding ("decoded") or the raw prediction ("predicted")."""
-        return torch.from_numpy(np.array(pred if mode == "predicted" else decoded, dtype=np.float32))
+    def _rows(self, problems: list[str], plan_lists: list[list[str]], k: int) -> list[Row]:
+        """k rows per problem (its samples, adjacent), from one encoder call for every prompt and plan sentence."""
+        prompts = [self.prompt_concepts(p) for p in problems]
+        plan_texts = [[self.plan_sentences(plan) for plan in plans] for plans in plan_lists]
+        sentences = [s for p in prompts for s in p] + [s for plans in plan_texts for plan in plans for s in plan]
+        emb = torch.from_numpy(self.encoder.encode(sentences))  # (S, D)
+        if not torch.isfinite(emb).all():
+            raise LCMError("the encoder returned NaN/inf for the problem text")
+        chunks = iter(torch.split(emb, [len(p) for p in prompts] + [len(p) for plans in plan_texts for p in plans]))
+        seqs = [list(next(chunks)) for _ in prompts]  # per problem: its sentences' (D,) concepts
+        plan_rule = plan_vector_rule(self.model.meta.get("planner")) if any(plan_lists) else None
+        plan_vecs = [[torch.from_numpy(plan_rule(next(chunks).numpy())) for _ in plans] for plans in plan_lists]
+        max_len = self.model.arch.max_seq_len
+        if max(len(s) for s in seqs) >= max_len:
+            raise LCMError(f"problem has more sentences than the model's context ({max_len} concepts)")
+        return [Row(Generation(problem, prompt_concepts=len(seq)), list(seq), list(zip(texts, vecs)),
+                    at_paragraph_start=self.planning)
+                for problem, seq, texts, vecs in zip(problems, seqs, plan_lists, plan_vecs) for _ in range(k)]
+
+    def _drive(self, rows: list[Row], rule: StepRule, generator: torch.Generator | None,
+               settings: SamplingSettings) -> None:
+        """Step every row until it stops: one batched forward per step for all active rows, then the rule per row."""
+        eot = self.model.eot_embedding.to(self.device)
+        brk = self.model.break_embedding.to(self.device)
+        active = list(rows)
+        while active:
+            preds = self._next_concepts([r.inputs for r in active], generator, settings)  # (A, D)
+            eot_cos = F.cosine_similarity(preds, eot.expand_as(preds), dim=-1).cpu().numpy()
+            brk_cos = F.cosine_similarity(preds, brk.expand_as(preds), dim=-1).cpu().numpy()
+            pred_np = preds.cpu().numpy()
+            kinds = [rule.classify(r, e, b) for r, e, b in zip(active, eot_cos, brk_cos)]
+            readouts = self._read_out(pred_np, kinds)
+            active = [r for r, kind, p, d in zip(active, kinds, pred_np, readouts) if rule.apply(r, kind, p, d)]
+
+    def _read_out(self, preds: np.ndarray, kinds: list[Kind]) -> list[Decoded | None]:
+        """Text for the rows that need it: steps through the decoder, the model's plans through the plan bank
+        (one call each). preds (A, D) -> one `Decoded` or None per row."""
+        out: list[Decoded | None] = [None] * len(kinds)
+        for kind, decoder in ((Kind.STEP, self.decoder), (Kind.PLAN, self.plan_decoder)):
+            rows = [j for j, k in enumerate(kinds) if k is kind]
+            for j, decoded in zip(rows, decoder.decode(preds[rows]) if rows else []):
+                out[j] = decoded
+        return out
 
     def _plan_lists(self, plans, single: bool, n: int) -> list[list[str]]:
         if plans is None:
@@ -316,17 +234,16 @@ class ConceptGenerator:
         if not single and not all(isinstance(p, (list, tuple)) for p in plans):
             raise LCMError("for several problems, plans must be one list of plan sentences per problem")
         lists = [list(plans)] if single else [list(p) for p in plans]
-        if len(lists) != n or not all(isinstance(s, str) and s.strip() for p in lists for s in p):
+        if len(lists) != n or not all(isinstance(s, str) and self.plan_sentences(s) for p in lists for s in p):
             raise LCMError(f"plans must be non-empty sentences: one list for one problem, or one list per problem "
                            f"({n} problems)")
         return lists
 
-    def _next_concepts(self, seqs: list[list[torch.Tensor]], generator: torch.Generator | None = None,
-                       sampling: dict | None = None) -> torch.Tensor:
+    def _next_concepts(self, seqs: list[list[torch.Tensor]], generator: torch.Generator | None,
+                       settings: SamplingSettings) -> torch.Tensor:
         """Right-padded batch; the model's (possibly sampled) concept after each sequence's last one. (A, D)"""
         lengths = torch.tensor([len(s) for s in seqs])
         x = torch.zeros(len(seqs), int(lengths.max()), self.model.arch.embed_dim)
         for b, s in enumerate(seqs):
             x[b, : len(s)] = torch.stack(s)
-        return self.model.next_concept(x.to(self.device), lengths, generator,
-                                       **{k: v for k, v in (sampling or {}).items() if v is not None})
+        return self.model.next_concept(x.to(self.device), lengths, generator, **settings.model_kwargs())

@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from lcm.retrieval import unit_rows
+
 # "1. Initial amounts:", "Step 2:", "## Costs", "Part B)" -- a line that opens a section.
 # ("#### 42", the GSM answer line, is not a markdown header: a header starts with a letter.)
 SECTION_HEADER = re.compile(
@@ -117,7 +119,7 @@ def group_fixed(steps: list[str], size: int) -> list[list[str]]:
 
 def similarity_breaks(emb: np.ndarray, threshold: float) -> list[int]:
     """Indices i where a new paragraph starts because cos(step i-1, step i) < threshold. emb: (N, D)."""
-    unit = emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
+    unit = unit_rows(emb)
     cos = (unit[1:] * unit[:-1]).sum(axis=1)  # (N-1,)
     return [i + 1 for i in np.flatnonzero(cos < threshold).tolist()]
 

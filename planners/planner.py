@@ -1,16 +1,14 @@
-"""Planners: the plan concept of a paragraph that has no section header."""
+"""Planners: the plan concept of a paragraph that has no section header.
+
+The vector rules live on the core floor (`lcm.plan_vectors`): generation turns a supplied plan into a plan
+concept with the same rule, picked by the planner's class name that the checkpoint records."""
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 
 import numpy as np
 
-
-def _centroid_pick(emb: np.ndarray) -> int:
-    """Row of the step closest (cosine) to the paragraph's mean embedding. emb: (N, D)."""
-    unit = emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
-    mean = unit.mean(0)
-    return int(np.argmax(unit @ mean))
+from lcm.plan_vectors import centroid_pick, extractive_vector, mean_rescaled
 
 
 class Planner(ABC):
@@ -26,8 +24,7 @@ class ExtractivePlanner(Planner):
     so the plan is readable and its vector lies on the encoder's manifold."""
 
     def plan(self, steps: list[str], emb: np.ndarray) -> tuple[str, np.ndarray]:
-        i = _centroid_pick(emb)
-        return steps[i], np.asarray(emb[i], dtype=np.float32)
+        return steps[centroid_pick(emb)], extractive_vector(emb)
 
 
 class MeanPlanner(Planner):
@@ -35,7 +32,4 @@ class MeanPlanner(Planner):
     (a point between the steps, not a sentence); its display text is the most central step."""
 
     def plan(self, steps: list[str], emb: np.ndarray) -> tuple[str, np.ndarray]:
-        mean = emb.mean(0)
-        target_norm = float(np.linalg.norm(emb, axis=1).mean())
-        vec = mean * (target_norm / max(float(np.linalg.norm(mean)), 1e-12))
-        return steps[_centroid_pick(emb)], vec.astype(np.float32)
+        return steps[centroid_pick(emb)], mean_rescaled(emb)

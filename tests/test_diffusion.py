@@ -1,4 +1,7 @@
 """Two-tower diffusion LCM: schedule maths, DDIM, guidance, causal context, sampling API, checkpoints."""
+import math
+import shutil
+
 import numpy as np
 import pytest
 import torch
@@ -16,9 +19,10 @@ from lcm.diffusion import (
 from lcm.errors import LCMError
 from lcm.generate import ConceptGenerator
 from lcm.model import LCMConfig
+from lcm.sampling import BaseLCMSampling, DiffusionSampling, sampling_settings
 
 TINY_DIFFUSION = [a.replace("--model.", "--model.init_args.") for a in TINY_FIT] + [
-    "--model.init_args.diffusion.denoiser_layers", "1", "--model.init_args.diffusion.steps", "5"]
+    "--model.init_args.diffusion.denoiser_layers", "1", "--model.init_args.diffusion.ddim_steps", "5"]
 PROBLEM = "Tom has 12 apples. He gives 5 to Ann. How many apples does Tom have left?"
 
 
@@ -46,10 +50,43 @@ def test_ddim_returns_the_denoisers_clean_sample(steps, eta):
     # a perfect denoiser: whatever the noise level, the clean sample is x0
     out = ddim(lambda x, tau: x0, torch.randn(3, 8), abar, taus, eta, torch.Generator().manual_seed(0))
     assert torch.allclose(out, x0, atol=1e-5)
-    # the implied noise of one DDIM step from q(x_tau | x0) is exactly the noise that was added
-    eps, tau = torch.randn(3, 8), taus[0]
-    x_tau = abar[tau].sqrt() * x0 + (1 - abar[tau]).sqrt() * eps
-    assert torch.allclose((x_tau - abar[tau].sqrt() * x0) / (1 - abar[tau]).sqrt(), eps, atol=1e-5)
+
+
+def ddim_inputs(x0_hat: torch.Tensor, x_start: torch.Tensor, taus: list[int], eta: float) -> list[torch.Tensor]:
+    """The noisy inputs the project's `ddim` hands its denoiser, for a denoiser that always predicts x0_hat."""
+    seen = []
+
+    def denoise(x, tau):
+        seen.append(x.clone())
+        return x0_hat
+
+    ddim(denoise, x_start, alphas_cumprod("cosine", 100), taus, eta, torch.Generator().manual_seed(0))
+    return seen
+
+
+@pytest.mark.parametrize("eta", [0.0, 1.0])
+def test_one_ddim_step_is_the_papers_update(eta):
+    """x at the second noise level, from DDIM (Song et al. 2021, eq. 12 with σ of eq. 16), in float64 here."""
+    abar = alphas_cumprod("cosine", 100).double()
+    taus = ddim_timesteps(100, 4)[1:]  # 66, 33, 0 (from 99, η = 1 loses ~1e-4 to float32 cancellation in 1 - ᾱ' - σ²)
+    x0_hat, x_start = torch.randn(3, 8), torch.randn(3, 8)
+    a, a_prev = abar[taus[0]], abar[taus[1]]
+    eps = (x_start.double() - a.sqrt() * x0_hat.double()) / (1 - a).sqrt()
+    sigma = eta * math.sqrt((1 - a_prev) / (1 - a) * (1 - a / a_prev))
+    z = torch.randn(3, 8, generator=torch.Generator().manual_seed(0)).double()  # the step's fresh noise (eta > 0)
+    expected = a_prev.sqrt() * x0_hat.double() + (1 - a_prev - sigma**2).sqrt() * eps + sigma * z
+    assert torch.allclose(ddim_inputs(x0_hat, x_start, taus, eta)[1].double(), expected, atol=1e-5)
+
+
+def test_deterministic_ddim_keeps_the_noise_direction_of_a_perfect_denoiser():
+    """x_τ = √ᾱ_τ x0 + √(1-ᾱ_τ) ε and a denoiser that returns x0: each η = 0 step lands on √ᾱ x0 + √(1-ᾱ) ε of
+    the next level, with the same ε (DDIM's implied noise is the noise that was added)."""
+    abar = alphas_cumprod("cosine", 100)
+    taus = ddim_timesteps(100, 5)
+    x0, eps = torch.randn(3, 8), torch.randn(3, 8)
+    start = abar[taus[0]].sqrt() * x0 + (1 - abar[taus[0]]).sqrt() * eps
+    for tau, x in zip(taus, ddim_inputs(x0, start, taus, 0.0)):
+        assert torch.allclose(x, abar[tau].sqrt() * x0 + (1 - abar[tau]).sqrt() * eps, atol=1e-5)
 
 
 def test_guidance_scale_one_is_the_conditional_and_rescale_matches_std():
@@ -57,13 +94,18 @@ def test_guidance_scale_one_is_the_conditional_and_rescale_matches_std():
     assert torch.equal(guide(c, u, 1.0, 0.7), c)
     assert torch.allclose(guide(c, u, 3.0, 0.0), u + 3 * (c - u))
     assert torch.allclose(guide(c, u, 3.0, 1.0).std(-1), c.std(-1), atol=1e-5)
+    # guidance rescale (Lin et al. 2024, eq. 15-16), in numpy float64
+    cn, un = c.double().numpy(), u.double().numpy()
+    g = un + 3.0 * (cn - un)
+    rescaled = g * cn.std(-1, keepdims=True) / g.std(-1, keepdims=True)
+    assert np.allclose(guide(c, u, 3.0, 0.7).numpy(), 0.7 * rescaled + 0.3 * g, atol=1e-5)
 
 
 @pytest.fixture(scope="module")
 def net():
     torch.manual_seed(0)
     cfg = LCMConfig(embed_dim=12, d_model=16, n_layer=2, n_head=2, max_seq_len=16, dropout=0.0)
-    model = TwoTowerLCM(cfg, DiffusionConfig(denoiser_layers=2, steps=4)).eval()
+    model = TwoTowerLCM(cfg, DiffusionConfig(denoiser_layers=2, ddim_steps=4)).eval()
     for p in model.parameters():  # AdaLN-Zero starts as identity: perturb so the tests see real attention
         p.data.add_(0.05 * torch.randn_like(p))
     return model
@@ -92,6 +134,10 @@ def test_cfg_off_equals_guidance_one_and_sampling_is_seeded(net):
     qpos = torch.tensor([[4], [2], [0]])
     x_tau, tau = torch.randn(3, 1, 12), torch.full((3, 1), 30)
     assert torch.equal(net.guided(ctx, x_tau, tau, qpos, 1.0, 0.7), net.denoise(ctx, x_tau, tau, qpos, None))
+    # guided: the conditional and the context-free pass in one batch, combined by `guide`
+    cond = net.denoise(ctx, x_tau, tau, qpos, None)
+    uncond = net.denoise(ctx, x_tau, tau, qpos, torch.zeros_like(qpos, dtype=torch.bool))
+    assert torch.allclose(net.guided(ctx, x_tau, tau, qpos, 3.0, 0.7), guide(cond, uncond, 3.0, 0.7), atol=1e-5)
     a = net.sample(ctx, qpos, torch.Generator().manual_seed(1), guidance=1.0)
     b = ddim(lambda x, t: net.denoise(ctx, x, torch.full_like(qpos, t), qpos, None),
              0.6 * torch.randn(3, 1, 12, generator=torch.Generator().manual_seed(1)), net.abar, ddim_timesteps(100, 4))
@@ -109,7 +155,7 @@ def diffusion_run(tmp_path_factory):
 def test_diffusion_checkpoint_round_trip_and_k_samples(diffusion_run):
     ckpt = torch.load(diffusion_run / "checkpoints" / "last.ckpt", weights_only=False)
     assert ckpt["lcm"]["model_class"] == "lcm.diffusion.DiffusionLCM"
-    assert ckpt["hyper_parameters"]["diffusion"]["steps"] == 5
+    assert ckpt["hyper_parameters"]["diffusion"]["ddim_steps"] == 5
     assert "val/step_cosine" in (diffusion_run / "metrics.csv").read_text()
     gen = ConceptGenerator.from_checkpoint(diffusion_run / "checkpoints" / "last.ckpt")
     assert type(gen.model) is DiffusionLCM and gen.model.diffusion.denoiser_layers == 1
@@ -125,10 +171,45 @@ def test_diffusion_checkpoint_round_trip_and_k_samples(diffusion_run):
     nxt = gen.model.next_concept(x, torch.ones(4, dtype=torch.long), torch.Generator().manual_seed(0))
     assert nxt.shape == (4, 384) and (nxt - nxt[0]).abs().max() > 1e-4  # different noise per sample
     batch = gen.generate([PROBLEM, "Sam reads 4 pages a day. How many pages in 7 days?"], num_samples=2, seed=0,
-                         max_steps=2, guidance=1.0, diffusion_steps=2)
+                         max_steps=2, guidance=1.0, ddim_steps=2)
     assert len(batch) == 2 and all(len(group) == 2 for group in batch)
-    with pytest.raises(LCMError, match="diffusion sampling settings"):
-        gen.generate(PROBLEM, diffusion_steps=0)
+    assert gen.model.denoiser_evals(guidance=1.0, ddim_steps=2) == 2 and gen.model.denoiser_evals() == 5 * 2
+    for bad in ({"ddim_steps": 0}, {"ddim_steps": 101}, {"guidance": -1.0}):
+        with pytest.raises(LCMError, match="diffusion sampling settings"):
+            gen.generate(PROBLEM, **bad)
+
+
+def test_sampling_options_a_model_does_not_use_are_refused(diffusion_run, trained_run):
+    """Before, `noise` was silently ignored by diffusion models and `guidance` / DDIM steps by Base-LCM."""
+    diffusion = ConceptGenerator.from_checkpoint(diffusion_run / "checkpoints" / "last.ckpt")
+    base = ConceptGenerator.from_checkpoint(trained_run / "checkpoints" / "last.ckpt")
+    for gen, option, kind in ((diffusion, {"noise": 0.5}, "diffusion"), (base, {"guidance": 2.0}, "Base-LCM"),
+                              (base, {"ddim_steps": 10}, "Base-LCM")):
+        (name,) = option
+        with pytest.raises(LCMError, match=f"sampling option '{name}' does nothing for a {kind} model") as e:
+            gen.generate(PROBLEM, num_samples=2, seed=0, max_steps=2, **option)
+        assert "\n" not in str(e.value)
+    assert type(sampling_settings(diffusion.model, guidance=2.0, ddim_steps=3)) is DiffusionSampling
+    assert sampling_settings(base.model, noise=0.5) == BaseLCMSampling(noise=0.5)
+    assert sampling_settings(base.model).model_kwargs() == {"noise": 0.0}
+    assert sampling_settings(diffusion.model, guidance=None).model_kwargs() == {}  # None = the checkpoint's
+    with pytest.raises(LCMError, match="Base-LCM sampling settings: noise must be"):
+        sampling_settings(base.model, noise=-1.0)
+
+
+def test_checkpoint_from_before_the_ddim_steps_rename_still_loads(diffusion_run, tmp_path):
+    ckpts = tmp_path / "ckpts"
+    shutil.copytree(diffusion_run / "checkpoints", ckpts)
+    ckpt = torch.load(ckpts / "last.ckpt", weights_only=False)
+    settings = ckpt["hyper_parameters"]["diffusion"]
+    settings["steps"] = settings.pop("ddim_steps")  # how checkpoints stored it before the rename
+    torch.save(ckpt, ckpts / "old.ckpt")
+    gen = ConceptGenerator.from_checkpoint(ckpts / "old.ckpt")
+    assert gen.model.diffusion.ddim_steps == 5 and gen.model.hparams["diffusion"]["ddim_steps"] == 5
+    assert "steps" not in gen.model.hparams["diffusion"]  # saved again under the new name
+    assert gen.model.denoiser_evals() == 5 * 2
+    with pytest.raises(ValueError, match="both"):
+        DiffusionConfig.from_dict({**settings, "ddim_steps": 5})
 
 
 def test_base_lcm_samples_with_its_noise_option(trained_run):

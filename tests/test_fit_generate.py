@@ -6,8 +6,10 @@ import pytest
 import torch
 from conftest import CONFIGS, TINY_FIT, run_lcm
 
+from lcm.decoding import Decoded
 from lcm.errors import LCMError
 from lcm.generate import ConceptGenerator, Generation
+from lcm.generation_step import Kind, Row, StepRule
 from lcm.retrieval import SentenceBank
 
 
@@ -27,15 +29,21 @@ def test_generate_api_single_and_batched(trained_run):
     problem = "Tom has 12 apples. He gives 5 to Ann. How many apples does Tom have left?"
     out = gen.generate(problem, max_steps=5)
     assert isinstance(out, Generation) and out.problem == problem
-    assert out.stop_reason in ("end_of_text", "repetition", "max_steps")
-    assert 0 <= len(out.steps) <= 5
-    for step in out.steps:
+    # the stop reason agrees with the record: the cap is reached only at 5 steps (every call made a step);
+    # end-of-text and repetition stop on a prediction that is not recorded, so one call more than steps
+    if out.stop_reason == "max_steps":
+        assert len(out.steps) == 5 and out.calls == 5
+    else:
+        assert len(out.steps) < 5 and out.calls == len(out.steps) + 1
+    assert len(out.inputs) == out.prompt_concepts + len(out.steps) == len(gen.prompt_concepts(problem)) + len(out.steps)
+    for step, fed in zip(out.steps, out.inputs[out.prompt_concepts:]):
         assert step.text in gen.bank.texts and step.embedding.shape == (384,)
         assert np.isfinite(step.embedding).all() and -1 <= step.score <= 1
+        assert np.array_equal(fed, gen.bank.embeddings([gen.bank.texts.index(step.text)])[0])  # "decoded" feedback
     batch = gen.generate([problem, "A shop sells 3 pens for $6. What does one pen cost?"], max_steps=5)
     assert len(batch) == 2 and [s.text for s in batch[0].steps] == [s.text for s in out.steps]  # batching is exact
     fed = gen.generate(problem, max_steps=3, feedback="predicted", stop_on_repeat=False)
-    assert len(fed.steps) <= 3
+    assert all(np.array_equal(v, s.embedding) for v, s in zip(fed.inputs[fed.prompt_concepts:], fed.steps))
 
 
 def test_score_is_cosine_of_retrieved_text_to_prediction(trained_run):
@@ -54,6 +62,15 @@ def test_generate_cli_prints_steps(trained_run, capsys):
                        "Kim has 3 boxes of 4 eggs. How many eggs?"], capsys=None)
     out = capsys.readouterr().out
     assert code == 0 and out.startswith("problem: Kim has 3 boxes") and "[stop: " in out
+    code, _ = run_lcm(["generate", "--ckpt", str(trained_run / "checkpoints" / "last.ckpt"), "--max-steps", "2",
+                       "--seed", "0", "--noise", "0.5", "Kim has 3 boxes of 4 eggs. How many eggs?"], capsys=None)
+    assert code == 0 and "[stop: " in capsys.readouterr().out
+
+
+def test_generate_cli_refuses_a_sampling_option_the_model_does_not_use(trained_run, capsys):
+    code, err = run_lcm(["generate", "--ckpt", str(trained_run / "checkpoints" / "last.ckpt"), "--ddim-steps", "10",
+                         "Kim has 3 boxes of 4 eggs. How many eggs?"], capsys)
+    assert code == 2 and err.count("\n") == 1 and "sampling option 'ddim_steps' does nothing for a Base-LCM model" in err
 
 
 def test_resume_and_validate(trained_run, tmp_path, monkeypatch):
@@ -93,7 +110,12 @@ def test_validate_rebuilds_a_deleted_bank_next_to_the_checkpoint(trained_run, tm
     shutil.rmtree(ckpts / "bank")
     code, _ = run_lcm(["validate", "-c", str(CONFIGS / "quickstart.yaml"), *TINY_FIT, "--ckpt_path", str(ckpts / "last.ckpt")])
     assert code == 0 and (ckpts / "bank" / "manifest.json").is_file()
-    assert ConceptGenerator.from_checkpoint(ckpts / "last.ckpt").generate("Tom has 3 apples. How many?", max_steps=2)
+    rebuilt = ConceptGenerator.from_checkpoint(ckpts / "last.ckpt")
+    original = ConceptGenerator.from_checkpoint(trained_run / "checkpoints" / "last.ckpt")
+    assert sorted(rebuilt.bank.texts) == sorted(original.bank.texts)
+    problem = "Tom has 3 apples. How many?"
+    a, b = (g.generate(problem, max_steps=4, eot_threshold=1.01, stop_on_repeat=False) for g in (rebuilt, original))
+    assert [s.text for s in a.steps] == [s.text for s in b.steps] and (a.stop_reason, a.calls) == (b.stop_reason, b.calls)
 
 
 def test_encoder_mismatch_with_checkpoint(trained_run):
@@ -113,3 +135,66 @@ def test_checkpoint_problems_are_one_line_errors(trained_run, tmp_path, capsys):
     assert code == 2 and err.startswith("error: checkpoint") and "corrupted" in err and err.count("\n") == 1
     code, err = run_lcm(["fit", "-c", str(CONFIGS / "quickstart.yaml"), *TINY_FIT, "--ckpt_path", str(bad)], capsys)
     assert code == 2 and "corrupted" in err and err.count("\n") == 1
+
+
+# ---- the per-row step rule, on hand-made vectors (no model, encoder or bank) -------------------------------
+D = 4
+PRED = np.arange(1, D + 1, dtype=np.float32)
+BREAK = torch.full((D,), -1.0)
+
+
+def row(planning: bool = False, plans=()) -> Row:
+    return Row(Generation("problem", prompt_concepts=1), [torch.zeros(D)], list(plans), at_paragraph_start=planning)
+
+
+def read(text: str, hot: int = 0) -> Decoded:
+    return Decoded(text, np.eye(D, dtype=np.float32)[hot], 0.5, "retrieved")
+
+
+def test_step_rule_stop_reasons_and_feedback():
+    rule = StepRule("End of text.", BREAK, max_steps=3)
+    r = row()
+    assert rule.classify(r, eot_cos=0.95, break_cos=0.0) is Kind.END
+    assert rule.classify(r, eot_cos=0.5, break_cos=0.99) is Kind.STEP  # a break means nothing without planning
+    assert rule.apply(r, Kind.STEP, PRED, read("a", 1))
+    assert [s.text for s in r.gen.steps] == ["a"] and r.gen.steps[0].embedding is PRED
+    assert torch.equal(r.inputs[-1], torch.eye(D)[1])  # "decoded" feedback: the read-out text's embedding
+    assert not rule.apply(r, Kind.STEP, PRED, read("a")) and r.gen.stop_reason == "repetition"
+    assert len(r.gen.steps) == 1 and len(r.inputs) == 2 and r.gen.calls == 2  # the stopping call is counted
+    r = row()
+    assert not rule.apply(r, Kind.STEP, PRED, read("End of text.")) and r.gen.stop_reason == "end_of_text"
+    r = row()
+    assert not rule.apply(r, Kind.END, PRED) and r.gen.stop_reason == "end_of_text" and not r.gen.steps
+    predicted = StepRule("End of text.", BREAK, max_steps=2, stop_on_repeat=False, feedback="predicted")
+    r = row()
+    assert predicted.apply(r, Kind.STEP, PRED, read("a")) and torch.equal(r.inputs[-1], torch.from_numpy(PRED))
+    assert not predicted.apply(r, Kind.STEP, PRED, read("a")) and r.gen.stop_reason == "max_steps"  # repeat allowed
+    assert [s.text for s in r.gen.steps] == ["a", "a"]
+    full = StepRule("End of text.", BREAK, max_len=2)  # the context holds 2 concepts: the prompt and one step
+    r = row()
+    assert not full.apply(r, Kind.STEP, PRED, read("a")) and r.gen.stop_reason == "max_steps"
+    with pytest.raises(LCMError, match="feedback must be"):
+        StepRule("End of text.", BREAK, feedback="snapped")
+
+
+def test_step_rule_plans_and_breaks():
+    rule = StepRule("End of text.", BREAK, planning=True, max_paragraph_steps=1)
+    plan_vec = torch.tensor([0.0, 0.0, 3.0, 4.0])
+    r = row(planning=True, plans=[("Count the apples.", plan_vec)])
+    assert rule.classify(r, eot_cos=0.99, break_cos=0.99) is Kind.SUPPLIED_PLAN  # the user's plan comes first
+    assert rule.apply(r, Kind.SUPPLIED_PLAN, PRED)
+    plan = r.gen.steps[0]
+    assert (plan.text, plan.source, plan.is_plan, plan.paragraph) == ("Count the apples.", "supplied", True, 0)
+    assert torch.equal(r.inputs[-1], plan_vec)
+    assert np.isclose(plan.score, float(PRED @ plan_vec.numpy()) / np.linalg.norm(PRED) / 5.0)
+    assert rule.classify(r, eot_cos=0.5, break_cos=0.95) is Kind.BREAK
+    assert rule.classify(r, eot_cos=0.95, break_cos=0.95) is Kind.END  # end-of-text wins over a break
+    assert rule.apply(r, Kind.STEP, PRED, read("a"))
+    assert rule.classify(r, eot_cos=0.5, break_cos=0.5) is Kind.FORCED_BREAK  # max_paragraph_steps reached
+    assert rule.apply(r, Kind.FORCED_BREAK, PRED) and torch.equal(r.inputs[-1], BREAK)
+    assert (r.paragraph, r.paragraph_steps, r.at_paragraph_start, r.gen.breaks_forced) == (1, 0, True, 1)
+    assert rule.classify(r, eot_cos=0.5, break_cos=0.99) is Kind.PLAN  # no supplied plan left: the model's
+    assert rule.apply(r, Kind.PLAN, PRED, read("Then add.", 2)) and r.gen.steps[-1].is_plan
+    assert rule.classify(r, eot_cos=0.5, break_cos=0.95) is Kind.BREAK
+    assert rule.apply(r, Kind.BREAK, PRED) and r.gen.breaks_predicted == 1
+    assert [s.paragraph for s in r.gen.steps] == [0, 0, 1] and len(r.gen.steps) == 3 and r.gen.calls == 5
