@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from lcm.errors import LCMError
+from lcm.optim import nest_legacy_optim
 
 LIGHTNING_KEYS = ("_instantiator",)  # LightningCLI may record it; Lightning itself drops it before `__init__`
 SHOWN = 3  # names listed per kind of mismatch; the rest are counted
@@ -88,7 +89,7 @@ def _mismatch(path: str | Path, problems: list[str]) -> LCMError:
 def model_from_checkpoint(cls, ckpt: dict, path: str | Path):
     """`cls(**hyper_parameters)` with the checkpoint's weights, or one error line when they do not fit.
     Exceptions from `cls`'s own code (a bug, an invalid value) propagate unchanged."""
-    hparams = {k: v for k, v in ckpt["hyper_parameters"].items() if k not in LIGHTNING_KEYS}
+    hparams = nest_legacy_optim({k: v for k, v in ckpt["hyper_parameters"].items() if k not in LIGHTNING_KEYS})
     problems = hparams_mismatch(cls, hparams)
     if problems:
         raise _mismatch(path, problems)

@@ -16,7 +16,7 @@ from lcm.model import BaseLCM, LCMConfig
 from lcm.normalizer import RobustScaler
 from lcm.optim import OptimConfig, adamw_warmup_cosine
 from lcm.retrieval import unit_rows
-from lcm.sampling import randn_like
+from lcm.sampling import BaseLCMSampling, randn_like
 
 
 def target_mask(types: torch.Tensor, doc: torch.Tensor | None = None) -> torch.Tensor:
@@ -50,6 +50,8 @@ class ConceptLM(CompileOnFit, DataConsumer, L.LightningModule):
             and models loaded for generation stay eager. Worth it on GPUs for long runs; the first steps
             (and each new batch shape, until shapes are marked dynamic) pay the compile time.
     """
+
+    sampling_settings = BaseLCMSampling  # per-call options of generation: noise
 
     def __init__(self, arch: LCMConfig = LCMConfig(), optim: OptimConfig = OptimConfig(),
                  loss_weights: dict[str, float] | None = None, boundary_threshold: float = 0.9, compile: bool = False):

@@ -35,6 +35,15 @@ class OptimConfig:
         return {**asdict(self), "betas": tuple(self.betas)}
 
 
+def nest_legacy_optim(hparams: dict) -> dict:
+    """Checkpoints written before `OptimConfig` stored lr, weight_decay, betas, warmup_steps and min_lr_ratio
+    as top-level hyper-parameters: move them under "optim" so those checkpoints still load."""
+    legacy = {k: hparams[k] for k in OptimConfig.__dataclass_fields__ if k in hparams}
+    if not legacy or "optim" in hparams:
+        return hparams
+    return {**{k: v for k, v in hparams.items() if k not in legacy}, "optim": legacy}
+
+
 def adamw_warmup_cosine(module: L.LightningModule, hp: OptimConfig) -> dict:
     """AdamW (decay on matrices only, fused on CUDA); linear warmup for `hp.warmup_steps`, then cosine
     decay to `hp.lr * hp.min_lr_ratio` at the last step."""

@@ -121,3 +121,17 @@ def test_dataclass_configs_are_checked_unless_they_read_old_dicts_themselves():
     assert "unexpected hyper-parameters: shape.retired" in mismatch(ckpt_of(model, shape={"retired": 0}), Configured)
     old = ckpt_of(model, renamed={"width": 4})
     assert model_from_checkpoint(Configured, old, "m.ckpt").lin.in_features == 4
+
+
+def test_checkpoints_with_flat_optimizer_hparams_still_load(trained_run, tmp_path):
+    """Checkpoints written before `model.optim` kept lr, warmup_steps, ... at the top level."""
+    from lcm.generate import ConceptGenerator
+
+    ckpt = torch.load(trained_run / "checkpoints" / "last.ckpt", weights_only=False)
+    ckpt["hyper_parameters"] = {**{k: v for k, v in ckpt["hyper_parameters"].items() if k != "optim"},
+                                **ckpt["hyper_parameters"]["optim"]}
+    old = tmp_path / "checkpoints" / "old.ckpt"
+    old.parent.mkdir()
+    torch.save(ckpt, old)
+    gen = ConceptGenerator.from_checkpoint(old, bank=trained_run / "checkpoints" / "bank")
+    assert gen.model.optim.warmup_steps == 5 and gen.generate("Tom has 3 apples. How many?", max_steps=2).steps
