@@ -226,8 +226,7 @@ def test_base_lcm_samples_with_its_noise_option(trained_run):
 
 def test_diffusion_with_planning_and_supplied_plans(tmp_path):
     run = fit_in(tmp_path, "quickstart_diffusion.yaml",
-                 [*TINY_DIFFUSION, "--trainer.max_epochs", "1", "--data.init_args.planning", "true",
-                  "--data.init_args.flat_grouping", "fixed"])
+                 [*TINY_DIFFUSION, "--trainer.max_epochs", "1", "--data.init_args.planning.flat_grouping", "fixed"])
     assert "val/plan_cosine" in (run / "metrics.csv").read_text()
     gen = ConceptGenerator.from_checkpoint(run / "checkpoints" / "last.ckpt")
     assert gen.planning and type(gen.model) is DiffusionLCM

@@ -7,7 +7,7 @@ from conftest import CONFIGS, TINY_FIT, fit_in, run_lcm
 
 from lcm.concepts import ConceptType as C
 from lcm.errors import LCMError
-from lcm.planners import ExtractivePlanner, MeanPlanner, Paragraph, group_by_similarity, group_fixed, structure
+from lcm.planners import ExtractivePlanner, MeanPlanner, Paragraph, Planning, group_by_similarity, group_fixed, structure
 from lcm.train import ConceptDataModule, DatasetSource
 
 
@@ -66,7 +66,7 @@ def test_layout(tmp_path, encoder):
 
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     dm = ConceptDataModule(DatasetSource(str(path), answer_field=None), encoder=encoder, cache_dir=str(tmp_path / "c"),
-                           show_progress=False, planning=True, min_paragraph_steps=1)
+                           show_progress=False, planning=Planning(min_paragraph_steps=1))
     dm.setup("fit")
     ids, types = dm.corpus.seqs["train"][0]
     P, S, B, E, Q = C.PLAN, C.STEP, C.BREAK, C.EOT, C.PROMPT

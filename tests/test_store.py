@@ -14,6 +14,7 @@ from lcm.errors import LCMError
 from lcm.model import BaseLCM, LCMConfig
 from lcm.module import ConceptLM, target_mask
 from lcm.optim import OptimConfig
+from lcm.planners import Planning
 from lcm.train import ConceptDataModule, DatasetSource
 from lcm.train.store import Mapped
 from lcm.train.windows import PadCollate, Window, cut_segments, pack_segments
@@ -64,7 +65,7 @@ def test_bad_stores_are_one_clear_error(data, tmp_path, encoder):
     with pytest.raises(LCMError, match="no prepared corpus"):
         make_dm(None, tmp_path, encoder, store=str(tmp_path / "nowhere")).corpus
     with pytest.raises(LCMError, match="disagree .*planning"):
-        make_dm(None, tmp_path, encoder, store=str(folder), planning=True).corpus
+        make_dm(None, tmp_path, encoder, store=str(folder), planning=Planning()).corpus
     texts = folder / "texts.bin"
     blob = texts.read_bytes()
     texts.write_bytes(blob[:-3])

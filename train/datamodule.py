@@ -11,14 +11,14 @@ import numpy as np
 from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader
 
-from lcm.concepts import DEFAULT_BREAK_TEXT, DEFAULT_EOT_TEXT, TARGET_TYPES, ConceptType, layout_mismatch
+from lcm.concepts import DEFAULT_EOT_TEXT, TARGET_TYPES, ConceptType, layout_mismatch
 from lcm.encoders.base import Encoder
 from lcm.encoders.cache import EmbeddingCache
 from lcm.encoders.sentence_transformer import SentenceTransformerEncoder
 from lcm.errors import LCMError
 from lcm.handoff import ConceptData, EncoderRecord, hand_over
-from lcm.planners.paragraphs import Paragraph, group_by_similarity, group_fixed, is_section_header, structure
-from lcm.planners.planner import ExtractivePlanner, Planner
+from lcm.planners.planner import Planner
+from lcm.planners.planning import Planning
 from lcm.retrieval import SentenceBank
 from lcm.train.corpus import CorpusSource
 from lcm.train.documents import Document
@@ -89,7 +89,7 @@ class ConceptTable:
     """Rows of the concept table while a corpus is built: each unique sentence once (encoded through the
     embedding cache), then plan vectors that are no sentence's embedding (e.g. `MeanPlanner`'s)."""
 
-    def __init__(self, cache: EmbeddingCache, planner: Planner):
+    def __init__(self, cache: EmbeddingCache, planner: Planner | None):
         self.cache, self.planner = cache, planner
         self.index: dict[str, int] = {}
         self.texts: list[str] = []
@@ -160,14 +160,9 @@ class ConceptDataModule(SplitLoaders, L.LightningDataModule):
         bank_index: faiss index of the generation sentence bank: exact "flat", "hnsw", or "auto"
             (HNSW above `hnsw_above` sentences).
         hnsw_above: bank size from which "auto" picks HNSW.
-        planning: paragraph-level planning: a plan concept before each paragraph and a break concept
-            between paragraphs (see `lcm.planners`).
-        planner: plan of a paragraph without a section header (default: `ExtractivePlanner`).
-        max_paragraph_steps / min_paragraph_steps: longer paragraphs are cut, shorter ones merged.
-        flat_grouping: how a document with one paragraph and no headers is grouped into paragraphs:
-            "none", "fixed" (`group_size` steps each) or "similarity" (a new paragraph where the cosine
-            of consecutive steps drops below `similarity_threshold`).
-        break_text: the sentence whose embedding is the break concept.
+        planning: paragraph-level planning (`lcm.planners.Planning`: planner, paragraph sizes, grouping, break
+            sentence): a plan concept before each paragraph and a break concept between paragraphs. None = off;
+            YAML `planning: {}` turns it on with the defaults.
     """
 
     def __init__(self, source: CorpusSource | None = None, encoder: Encoder | None = None, cache_dir: str = ".cache/lcm",
@@ -175,10 +170,7 @@ class ConceptDataModule(SplitLoaders, L.LightningDataModule):
                  test_fraction: float = 0.1, split_seed: int = 0, max_chars: int = 256,
                  eot_text: str = DEFAULT_EOT_TEXT, num_workers: int = 0, encode_batch_size: int = 64,
                  show_progress: bool = True, bank_index: Literal["auto", "flat", "hnsw"] = "auto",
-                 hnsw_above: int = 100_000, planning: bool = False, planner: Planner | None = None,
-                 max_paragraph_steps: int = 9, min_paragraph_steps: int = 2,
-                 flat_grouping: Literal["none", "fixed", "similarity"] = "none", group_size: int = 3,
-                 similarity_threshold: float = 0.5, break_text: str = DEFAULT_BREAK_TEXT, store: str | None = None,
+                 hnsw_above: int = 100_000, planning: Planning | None = None, store: str | None = None,
                  long_documents: LongDocuments = "wrap", pack: bool = False,
                  store_dtype: Literal["float16", "float32"] = "float16", banks: bool = True,
                  val_retrieval_max: int = 100_000):
@@ -213,16 +205,12 @@ class ConceptDataModule(SplitLoaders, L.LightningDataModule):
         self.bank_index = bank_index
         self.hnsw_above = hnsw_above
         self.planning = planning
-        self.planner = planner if planner is not None else ExtractivePlanner()
-        self.max_paragraph_steps = max_paragraph_steps
-        self.min_paragraph_steps = min_paragraph_steps
-        self.flat_grouping = flat_grouping
-        self.group_size = group_size
-        self.similarity_threshold = similarity_threshold
-        self.break_text = break_text
-        if planning and (max_paragraph_steps < 1 or min_paragraph_steps < 1 or group_size < 1):
-            raise LCMError("max_paragraph_steps, min_paragraph_steps and group_size must be >= 1")
         self._corpus: Corpus | None = None
+
+    @property
+    def break_text(self) -> str | None:
+        """The break sentence (planning only)."""
+        return self.planning.break_text if self.planning is not None else None
 
     @property
     def embed_dim(self) -> int:
@@ -247,11 +235,10 @@ class ConceptDataModule(SplitLoaders, L.LightningDataModule):
     def handoff(self) -> ConceptData:
         """What a concept model needs from this data (`lcm.handoff.ConceptData`)."""
         c = self.corpus
-        planner = type(self.planner) if self.planning else None
         return ConceptData(
-            encoder=self.encoder_record(), eot_text=self.eot_text, max_chars=self.max_chars, planning=self.planning,
-            break_text=self.break_text if self.planning else None,
-            planner=f"{planner.__module__}.{planner.__qualname__}" if planner else None, corpus=self.corpus_key,
+            encoder=self.encoder_record(), eot_text=self.eot_text, max_chars=self.max_chars,
+            planning=self.planning is not None, break_text=self.break_text,
+            planner=self.planning.planner_path if self.planning else None, corpus=self.corpus_key,
             eot_vector=c.vectors([c.eot_id])[0], break_vector=c.vectors([c.break_id])[0] if self.planning else None,
             fit_targets=self.train_targets, retrieval_candidates=self._retrieval_vectors)
 
@@ -297,7 +284,8 @@ class ConceptDataModule(SplitLoaders, L.LightningDataModule):
             raise LCMError(f"prepared corpus {self.store} has dimension {meta['dim']}, encoder {self.encoder.id} "
                            f"has {self.encoder.dim}")
         # a store always records its end-of-text sentence: a missing one disagrees with any config
-        diff = layout_mismatch({"eot_text": None, **meta}, self.planning, self.eot_text, self.break_text, "store")
+        diff = layout_mismatch({"eot_text": None, **meta}, self.planning is not None, self.eot_text, self.break_text,
+                               "store")
         if diff:
             raise LCMError(f"prepared corpus {self.store} and the data config disagree ({diff})")
         if "max_chars" in meta:  # generation must split prompts as the store's sentences were split
@@ -309,7 +297,7 @@ class ConceptDataModule(SplitLoaders, L.LightningDataModule):
         """Documents -> unique sentences (encoded once, cached) -> a prepared store -> a memory-mapped Corpus."""
         docs, stats = load_documents(self.source, self.max_chars, self.val_fraction, self.test_fraction,
                                      self.split_seed)
-        table = ConceptTable(self.cache(), self.planner)
+        table = ConceptTable(self.cache(), self.planning.planner if self.planning else None)
         eot_id = table.row(self.eot_text)
         break_id = table.row(self.break_text) if self.planning else -1
         for split_docs in docs.values():  # every sentence that can appear, headers included
@@ -328,8 +316,8 @@ class ConceptDataModule(SplitLoaders, L.LightningDataModule):
                 seqs[split].append((np.asarray(ids, dtype=np.int32), np.asarray(types, dtype=np.int8)))
         stats["plan_vectors"] = len(table.extra)
         extra_table = np.stack(table.extra).astype(np.float32) if table.extra else None
-        meta = {"eot_id": eot_id, "break_id": break_id, "planning": self.planning, "eot_text": self.eot_text,
-                "break_text": self.break_text if self.planning else None, "source": self.source.describe(),
+        meta = {"eot_id": eot_id, "break_id": break_id, "planning": self.planning is not None, "eot_text": self.eot_text,
+                "break_text": self.break_text, "source": self.source.describe(),
                 "max_chars": self.max_chars, "split": [self.val_fraction, self.test_fraction, self.split_seed]}
         root = self.cache_dir / "corpora"
         key = corpus_key(self.encoder.id, self.store_dtype, table.texts, extra_table, seqs, meta)
@@ -347,7 +335,7 @@ class ConceptDataModule(SplitLoaders, L.LightningDataModule):
         types = [ConceptType.PROMPT] * len(doc.prompt)
         if not self.planning:
             return ids + [table.index[s] for s in doc.steps], types + [ConceptType.STEP] * len(doc.steps), 0
-        paragraphs = self.paragraphs(doc, table.vectors, table.index)
+        paragraphs = self.planning.paragraphs(doc.paragraphs, lambda texts: table.vectors([table.index[t] for t in texts]))
         for k, para in enumerate(paragraphs):
             ids.append(table.index[para.header] if para.header is not None else table.plan_row(para.steps))
             types.append(ConceptType.PLAN)
@@ -373,16 +361,6 @@ class ConceptDataModule(SplitLoaders, L.LightningDataModule):
         except BaseException:
             writer.abort()
             raise
-
-    def paragraphs(self, doc: Document, vectors, index: dict[str, int]) -> list[Paragraph]:
-        """A document's planned paragraphs; flat single-paragraph documents are grouped as configured."""
-        raw = doc.paragraphs
-        if len(raw) == 1 and not is_section_header(raw[0][0]) and self.flat_grouping != "none":
-            if self.flat_grouping == "fixed":
-                raw = group_fixed(raw[0], self.group_size)
-            else:
-                raw = group_by_similarity(raw[0], vectors([index[s] for s in raw[0]]), self.similarity_threshold)
-        return structure(raw, max_steps=self.max_paragraph_steps, min_steps=self.min_paragraph_steps)
 
     def documents(self, split: str) -> list[Document]:
         """A split's documents (read from the source; the corpus is not built for this)."""
