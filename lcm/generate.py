@@ -230,7 +230,7 @@ class ConceptGenerator:
         if plans is None:
             return [[] for _ in range(n)]
         if not self.planning:
-            raise LCMError("plans= needs a model trained with planning (data.planning: true)")
+            raise LCMError("plans= needs a model trained with planning (data.planning: {...})")
         if not single and not all(isinstance(p, (list, tuple)) for p in plans):
             raise LCMError("for several problems, plans must be one list of plan sentences per problem")
         lists = [list(plans)] if single else [list(p) for p in plans]
