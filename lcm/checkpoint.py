@@ -44,11 +44,9 @@ def _names(what: str, names: list[str]) -> list[str]:
 
 def _config_keys(name: str, value, default) -> tuple[list[str], list[str]]:
     """(unexpected, missing) keys of `value`, a dict standing for the dataclass config `default` is an
-    instance of (`ConceptLM(arch={...})`); nothing to check otherwise, nor for a config with a `from_dict`
-    classmethod: that one reads its own older dicts (renamed fields) and raises its own errors."""
+    instance of (`ConceptLM(arch={...})`); nothing to check otherwise. Older names were already renamed
+    (`upgrade_hparams`)."""
     if not (isinstance(value, dict) and dataclasses.is_dataclass(default) and not isinstance(default, type)):
-        return [], []
-    if callable(getattr(type(default), "from_dict", None)):
         return [], []
     fields = [f for f in dataclasses.fields(default) if f.init]
     required = {f.name for f in fields if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING}
@@ -86,10 +84,22 @@ def _mismatch(path: str | Path, problems: list[str]) -> LCMError:
     return LCMError(f"checkpoint {path} does not match this version of lcm-trainer ({'; '.join(problems)})")
 
 
+def upgrade_hparams(hparams: dict) -> dict:
+    """Hyper-parameters of checkpoints written by earlier versions, in today's names: the flat optimizer keys
+    move under "optim", the diffusion config's `steps` is `ddim_steps`. Used by generation and by the CLI's
+    --ckpt_path (which applies the checkpoint's hyper-parameters to the config)."""
+    hparams = nest_legacy_optim({k: v for k, v in hparams.items() if k not in LIGHTNING_KEYS})
+    diffusion = hparams.get("diffusion")
+    if isinstance(diffusion, dict) and "steps" in diffusion and "ddim_steps" not in diffusion:
+        rest = {k: v for k, v in diffusion.items() if k != "steps"}
+        hparams = {**hparams, "diffusion": {**rest, "ddim_steps": diffusion["steps"]}}
+    return hparams
+
+
 def model_from_checkpoint(cls, ckpt: dict, path: str | Path):
     """`cls(**hyper_parameters)` with the checkpoint's weights, or one error line when they do not fit.
     Exceptions from `cls`'s own code (a bug, an invalid value) propagate unchanged."""
-    hparams = nest_legacy_optim({k: v for k, v in ckpt["hyper_parameters"].items() if k not in LIGHTNING_KEYS})
+    hparams = upgrade_hparams(ckpt["hyper_parameters"])
     problems = hparams_mismatch(cls, hparams)
     if problems:
         raise _mismatch(path, problems)

@@ -111,8 +111,10 @@ class ConceptGenerator:
             raise LCMError(f"encoder {encoder.id!r} (dim {encoder.dim}) differs from the checkpoint's "
                            f"{meta['encoder_id']!r} (dim {model.arch.embed_dim})")
         bank_dir = Path(bank) if bank is not None else Path(path).parent / "bank"
-        sentence_bank = SentenceBank.load(bank_dir, encoder_id=encoder.id, dim=model.arch.embed_dim)
-        plan_bank = (SentenceBank.load(bank_dir.parent / "plan_bank", encoder_id=encoder.id, dim=model.arch.embed_dim)
+        corpus = meta.get("corpus")  # the bank must hold the sentences of the corpus the model was trained on
+        sentence_bank = SentenceBank.load(bank_dir, encoder_id=encoder.id, dim=model.arch.embed_dim, corpus=corpus)
+        plan_bank = (SentenceBank.load(bank_dir.parent / "plan_bank", encoder_id=encoder.id, dim=model.arch.embed_dim,
+                                       corpus=corpus)
                      if meta.get("planning") else None)
         if isinstance(decoder, (str, Path)):
             from lcm.decoder import SentenceDecoderLM

@@ -38,4 +38,5 @@ def token_entropy(logits: torch.Tensor) -> torch.Tensor:
 
     `torch.distributions.Categorical` normalizes the logits and clamps -inf ones (masked tokens) to the
     smallest float, so they contribute 0."""
-    return torch.distributions.Categorical(logits=logits.float()).entropy()
+    # validate_args=False: NaN logits of a diverged model give NaN entropy (logged), not a ValueError, and no host sync
+    return torch.distributions.Categorical(logits=logits.float(), validate_args=False).entropy()

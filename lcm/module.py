@@ -15,6 +15,7 @@ from lcm.metrics import next_step_scores, retrieval_hits
 from lcm.model import BaseLCM, LCMConfig
 from lcm.normalizer import RobustScaler
 from lcm.optim import OptimConfig, adamw_warmup_cosine
+from lcm.plan_vectors import planner_name
 from lcm.retrieval import unit_rows
 from lcm.sampling import BaseLCMSampling, randn_like
 
@@ -116,6 +117,8 @@ class ConceptLM(CompileOnFit, DataConsumer, L.LightningModule):
                 raise LCMError(f"checkpoint was trained with encoder {meta['encoder_id']!r} (dim {meta.get('dim')}), "
                                f"the data config uses {data.encoder.id!r} (dim {data.encoder.dim})")
             diff = layout_mismatch(meta, data.planning, data.eot_text, data.break_text, "checkpoint")
+            if meta.get("planner") and data.planner and planner_name(meta["planner"]) != planner_name(data.planner):
+                diff += f"{'; ' if diff else ''}planner: checkpoint {meta['planner']!r} vs config {data.planner!r}"
             if diff:
                 raise LCMError(f"checkpoint and data config disagree ({diff}); use the config it was trained with")
         self.meta = dict(meta)

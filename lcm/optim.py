@@ -8,7 +8,7 @@ import lightning as L
 import torch
 
 
-@dataclass
+@dataclass(frozen=True)
 class OptimConfig:
     """The optimiser of every lcm LightningModule (YAML: `model.optim: {lr: ..., warmup_steps: ...}`).
 
@@ -28,7 +28,8 @@ class OptimConfig:
 
     @classmethod
     def of(cls, value: "OptimConfig | dict") -> "OptimConfig":
-        """From the YAML / a checkpoint's hyper-parameters (a dict) or as given."""
+        """As given, or from a dict (a checkpoint's hyper-parameters; missing keys take the defaults, as the
+        YAML's `model.optim` does). One set of defaults for every model."""
         return cls(**value) if isinstance(value, dict) else value
 
     def hparams(self) -> dict:

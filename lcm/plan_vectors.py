@@ -6,6 +6,7 @@ records (`meta["planner"]`), so a supplied plan is fed to the model the way trai
 """
 from __future__ import annotations
 
+import warnings
 from typing import Callable
 
 import numpy as np
@@ -51,6 +52,10 @@ def planner_name(record: str | dict | None) -> str:
 def plan_vector_rule(record: str | dict | None) -> PlanVectorRule:
     """The vector rule of the recorded planner, or one clear error for a planner this floor does not know."""
     name = planner_name(record)
+    if record is None:
+        warnings.warn(f"the checkpoint does not record its planner (written before planners were recorded): supplied "
+                      f"plans are built as {DEFAULT_PLANNER} plans; a model trained with MeanPlanner (every shipped "
+                      "planning config) expects mean vectors", stacklevel=3)
     if name not in PLAN_VECTOR_RULES:
         raise LCMError(f"the checkpoint's planner {name!r} has no plan-vector rule (known: "
                        f"{', '.join(sorted(PLAN_VECTOR_RULES))}); supplied plans cannot be turned into its plan concepts")

@@ -124,8 +124,10 @@ class SentenceBank:
         if encoder_id is not None and meta.get("encoder_id") != encoder_id:
             raise LCMError(f"sentence bank at {folder} was built with encoder {meta.get('encoder_id')!r}, "
                            f"the model uses {encoder_id!r}")
-        if corpus is not None and meta.get("corpus") != corpus:
-            raise LCMError(f"sentence bank at {folder} was built from corpus {meta.get('corpus')!r}, not {corpus!r}")
+        if corpus is not None and meta.get("corpus") not in (None, corpus):  # banks from before the record pass
+            raise LCMError(f"sentence bank at {folder} was built from corpus {meta.get('corpus')!r}, not {corpus!r} "
+                           "(the data the model was trained on); rebuild it with `lcm validate -c CONFIG --ckpt_path CKPT` "
+                           "using the training config")
         if dim is not None and index.d != dim:
             raise LCMError(f"sentence bank at {folder} has dimension {index.d}, the model predicts {dim}")
         return cls(texts, vectors, meta["encoder_id"], _faiss_index=index)

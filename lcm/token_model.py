@@ -65,7 +65,7 @@ class TokenLM(CompileOnFit, TokenizerInCheckpoint, DataConsumer, L.LightningModu
     Args:
         arch: transformer shape (`embed_dim` is unused); `max_seq_len` = prompt + solution tokens.
         vocab_size: byte-level BPE vocabulary trained on the training split at fit start.
-        optim: AdamW + warmup/cosine (`lcm.optim.OptimConfig`, as for the concept model; 50 warmup steps).
+        optim: AdamW + warmup/cosine (`lcm.optim.OptimConfig`, the same defaults as every model).
         compile: `torch.compile` the network (`self.net`, its training forward) when `fit` starts, in place
             (`nn.Module.compile`: parameter names and checkpoints unchanged); KV-cache generation stays eager.
 
@@ -76,7 +76,7 @@ class TokenLM(CompileOnFit, TokenizerInCheckpoint, DataConsumer, L.LightningModu
     KIND, WHAT = "token", "token-baseline"
 
     def __init__(self, arch: LCMConfig = DEFAULT_TOKEN_ARCH, vocab_size: int = 1024,
-                 optim: OptimConfig = OptimConfig(warmup_steps=50), compile: bool = False):
+                 optim: OptimConfig = OptimConfig(), compile: bool = False):
         super().__init__()
         if isinstance(arch, dict):  # from a checkpoint's hyperparameters
             arch = LCMConfig(**arch)

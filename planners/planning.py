@@ -1,7 +1,7 @@
 """The planning options of a corpus, in one object (`data.planning`; absent or null = no planning)."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Literal
 
 import numpy as np
@@ -17,8 +17,8 @@ class Planning:
     """Paragraph-level planning: a plan concept before each paragraph and a break concept between paragraphs.
 
     Args:
-        planner: plan of a paragraph without a section header (`ExtractivePlanner`: its most central step;
-            `MeanPlanner`: the mean of its step embeddings).
+        planner: plan of a paragraph without a section header (`ExtractivePlanner`, the default when null: its
+            most central step; `MeanPlanner`: the mean of its step embeddings).
         max_paragraph_steps / min_paragraph_steps: longer paragraphs are cut, shorter ones merged.
         flat_grouping: how a document with one paragraph and no headers is grouped into paragraphs:
             "none", "fixed" (`group_size` steps each) or "similarity" (a new paragraph where the cosine
@@ -26,7 +26,8 @@ class Planning:
         break_text: the sentence whose embedding is the break concept.
     """
 
-    planner: Planner = field(default_factory=ExtractivePlanner)
+    # null, not an instance, as the default: LightningCLI must be able to write the config back (config.yaml)
+    planner: Planner | None = None
     max_paragraph_steps: int = 9
     min_paragraph_steps: int = 2
     flat_grouping: Literal["none", "fixed", "similarity"] = "none"
@@ -35,6 +36,8 @@ class Planning:
     break_text: str = DEFAULT_BREAK_TEXT
 
     def __post_init__(self) -> None:
+        if self.planner is None:
+            self.planner = ExtractivePlanner()
         if min(self.max_paragraph_steps, self.min_paragraph_steps, self.group_size) < 1:
             raise LCMError("planning: max_paragraph_steps, min_paragraph_steps and group_size must be >= 1")
         if self.flat_grouping not in ("none", "fixed", "similarity"):

@@ -2,7 +2,7 @@
 model's own code surfaces as itself."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import lightning as L
 import pytest
@@ -94,33 +94,15 @@ class Shape:
     depth: int = 1
 
 
-@dataclass
-class Renamed:
-    """A config that reads its older dicts itself: `size` was called `width`."""
-    size: int = 4
+def test_dataclass_configs_are_checked_after_old_names_are_renamed():
+    """Diffusion checkpoints written before `ddim_steps` load; an unknown key in a config is the one-line error."""
+    from lcm.diffusion import DiffusionConfig, DiffusionLCM
 
-    @classmethod
-    def from_dict(cls, d: dict) -> "Renamed":
-        d = dict(d)
-        if "width" in d:
-            d["size"] = d.pop("width")
-        return cls(**d)
-
-
-class Configured(L.LightningModule):
-    def __init__(self, shape: Shape = Shape(), renamed: Renamed = Renamed()):
-        super().__init__()
-        shape = Shape(**shape) if isinstance(shape, dict) else shape
-        renamed = Renamed.from_dict(renamed) if isinstance(renamed, dict) else renamed
-        self.save_hyperparameters({"shape": asdict(shape), "renamed": asdict(renamed)})
-        self.lin = torch.nn.Linear(renamed.size, shape.depth)
-
-
-def test_dataclass_configs_are_checked_unless_they_read_old_dicts_themselves():
-    model = Configured()
-    assert "unexpected hyper-parameters: shape.retired" in mismatch(ckpt_of(model, shape={"retired": 0}), Configured)
-    old = ckpt_of(model, renamed={"width": 4})
-    assert model_from_checkpoint(Configured, old, "m.ckpt").lin.in_features == 4
+    model = DiffusionLCM(ARCH, DiffusionConfig(denoiser_layers=1, timesteps=10, ddim_steps=4))
+    old = {k: v for k, v in model.hparams["diffusion"].items() if k != "ddim_steps"} | {"steps": 3}
+    assert model_from_checkpoint(DiffusionLCM, ckpt_of(model, diffusion=old), "m.ckpt").diffusion.ddim_steps == 3
+    bogus = dict(model.hparams["diffusion"], bogus=1)
+    assert "unexpected hyper-parameters: diffusion.bogus" in mismatch(ckpt_of(model, diffusion=bogus), DiffusionLCM)
 
 
 def test_checkpoints_with_flat_optimizer_hparams_still_load(trained_run, tmp_path):
@@ -135,3 +117,33 @@ def test_checkpoints_with_flat_optimizer_hparams_still_load(trained_run, tmp_pat
     torch.save(ckpt, old)
     gen = ConceptGenerator.from_checkpoint(old, bank=trained_run / "checkpoints" / "bank")
     assert gen.model.optim.warmup_steps == 5 and gen.generate("Tom has 3 apples. How many?", max_steps=2).steps
+
+
+def test_old_checkpoints_resume_and_validate_through_the_cli(trained_run, tmp_path):
+    """--ckpt_path applies the checkpoint's hyper-parameters to the config: old names are renamed first."""
+    import os
+
+    from conftest import CONFIGS, TINY_FIT, run_lcm
+
+    ckpt = torch.load(trained_run / "checkpoints" / "last.ckpt", weights_only=False)
+    ckpt["hyper_parameters"] = {**{k: v for k, v in ckpt["hyper_parameters"].items() if k != "optim"},
+                                **ckpt["hyper_parameters"]["optim"]}
+    old = tmp_path / "checkpoints" / "old.ckpt"
+    old.parent.mkdir()
+    torch.save(ckpt, old)
+    cwd = os.getcwd()
+    os.chdir(trained_run.parents[2])  # the fixture's embedding cache
+    try:
+        code, _ = run_lcm(["validate", "-c", str(CONFIGS / "quickstart.yaml"), *TINY_FIT, "--ckpt_path", str(old)])
+    finally:
+        os.chdir(cwd)
+    assert code == 0
+
+
+def test_a_torch_file_that_is_no_checkpoint_is_one_error_line(tmp_path, capsys):
+    from conftest import CONFIGS, run_lcm
+
+    torch.save({"w": torch.zeros(2)}, tmp_path / "weights.pt")
+    code, err = run_lcm(["validate", "-c", str(CONFIGS / "quickstart.yaml"), "--ckpt_path", str(tmp_path / "weights.pt")],
+                        capsys)
+    assert code == 2 and "is not an lcm-trainer checkpoint" in err and err.count("\n") == 1

@@ -90,6 +90,22 @@ def test_print_config(capsys):
     assert code == 0 and "GsmSymbolic" in out and "d_model: 256" in out and "lcm.module.ConceptLM" in out
 
 
+@pytest.mark.parametrize("args", [["-c", "quickstart.yaml", "--data.planning.group_size", "3"],
+                                  ["-c", "quickstart_planning.yaml"], ["-c", "decoder_quickstart.yaml"]])
+def test_the_printed_config_can_be_read_back(args, capsys, tmp_path):
+    """What --print_config shows (and every run saves as config.yaml) parses again: no default object that
+    LightningCLI cannot write out (a planner instance used to print as "Unable to serialize")."""
+    from conftest import run_lcm
+
+    args = [str(CONFIGS / a) if a.endswith(".yaml") else a for a in args]
+    code, _ = run_lcm(["fit", *args, "--print_config"])
+    out = capsys.readouterr().out
+    assert code == 0 and "Unable to serialize" not in out
+    (tmp_path / "config.yaml").write_text(out)
+    code, _ = run_lcm(["fit", "--config", str(tmp_path / "config.yaml"), "--print_config"])
+    assert code == 0 and capsys.readouterr().out == out
+
+
 @pytest.mark.parametrize("path", COMPARE, ids=lambda p: p.name)
 def test_compare_config_loads(path):
     cfg = CompareConfig.load(path)

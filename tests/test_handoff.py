@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -86,25 +87,40 @@ def test_ckpt_path_is_not_unpickled_to_validate_it(trained_run, monkeypatch):
     assert code == 0 and False not in calls and len(calls) == 2, calls
 
 
-def test_validate_on_other_data_rebuilds_a_stale_bank(trained_run, tmp_path):
-    """A bank built from another corpus is not reused (it used to be whenever the encoder matched)."""
-    import shutil
-
-    run = tmp_path / "run"
-    shutil.copytree(trained_run / "checkpoints", run / "checkpoints")
-    bank = run / "checkpoints" / "bank"
-    before = json.loads((bank / "manifest.json").read_text())
+def _validate(trained_run, ckpt: Path, args: list[str]) -> int:
     cwd = os.getcwd()
     os.chdir(trained_run.parents[2])  # the fixture's work folder: its embedding cache is reused
     try:
-        other = [a if a != "80" else "60" for a in TINY_FIT]  # other problems -> another corpus
-        code, _ = run_lcm(["validate", "-c", str(CONFIGS / "quickstart.yaml"), *other, "--ckpt_path",
-                           str(run / "checkpoints" / "last.ckpt")])
+        return run_lcm(["validate", "-c", str(CONFIGS / "quickstart.yaml"), *args, "--ckpt_path", str(ckpt)])[0]
     finally:
         os.chdir(cwd)
-    after = json.loads((bank / "manifest.json").read_text())
-    assert code == 0 and before["corpus"] != after["corpus"]
-    assert after["count"] != before["count"]
+
+
+def test_banks_are_tied_to_the_corpus_the_checkpoint_was_trained_on(trained_run, tmp_path):
+    """A bank built from another corpus is rebuilt under `lcm validate` (it used to be kept whenever the encoder
+    matched) and refused by generation; validating on other data leaves the checkpoint's bank alone."""
+    import shutil
+
+    from lcm.errors import LCMError
+    from lcm.generate import ConceptGenerator
+
+    ckpt_dir = tmp_path / "run" / "checkpoints"
+    shutil.copytree(trained_run / "checkpoints", ckpt_dir)
+    manifest = ckpt_dir / "bank" / "manifest.json"
+    trained_on = torch.load(ckpt_dir / "last.ckpt", weights_only=False)["lcm"]["corpus"]
+    assert json.loads(manifest.read_text())["corpus"] == trained_on
+
+    other = [a if a != "80" else "60" for a in TINY_FIT]  # other problems -> another corpus
+    before = manifest.read_text()
+    assert _validate(trained_run, ckpt_dir / "last.ckpt", other) == 0 and manifest.read_text() == before
+
+    stale = json.loads(before) | {"corpus": "another-corpus"}
+    manifest.write_text(json.dumps(stale))
+    with pytest.raises(LCMError, match="built from corpus 'another-corpus'"):
+        ConceptGenerator.from_checkpoint(ckpt_dir / "last.ckpt")
+    assert _validate(trained_run, ckpt_dir / "last.ckpt", TINY_FIT) == 0
+    assert json.loads(manifest.read_text())["corpus"] == trained_on  # rebuilt from the training corpus
+    assert ConceptGenerator.from_checkpoint(ckpt_dir / "last.ckpt").bank.texts
 
 
 def test_decoder_counts_sentences_cut_without_eos(encoder):

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import lightning as L
 from lightning.pytorch.callbacks import BasePredictionWriter
-from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_only, rank_zero_warn
 
 from lcm.errors import LCMError
 from lcm.generate import format_generation
@@ -33,28 +33,35 @@ def write_banks(trainer: L.Trainer, dm: ConceptDataModule) -> None:
     for name, make in dm.banks_to_write().items():
         folder = dirpath / name
         try:
-            SentenceBank.load(folder, encoder_id=dm.encoder.id, dim=dm.embed_dim, corpus=dm.bank_source)
+            SentenceBank.load(folder, encoder_id=dm.encoder.id, dim=dm.embed_dim, corpus=dm.corpus_key)
             continue  # a valid bank of this data is already there
         except LCMError:
             pass
         bank = make()
         if bank is not None:
-            bank.save(folder, corpus=dm.bank_source)
+            bank.save(folder, corpus=dm.corpus_key)
 
 
 class BankWriter(L.Callback):
     """Writes the retrieval banks of a concept or sentence DataModule next to the checkpoints when `fit` starts,
-    and under `lcm validate --ckpt_path` (which rebuilds a deleted or stale bank). Added to every `lcm` run by
-    the CLI; does nothing for data without banks (the token baseline's)."""
+    and under `lcm validate --ckpt_path` on the data the checkpoint was trained on (which rebuilds a deleted or
+    stale bank). Validating on other data leaves the checkpoint's banks alone: generation reads them. Added to
+    every `lcm` run by the CLI; does nothing for data without banks (the token baseline's)."""
 
     def on_fit_start(self, trainer: L.Trainer, pl_module) -> None:
         if isinstance(trainer.datamodule, ConceptDataModule):
             write_banks(trainer, trainer.datamodule)
 
     def on_validation_start(self, trainer: L.Trainer, pl_module) -> None:
-        if (not trainer.sanity_checking and trainer.state.fn == "validate"
-                and isinstance(trainer.datamodule, ConceptDataModule)):
-            write_banks(trainer, trainer.datamodule)
+        dm = trainer.datamodule
+        if trainer.sanity_checking or trainer.state.fn != "validate" or not isinstance(dm, ConceptDataModule):
+            return
+        trained_on = pl_module.meta.get("corpus")  # the corpus the checkpoint records (concept models)
+        if trained_on not in (None, dm.corpus_key):
+            rank_zero_warn(f"validating on other data (corpus {dm.corpus_key}) than the checkpoint was trained on "
+                           f"({trained_on}): its banks are kept as they are")
+            return
+        write_banks(trainer, dm)
 
 
 class GenerationPreview(L.Callback):

@@ -13,6 +13,7 @@ import lightning as L
 import torch
 from lightning.pytorch.cli import LightningCLI
 
+from lcm.checkpoint import upgrade_hparams
 from lcm.errors import LCMError
 from lcm.train.callbacks import BankWriter, PredictionWriter
 
@@ -32,20 +33,30 @@ class LCMCLI(LightningCLI):
         parser.add_lightning_class_args(PredictionWriter, "prediction_writer")
 
     def _parse_ckpt_path(self) -> None:
-        """Lightning reads the hyper-parameters of --ckpt_path here (one `torch.load`, weights only); a missing
-        or corrupted file becomes one clear line instead of a zip-archive traceback."""
+        """As Lightning's own (one `torch.load`, weights only; the checkpoint's hyper-parameters override the model
+        config), plus: a missing or corrupted file is one clear line instead of a zip-archive traceback, and
+        hyper-parameters written by earlier versions are renamed first (`lcm.checkpoint.upgrade_hparams`)."""
         subcommand = self.config.get("subcommand")
         ckpt = self.config[subcommand].get("ckpt_path") if subcommand else None
-        if not ckpt or ckpt in _CKPT_ALIASES or str(ckpt).startswith("registry:"):
-            return super()._parse_ckpt_path()
+        if not ckpt or ckpt in _CKPT_ALIASES or str(ckpt).startswith("registry:") or "://" in str(ckpt):
+            return super()._parse_ckpt_path()  # aliases and remote (fsspec) paths: Lightning's to read
         if not Path(ckpt).is_file():
             raise LCMError(f"checkpoint {ckpt} does not exist")
         try:
-            super()._parse_ckpt_path()
-        except (SystemExit, KeyboardInterrupt):
-            raise
+            loaded = torch.load(ckpt, weights_only=True, map_location="cpu")
         except Exception as e:  # noqa: BLE001 - zip/pickle errors of every kind mean the same thing here
             raise LCMError(f"checkpoint {ckpt} is corrupted or not a torch checkpoint ({type(e).__name__})") from e
+        if not isinstance(loaded, dict) or not {"state_dict", "hyper_parameters"} <= loaded.keys():
+            raise LCMError(f"checkpoint {ckpt} is not an lcm-trainer checkpoint (no state_dict / hyper_parameters)")
+        hparams = upgrade_hparams(loaded["hyper_parameters"])
+        if not hparams:
+            return
+        if "_class_path" in hparams:
+            hparams = {"class_path": hparams.pop("_class_path"), "dict_kwargs": hparams}
+        try:
+            self.config = self.parser.parse_object({subcommand: {"model": hparams}}, self.config)
+        except SystemExit as e:  # jsonargparse printed why; say which file it was
+            raise LCMError(f"checkpoint {ckpt}: its hyper-parameters do not fit this version's model options") from e
 
 
 BASE_CONFIG = Path(__file__).resolve().parent / "configs" / "base.yaml"

@@ -436,12 +436,6 @@ class ConceptDataModule(SplitLoaders, L.LightningDataModule):
         `banks` is off); written by `lcm.train.callbacks.BankWriter`."""
         return {"bank": self.bank, "plan_bank": self.plan_bank} if self.banks else {}
 
-    @property
-    def bank_source(self) -> str:
-        """Recorded in each bank's manifest: a bank built from other data (or for another kind of model) is
-        stale and rebuilt."""
-        return f"{type(self).__name__}:{self.corpus_key}"
-
     def _bank(self, rows: np.ndarray) -> SentenceBank:
         c = self.corpus
         rows = np.unique(rows)
