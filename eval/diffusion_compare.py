@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from lcm.diffusion import DiffusionLCM
 from lcm.eval.planning_ablation import test_problems, train_run
 from lcm.io import write_json
 
@@ -102,7 +103,7 @@ def main() -> None:
         for name, config in CONFIGS.items():
             run = train_run(config, seed, args.root, args.retrain, label=name)
             gen = ConceptGenerator.from_checkpoint(run / "checkpoints" / "last.ckpt")
-            diffusion = hasattr(gen.model, "diffusion")
+            diffusion = isinstance(gen.model, DiffusionLCM)
             sampling = {} if diffusion else {"noise": args.base_noise}
             if diffusion and args.ddim_steps:  # teacher-forced scores and samples alike
                 with_settings(gen.model, ddim_steps=args.ddim_steps)

@@ -38,6 +38,7 @@ def text_file_sentences(path: Path, max_chars: int) -> list[str]:
 
 def heldout_sentences(config: Path) -> list[str]:
     """Held-out step sentences (val + test documents, never in training) of a decoder data config."""
+    from lcm.train import SentenceDataModule
     from lcm.train.cli import make_cli
 
     if not config.is_file():
@@ -52,7 +53,7 @@ def heldout_sentences(config: Path) -> list[str]:
     data.setdefault("init_args", {})["show_progress"] = False
     # only what builds the data: a run's saved fit config also holds ckpt_path, weights_only, ...
     dm = make_cli({k: cfg[k] for k in ("model", "data") if k in cfg}, run=False).datamodule
-    if not hasattr(dm, "decoder_sentences"):
+    if not isinstance(dm, SentenceDataModule):
         raise LCMError(f"{config} is not a sentence-decoder config (data must be lcm.train.SentenceDataModule)")
     texts = dm.decoder_sentences("val", steps_only=True)[0] + dm.decoder_sentences("test", steps_only=True)[0]
     return list(dict.fromkeys(texts))

@@ -199,7 +199,6 @@ class SentenceDecoderLM(TokenizerInCheckpoint, DataConsumer, L.LightningModule):
         self.net = PrefixDecoder(arch, vocab_size, n_prefix)
         self.tokenizer: SentenceTokenizer | None = None
         self.meta: dict = {}
-        self.data: SentenceData | None = None  # handed over by the DataModule (`attach_data`)
 
     # ---- wiring to the data ----------------------------------------------------------------------
     def attach_data(self, data: SentenceData) -> None:
@@ -207,7 +206,7 @@ class SentenceDecoderLM(TokenizerInCheckpoint, DataConsumer, L.LightningModule):
         tokenizer is trained here unless a resumed checkpoint brings one (`on_load_checkpoint`)."""
         expect(data, SentenceData, type(self).__name__, "lcm.train.SentenceDataModule")
         check_embed_dim(data.encoder, self.arch.embed_dim)
-        self.data = data
+        self.keep_data(data)
         if self.tokenizer is None:
             texts = data.train_texts()
             self.tokenizer = SentenceTokenizer.train(texts, self.hparams.vocab_size)
@@ -258,6 +257,10 @@ class SentenceDecoderLM(TokenizerInCheckpoint, DataConsumer, L.LightningModule):
         self.log("train/loss", loss, prog_bar=True, batch_size=int(n))
         self.log("train/truncated", truncated / len(batch["text"]), batch_size=len(batch["text"]))
         return loss
+
+    def predict_step(self, batch: dict, batch_idx: int) -> None:
+        raise LCMError("lcm predict writes teacher-forced concept predictions: it is for concept models, not "
+                       "the sentence decoder")
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         self._evaluate(batch, batch_idx, "val")

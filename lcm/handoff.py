@@ -1,11 +1,13 @@
 """What a model needs from the data, computed on the data side and handed over as one explicit object.
 
 A DataModule (train floor) builds one of these in its `setup` and passes it to `model.attach_data`; the
-model never reads the DataModule. Expensive parts are callables, so a resumed run whose checkpoint
-already holds the normalizer does not read the training targets.
+model never reads the DataModule. Expensive parts are callables, read when the model needs them (the
+training targets when a fresh model fits its normalizer; `setup` runs before Lightning restores a
+checkpoint, so a resumed run reads them too and the checkpoint then overwrites the result).
 """
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 from typing import Callable
 
@@ -80,10 +82,23 @@ def check_embed_dim(encoder: EncoderRecord, embed_dim: int) -> None:
 
 
 class DataConsumer:
-    """A model that takes its data through `attach_data` (every lcm LightningModule)."""
+    """A model that takes its data through `attach_data` (every lcm LightningModule).
+
+    The model keeps only a weak reference to the object (the DataModule owns it): its callables are bound to
+    the DataModule, and a copy of the model (EMA / SWA weight averaging deep-copies it) must not copy the data."""
+
+    _data_ref: weakref.ref | None = None
 
     def attach_data(self, data: object) -> None:
         raise NotImplementedError
+
+    @property
+    def data(self):
+        """The attached data object, or None (no DataModule handed one over, or it is gone)."""
+        return self._data_ref() if self._data_ref is not None else None
+
+    def keep_data(self, data: object) -> None:
+        self._data_ref = weakref.ref(data)
 
 
 def hand_over(model: object, data: object) -> None:

@@ -77,7 +77,6 @@ class ConceptLM(CompileOnFit, DataConsumer, L.LightningModule):
         self.register_buffer("eot_embedding", torch.zeros(arch.embed_dim))
         self.register_buffer("break_embedding", torch.zeros(arch.embed_dim))  # planning only
         self.meta: dict = {}  # encoder config / id and end-of-text text: what generation needs to rebuild inputs
-        self.data: ConceptData | None = None  # handed over by the DataModule (`attach_data`)
         self._val_index = None
 
     def build_net(self, arch: LCMConfig) -> torch.nn.Module:
@@ -94,7 +93,8 @@ class ConceptLM(CompileOnFit, DataConsumer, L.LightningModule):
         fits its normalizer here; a resumed checkpoint overwrites these buffers afterwards."""
         expect(data, ConceptData, type(self).__name__, "lcm.train.ConceptDataModule")
         check_embed_dim(data.encoder, self.arch.embed_dim)
-        self.data = data
+        self.keep_data(data)
+        self._val_index = None  # retrieval candidates come from this data
         if bool(self.normalizer.fitted):
             return
         targets = torch.from_numpy(data.fit_targets())
@@ -132,16 +132,16 @@ class ConceptLM(CompileOnFit, DataConsumer, L.LightningModule):
         """Raw concepts (B, T, D) -> final-layer hidden states of the causal transformer over them (B, T, d)."""
         return self.net.hidden_states(self.normalizer.normalize(x))
 
-    def denoiser_evals(self, **sampling) -> int:
-        """Denoiser forward passes per predicted concept (none: Base-LCM predicts in one pass)."""
+    def denoiser_evals(self, noise: float = 0.0) -> int:
+        """Denoiser forward passes per predicted concept (none: Base-LCM predicts in one pass, noise or not)."""
         return 0
 
     def next_concept(self, x: torch.Tensor, lengths: torch.Tensor, generator: torch.Generator | None = None,
-                     noise: float = 0.0, **sampling) -> torch.Tensor:
+                     noise: float = 0.0) -> torch.Tensor:
         """Prediction after each sequence's last concept: x (A, T, D) raw, right-padded; lengths (A,) -> (A, D) raw.
 
         Base-LCM is deterministic; `noise` > 0 samples from it by adding N(0, noise^2) to the prediction in
-        normalized space (each dimension in units of its robust scale). `sampling` is for diffusion models."""
+        normalized space (each dimension in units of its robust scale). Options: `BaseLCMSampling`."""
         pred = self.net(self.normalizer.normalize(x))  # (A, T, D) normalized
         pred = pred[torch.arange(len(x), device=x.device), lengths.to(x.device) - 1].float()  # (A, D)
         if noise > 0:

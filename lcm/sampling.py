@@ -76,6 +76,5 @@ class DiffusionSampling(SamplingSettings):
 
 
 def sampling_settings(model, **options) -> SamplingSettings:
-    """`options` checked against the settings class of `model` (its `sampling_settings`, else Base-LCM's)."""
-    cls = getattr(model, "sampling_settings", BaseLCMSampling)
-    return cls.from_options(**options)
+    """`options` checked against the settings class a concept model names (`sampling_settings`)."""
+    return type(model).sampling_settings.from_options(**options)

@@ -155,6 +155,10 @@ class TokenLM(CompileOnFit, TokenizerInCheckpoint, DataConsumer, L.LightningModu
         self.log("train/loss", loss, prog_bar=True, batch_size=mask.shape[0])
         return loss
 
+    def predict_step(self, batch: dict, batch_idx: int) -> None:
+        raise LCMError("lcm predict writes teacher-forced concept predictions: it is for concept models, not "
+                       "the token baseline")
+
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         self._evaluate(batch, "val")
 

@@ -76,10 +76,12 @@ def test_generate_cli_refuses_a_sampling_option_the_model_does_not_use(trained_r
 def test_resume_and_validate(trained_run, tmp_path, monkeypatch):
     monkeypatch.chdir(trained_run.parent.parent.parent)  # same cache and runs/ folder
     ckpt = str(trained_run / "checkpoints" / "last.ckpt")
+    before = set(trained_run.parent.iterdir())  # other tests may have added runs next to the fixture's
     code, _ = run_lcm(["fit", "-c", str(CONFIGS / "quickstart.yaml"), *TINY_FIT, "--trainer.max_epochs", "3",
                        "--ckpt_path", ckpt])
     assert code == 0
-    resumed = torch.load(trained_run.parent / "version_1" / "checkpoints" / "last.ckpt", weights_only=False)
+    (new_run,) = set(trained_run.parent.iterdir()) - before
+    resumed = torch.load(new_run / "checkpoints" / "last.ckpt", weights_only=False)
     assert resumed["epoch"] == 2  # continued from epoch 2 for one more epoch
     code, _ = run_lcm(["validate", "-c", str(CONFIGS / "quickstart.yaml"), *TINY_FIT, "--ckpt_path", ckpt])
     assert code == 0

@@ -227,7 +227,8 @@ class ConceptDataModule(SplitLoaders, L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         self.corpus
         if self.trainer is not None:  # the data side hands the model what it needs; the model never reads us
-            hand_over(self.trainer.lightning_module, self.handoff())
+            self._handoff = self.handoff()  # owned here: the model keeps a weak reference
+            hand_over(self.trainer.lightning_module, self._handoff)
 
     def encoder_record(self) -> EncoderRecord:
         return EncoderRecord(self.encoder.config(), self.encoder.id, self.encoder.dim)

@@ -69,7 +69,8 @@ class TokenDataModule(SplitLoaders, L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         self.documents("train")
         if self.trainer is not None:  # the data side hands the model what it needs; the model never reads us
-            hand_over(self.trainer.lightning_module, TextData(self.source.describe(), lambda: self.texts("train")))
+            self._handoff = TextData(self.source.describe(), lambda: self.texts("train"))  # the model keeps a weak ref
+            hand_over(self.trainer.lightning_module, self._handoff)
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         return make_loader(self.documents(split), split, self.batch_size, shuffle, collate_texts, self.num_workers)
