@@ -105,38 +105,31 @@ def test_dataclass_configs_are_checked_after_old_names_are_renamed():
     assert "unexpected hyper-parameters: diffusion.bogus" in mismatch(ckpt_of(model, diffusion=bogus), DiffusionLCM)
 
 
-def test_checkpoints_with_flat_optimizer_hparams_still_load(trained_run, tmp_path):
-    """Checkpoints written before `model.optim` kept lr, warmup_steps, ... at the top level."""
-    from lcm.generate import ConceptGenerator
-
+def old_format(trained_run, tmp_path):
+    """The fixture's checkpoint as versions before `model.optim` wrote it: lr, warmup_steps, ... at the top level."""
     ckpt = torch.load(trained_run / "checkpoints" / "last.ckpt", weights_only=False)
     ckpt["hyper_parameters"] = {**{k: v for k, v in ckpt["hyper_parameters"].items() if k != "optim"},
                                 **ckpt["hyper_parameters"]["optim"]}
     old = tmp_path / "checkpoints" / "old.ckpt"
     old.parent.mkdir()
     torch.save(ckpt, old)
-    gen = ConceptGenerator.from_checkpoint(old, bank=trained_run / "checkpoints" / "bank")
+    return old
+
+
+def test_checkpoints_with_flat_optimizer_hparams_still_load(trained_run, tmp_path):
+    from lcm.generate import ConceptGenerator
+
+    gen = ConceptGenerator.from_checkpoint(old_format(trained_run, tmp_path), bank=trained_run / "checkpoints" / "bank")
     assert gen.model.optim.warmup_steps == 5 and gen.generate("Tom has 3 apples. How many?", max_steps=2).steps
 
 
-def test_old_checkpoints_resume_and_validate_through_the_cli(trained_run, tmp_path):
+def test_old_checkpoints_resume_and_validate_through_the_cli(trained_run, tmp_path, monkeypatch):
     """--ckpt_path applies the checkpoint's hyper-parameters to the config: old names are renamed first."""
-    import os
-
     from conftest import CONFIGS, TINY_FIT, run_lcm
 
-    ckpt = torch.load(trained_run / "checkpoints" / "last.ckpt", weights_only=False)
-    ckpt["hyper_parameters"] = {**{k: v for k, v in ckpt["hyper_parameters"].items() if k != "optim"},
-                                **ckpt["hyper_parameters"]["optim"]}
-    old = tmp_path / "checkpoints" / "old.ckpt"
-    old.parent.mkdir()
-    torch.save(ckpt, old)
-    cwd = os.getcwd()
-    os.chdir(trained_run.parents[2])  # the fixture's embedding cache
-    try:
-        code, _ = run_lcm(["validate", "-c", str(CONFIGS / "quickstart.yaml"), *TINY_FIT, "--ckpt_path", str(old)])
-    finally:
-        os.chdir(cwd)
+    old = old_format(trained_run, tmp_path)
+    monkeypatch.chdir(trained_run.parents[2])  # the fixture's embedding cache
+    code, _ = run_lcm(["validate", "-c", str(CONFIGS / "quickstart.yaml"), *TINY_FIT, "--ckpt_path", str(old)])
     assert code == 0
 
 
