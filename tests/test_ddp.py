@@ -12,7 +12,8 @@ from conftest import CONFIGS, TINY_FIT
 @pytest.mark.timeout(400)
 def test_ddp_two_cpu_ranks_train_disjoint_shards(tmp_path):
     cfg = yaml.safe_load((CONFIGS / "quickstart.yaml").read_text())
-    cfg["trainer"]["callbacks"] = [c for c in cfg["trainer"]["callbacks"] if "GenerationPreview" not in c["class_path"]]
+    base = yaml.safe_load((CONFIGS / "base.yaml").read_text())  # the callbacks the quickstart inherits
+    cfg["trainer"]["callbacks"] = [c for c in base["trainer"]["callbacks"] if "GenerationPreview" not in c["class_path"]]
     cfg["trainer"]["callbacks"].append({"class_path": "lcm.train.callbacks.DataShardLog",
                                         "init_args": {"dirpath": str(tmp_path / "shards")}})
     config = tmp_path / "ddp.yaml"
@@ -43,5 +44,6 @@ def test_ddp_two_cpu_ranks_train_disjoint_shards(tmp_path):
     from lcm.generate import ConceptGenerator
 
     ckpt = tmp_path / "runs" / "quickstart" / "version_0" / "checkpoints" / "last.ckpt"
-    out = ConceptGenerator.from_checkpoint(ckpt).generate("Tom has 3 apples and buys 2 more. How many now?", max_steps=3)
-    assert out.calls >= 1 and out.stop_reason in ("end_of_text", "repetition", "max_steps")
+    gen = ConceptGenerator.from_checkpoint(ckpt)
+    out = gen.generate("Tom has 3 apples and buys 2 more. How many now?", max_steps=3)
+    assert out.calls >= 1 and all(s.text in gen.bank.texts for s in out.steps)  # read out of the rank-0 bank
