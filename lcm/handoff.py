@@ -39,6 +39,7 @@ class ConceptData:
     break_text: str | None  # planning only
     planner: str | None  # planning only: class path of the planner that built the plan concepts
     corpus: str  # content key of the prepared corpus (banks built from another corpus are stale)
+    prompt_format: str  # how problem text was split into prompt concepts: "sentences", "lines" or "auto"
     eot_vector: np.ndarray  # (D,) raw encoder vector of the end-of-text sentence
     break_vector: np.ndarray | None  # (D,) planning only
     fit_targets: Callable[[], np.ndarray]  # -> (N, D) training targets (seeded sample): normalizer + mean baseline
@@ -48,7 +49,7 @@ class ConceptData:
         """What a checkpoint records so that generation rebuilds inputs exactly as training saw them."""
         return {**self.encoder.meta(), "eot_text": self.eot_text, "max_chars": self.max_chars,
                 "planning": self.planning, "break_text": self.break_text, "planner": self.planner,
-                "corpus": self.corpus}
+                "corpus": self.corpus, "prompt_format": self.prompt_format}
 
 
 @dataclass(frozen=True)

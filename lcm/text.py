@@ -5,7 +5,7 @@ import re
 from functools import lru_cache
 from typing import Literal
 
-SplitMode = Literal["lines", "sentences"]
+SplitMode = Literal["lines", "sentences", "auto"]  # auto: lines when the text has line breaks
 _SPACE = re.compile(r"\s+")
 # Where to cut an over-long sentence, best first: sentence ends, clause marks, then any space.
 _CUTS = (re.compile(r"(?<=[.!?])\s+"), re.compile(r"(?<=[;:,])\s+"), re.compile(r"\s+"))
@@ -66,5 +66,8 @@ def cap_all(sentences: list[str], max_chars: int) -> list[str]:
 
 
 def split_and_cap(text: str, max_chars: int, mode: SplitMode = "sentences") -> list[str]:
-    """Text -> its lines or sentences, each re-split at `max_chars`: the one way raw text becomes concepts."""
+    """Text -> its lines or sentences, each re-split at `max_chars`: the one way raw text becomes concepts.
+    "auto" splits by lines when the (stripped) text has a line break, else by sentences."""
+    if mode == "auto":
+        mode = "lines" if "\n" in text.strip() else "sentences"
     return cap_all(split_lines(text) if mode == "lines" else split_sentences(text), max_chars)

@@ -91,11 +91,46 @@ def test_utf8_offset_across_chunks(tmp_path):
             check_utf8(path, chunk=chunk)
 
 
-def test_malformed_jsonl_names_the_cause(tmp_path):
+def test_malformed_jsonl_names_the_file_and_line(tmp_path):
+    """The JSON builder's own message names a byte position or a row of a block, not a line of the file."""
     path = tmp_path / "bad.jsonl"
-    path.write_text('{"question": "q", "steps": ["s"]}\n{"question": "unterminated\n')
-    with pytest.raises(LCMError, match="could not read dataset .*bad.jsonl: .*(Error|error)"):
+    path.write_text('{"question": "q", "steps": ["s"]}\n\n{"question": "unterminated\n')
+    with pytest.raises(LCMError, match=r"bad.jsonl:3: not valid JSON \(Invalid control character at, column 27\)"):
         list(DatasetSource(str(path)).documents(256))
+    # the line finder run when the builder fails: a column whose JSON shape changes (Arrow cannot mix them)
+    from lcm.train.corpus import check_jsonl
+
+    rows = [{"question": f"q{i}?", "steps": ["s"], "answer": str(i)} for i in range(30)]
+    rows[25]["answer"] = {"value": 1}
+    path = write_jsonl(tmp_path / "shapes.jsonl", rows)
+    with pytest.raises(LCMError, match=r"shapes.jsonl:26: field 'answer' is an object here but text or a number"):
+        check_jsonl(path, ["question", "steps", "answer"])
+    check_jsonl(write_jsonl(tmp_path / "ok.jsonl", ROWS), ["question", "steps", "answer"])  # nothing to report
+
+
+@pytest.mark.parametrize("prompt_format, expected", [
+    ("lines", ["Facts:", "x is an ancestor of y.", "From x and y follows z.", "Question: is z true?"]),
+    ("auto", ["Facts:", "x is an ancestor of y.", "From x and y follows z.", "Question: is z true?"]),
+])
+def test_multi_line_prompts_keep_their_lines(tmp_path, prompt_format, expected):
+    """pysbd glues a header onto the next line and splits after one-letter variables; prompt_format keeps lines."""
+    text = "Facts:\nx is an ancestor of y.\nFrom x and y follows z.\nQuestion: is z true?"
+    path = write_jsonl(tmp_path / "p.jsonl", [{"question": text, "steps": ["z is true."], "answer": None}])
+    doc = next(DatasetSource(str(path), answer_field=None, prompt_format=prompt_format).documents(256))
+    assert doc.prompt == expected
+    default = next(DatasetSource(str(path), answer_field=None).documents(256))
+    assert default.prompt != expected  # the sentence splitter (the default) does not keep them
+
+
+def test_the_prompt_format_is_recorded_for_generation(tmp_path, encoder):
+    rows = [{"question": f"Facts:\nAnn has {i} pens.\nHow many?", "steps": [f"{i}."], "answer": None}
+            for i in range(30)]
+    source = DatasetSource(str(write_jsonl(tmp_path / "d.jsonl", rows)), answer_field=None, prompt_format="lines")
+    dm = dm_for(source, tmp_path, encoder)
+    dm.setup("fit")
+    assert dm.handoff().meta()["prompt_format"] == "lines" and dm.corpus.docs["train"][0].prompt[0] == "Facts:"
+    stored = dm_for(None, tmp_path, encoder, store=str(dm.corpus.folder))
+    assert stored.prompt_format == "lines"  # a store carried elsewhere keeps the record
 
 
 def test_long_documents_wrap_or_truncate(tmp_path, encoder):

@@ -46,7 +46,7 @@ def _concept_data(dim: int = 8) -> ConceptData:
     rng = np.random.default_rng(0)
     targets = rng.normal(size=(50, dim)).astype(np.float32)
     return ConceptData(encoder=EncoderRecord({"class_path": "x"}, "enc:test", dim), eot_text="End of text.",
-                       max_chars=256, planning=False, break_text=None, planner=None, corpus="abc",
+                       max_chars=256, planning=False, break_text=None, planner=None, corpus="abc", prompt_format="lines",
                        eot_vector=targets[0], break_vector=None, fit_targets=lambda: targets,
                        retrieval_candidates=lambda split: (np.arange(5), targets[:5]))
 
@@ -56,7 +56,7 @@ def test_a_concept_model_fits_from_the_handed_over_object_alone():
     model = ConceptLM(LCMConfig(embed_dim=8, d_model=16, n_layer=1, n_head=2, max_seq_len=8))
     model.attach_data(data)
     assert bool(model.normalizer.fitted) and torch.equal(model.eot_embedding, torch.from_numpy(data.eot_vector))
-    assert model.meta == data.meta() and model.meta["corpus"] == "abc"
+    assert model.meta == data.meta() and model.meta["corpus"] == "abc" and model.meta["prompt_format"] == "lines"
     index, rows = model._retrieval_index("val")
     assert index.ntotal == 5 and list(rows) == list(range(5))
     import copy

@@ -23,6 +23,10 @@ ANSWER_LINE = re.compile(r"^####\s*(.+)$")
 class CorpusSource(ABC):
     """Yields raw documents; the DataModule cleans, splits and encodes them."""
 
+    # how problem text becomes prompt concepts ("sentences", "lines" or "auto", `lcm.text.split_and_cap`):
+    # recorded in checkpoints, so generation splits a user's problem the same way
+    prompt_format: str = "sentences"
+
     @abstractmethod
     def documents(self, max_chars: int) -> Iterator[Document]:
         """Documents whose sentences are already capped at `max_chars`."""
@@ -100,6 +104,39 @@ def check_utf8(path: Path, chunk: int = 1 << 20) -> None:
             raise LCMError(f"{path} is not valid UTF-8 (truncated multi-byte sequence at its end); re-save it as UTF-8") from None
 
 
+def _kind(value) -> str:
+    """The JSON shape Arrow cannot mix within one column: a list, an object, or a scalar (text and numbers mix)."""
+    return "a list" if isinstance(value, list) else "an object" if isinstance(value, dict) else \
+        "missing/null" if value is None else "text or a number"
+
+
+def check_jsonl(path: Path, fields: list[str]) -> None:
+    """One line naming the file and line of the first malformed record -- invalid JSON, not an object, or a
+    field whose JSON shape differs from its first occurrence -- run when the JSON builder failed, whose own
+    message ("Trailing data at position N", "Column(/x) changed from string to object in row N") names no
+    line. Returns quietly when it finds nothing (the builder's message is reported then)."""
+    import json
+
+    first: dict[str, tuple[str, int]] = {}
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise LCMError(f"{path}:{lineno}: not valid JSON ({e.msg}, column {e.colno})") from None
+            if not isinstance(row, dict):
+                raise LCMError(f"{path}:{lineno}: a JSON object per line is expected, got {_kind(row)}")
+            for name in fields:
+                kind = _kind(row.get(name))
+                if kind == "missing/null":
+                    continue
+                seen, at = first.setdefault(name, (kind, lineno))
+                if kind != seen:
+                    raise LCMError(f"{path}:{lineno}: field {name!r} is {kind} here but {seen} on line {at}")
+
+
 class DatasetSource(CorpusSource):
     """Any `datasets` source with a prompt field, a steps field and an optional answer field.
 
@@ -112,6 +149,9 @@ class DatasetSource(CorpusSource):
         answer_field: column holding the final answer, or None.
         steps_format: how a text steps field is segmented: "lines", "sentences", or "auto"
             (lines when the text has line breaks, else sentences). List fields are used as given.
+        prompt_format: how the prompt text is split into concepts: "sentences" (pysbd), "lines" (one concept
+            per non-empty line: facts, rules, a question), or "auto" (lines when the prompt has line breaks).
+            Generation splits a user's problem the same way.
         answer_template: final step appended when the answer is not already the last step
             ("" or None: the answer is kept as metadata only). Typed `str`, not `str | None`: jsonargparse
             re-reads an optional string as YAML, which turned "#### {answer}" into a comment, i.e. null.
@@ -121,6 +161,7 @@ class DatasetSource(CorpusSource):
     def __init__(self, path: str, split: str = "train", name: str | None = None, prompt_field: str = "question",
                  steps_field: str = "steps", answer_field: str | None = "answer",
                  steps_format: Literal["auto", "lines", "sentences"] = "auto",
+                 prompt_format: Literal["auto", "lines", "sentences"] = "sentences",
                  answer_template: str = "#### {answer}", limit: int | None = None):
         self.path = path
         self.split = split
@@ -129,6 +170,7 @@ class DatasetSource(CorpusSource):
         self.steps_field = steps_field
         self.answer_field = answer_field
         self.steps_format = steps_format
+        self.prompt_format = prompt_format
         self.answer_template = answer_template
         self.limit = limit
 
@@ -162,6 +204,9 @@ class DatasetSource(CorpusSource):
         try:
             return datasets.load_dataset(**args)
         except Exception as e:  # noqa: BLE001 - malformed files, bad hub names: a config problem for the user
+            for f in args.get("data_files", []):  # name the file and line where we can find the culprit
+                if f.endswith(".jsonl"):
+                    check_jsonl(Path(f), [x for x in (self.prompt_field, self.steps_field, self.answer_field) if x])
             root = e
             while root.__cause__ is not None or root.__context__ is not None:  # the error that names the row
                 root = root.__cause__ or root.__context__
@@ -181,7 +226,7 @@ class DatasetSource(CorpusSource):
 
     def _document(self, row: dict, index: int, max_chars: int) -> Document:
         prompt = row[self.prompt_field]
-        prompt = split_and_cap(prompt if isinstance(prompt, str) else "", max_chars)
+        prompt = split_and_cap(prompt if isinstance(prompt, str) else "", max_chars, self.prompt_format)
         steps = row[self.steps_field]
         answer = None
         if isinstance(steps, (list, tuple)):

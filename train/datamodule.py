@@ -240,8 +240,17 @@ class ConceptDataModule(SplitLoaders, L.LightningDataModule):
             encoder=self.encoder_record(), eot_text=self.eot_text, max_chars=self.max_chars,
             planning=self.planning is not None, break_text=self.break_text,
             planner=self.planning.planner_path if self.planning else None, corpus=self.corpus_key,
+            prompt_format=self.prompt_format,
             eot_vector=c.vectors([c.eot_id])[0], break_vector=c.vectors([c.break_id])[0] if self.planning else None,
             fit_targets=self.train_targets, retrieval_candidates=self._retrieval_vectors)
+
+    @property
+    def prompt_format(self) -> str:
+        """How the source split problem text into prompt concepts (a store records its source's)."""
+        if self.source is not None:
+            return self.source.prompt_format
+        self.corpus  # opening the store reads its record
+        return self._store_prompt_format
 
     @property
     def corpus_key(self) -> str:
@@ -291,6 +300,7 @@ class ConceptDataModule(SplitLoaders, L.LightningDataModule):
             raise LCMError(f"prepared corpus {self.store} and the data config disagree ({diff})")
         if "max_chars" in meta:  # generation must split prompts as the store's sentences were split
             self.max_chars = int(meta["max_chars"])
+        self._store_prompt_format = meta.get("prompt_format", "sentences")
         return Corpus(texts=texts, table=table, docs={s: [] for s in SPLITS}, seqs=seqs, eot_id=int(meta["eot_id"]),
                       break_id=int(meta.get("break_id", -1)), stats=dict(meta.get("stats", {})), folder=Path(self.store))
 
@@ -320,6 +330,8 @@ class ConceptDataModule(SplitLoaders, L.LightningDataModule):
         meta = {"eot_id": eot_id, "break_id": break_id, "planning": self.planning is not None, "eot_text": self.eot_text,
                 "break_text": self.break_text, "source": self.source.describe(),
                 "max_chars": self.max_chars, "split": [self.val_fraction, self.test_fraction, self.split_seed]}
+        if self.source.prompt_format != "sentences":  # absent = sentences: keys of earlier stores stay valid
+            meta["prompt_format"] = self.source.prompt_format
         root = self.cache_dir / "corpora"
         key = corpus_key(self.encoder.id, self.store_dtype, table.texts, extra_table, seqs, meta)
         if not (root / key / "manifest.json").exists():  # built by an earlier run (or rank 0) otherwise
