@@ -1,4 +1,4 @@
-"""Reading `lcm fit` checkpoints: one clear error for a missing, corrupted, foreign or outdated file.
+"""Reading `lcm fit` checkpoints: one clear error for a missing, corrupted, foreign, unsafe or outdated file.
 
 Only what really means "written by another version" becomes that error: hyper-parameters this class's
 `__init__` (or a dataclass config it takes as a dict) does not accept or needs but lacks, and weights whose
@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import pickle
+import re
 from pathlib import Path
 
 import torch
@@ -20,14 +22,36 @@ LIGHTNING_KEYS = ("_instantiator",)  # LightningCLI may record it; Lightning its
 SHOWN = 3  # names listed per kind of mismatch; the rest are counted
 
 
+def _refused_by_safe_loader(e: Exception) -> bool:
+    """Whether `torch.load(weights_only=True)` refused the file's content (a global it does not allow, e.g.
+    `os.system` in a pickled `__reduce__`) rather than failing to read it. torch raises
+    `pickle.UnpicklingError("Weights only load failed. ...")` for every refusal (torch/serialization.py)."""
+    return isinstance(e, pickle.UnpicklingError) and str(e).startswith("Weights only load failed")
+
+
+def _refused_global(e: Exception) -> str:
+    """The first refused global torch names ("posix.system"), or "" when it names none."""
+    found = re.search(r"GLOBAL (\S+)", str(e))
+    return f" ({found.group(1)})" if found else ""
+
+
 def load_checkpoint(path: str | Path) -> dict:
-    """torch.load with one clear error for a missing, truncated or foreign file."""
+    """torch.load with one clear error for a missing, truncated, foreign or unsafe file.
+
+    Loads with `weights_only=True`: `lcm fit` checkpoints hold only tensors and plain Python values (the
+    modules save their configs as dicts), which torch's weights-only unpickler accepts without an
+    allow-list. Anything else in the pickle (an object whose `__reduce__` would call a function) is refused
+    before it runs."""
     path = Path(path)
     if not path.is_file():
         raise LCMError(f"checkpoint {path} does not exist")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - pickle/zip errors of every kind mean the same thing here
+        if _refused_by_safe_loader(e):
+            raise LCMError(f"checkpoint {path} contains objects that could run code when loaded"
+                           f"{_refused_global(e)}; it was not loaded (lcm-trainer checkpoints hold only "
+                           "tensors and plain values)") from None
         raise LCMError(f"checkpoint {path} is corrupted or not a torch checkpoint ({type(e).__name__})") from e
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "hyper_parameters" not in ckpt:
         raise LCMError(f"checkpoint {path} is not an lcm-trainer checkpoint (no state_dict / hyper_parameters)")

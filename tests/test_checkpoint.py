@@ -140,3 +140,66 @@ def test_a_torch_file_that_is_no_checkpoint_is_one_error_line(tmp_path, capsys):
     code, err = run_lcm(["validate", "-c", str(CONFIGS / "quickstart.yaml"), "--ckpt_path", str(tmp_path / "weights.pt")],
                         capsys)
     assert code == 2 and "is not an lcm-trainer checkpoint" in err and err.count("\n") == 1
+
+
+class RunsCode:
+    """What a hostile checkpoint carries: unpickling calls `os.system` (any callable would do)."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+        import shlex
+
+        return os.system, (f"echo pwned > {shlex.quote(str(self.marker))}",)
+
+
+def hostile(trained_run, tmp_path) -> tuple:
+    """The fixture's real checkpoint with a code-running payload added: without the payload it loads."""
+    ckpt = torch.load(trained_run / "checkpoints" / "last.ckpt", weights_only=True)
+    marker = tmp_path / "pwned"
+    ckpt["lcm"] = dict(ckpt["lcm"], note=RunsCode(marker))
+    path = tmp_path / "shared.ckpt"
+    torch.save(ckpt, path)
+    return path, marker
+
+
+def test_real_checkpoints_load_without_an_allow_list(trained_run):
+    """`lcm fit` writes only tensors and plain values: torch's weights-only unpickler takes them as they are."""
+    ckpt = load_checkpoint(trained_run / "checkpoints" / "last.ckpt")
+    assert ckpt["lcm"]["encoder_id"] and ckpt["state_dict"]
+
+
+def test_a_checkpoint_that_would_run_code_is_refused_by_the_api(trained_run, tmp_path):
+    from lcm.generate import ConceptGenerator
+
+    path, marker = hostile(trained_run, tmp_path)
+    with pytest.raises(LCMError) as info:
+        ConceptGenerator.from_checkpoint(path, bank=trained_run / "checkpoints" / "bank")
+    message = str(info.value)
+    assert message == (f"checkpoint {path} contains objects that could run code when loaded (posix.system); "
+                       "it was not loaded (lcm-trainer checkpoints hold only tensors and plain values)")
+    assert not marker.exists()
+
+
+def test_a_checkpoint_that_would_run_code_is_one_error_line_in_the_cli(trained_run, tmp_path, capsys):
+    from conftest import run_lcm
+
+    path, marker = hostile(trained_run, tmp_path)
+    code, err = run_lcm(["generate", "--ckpt", str(path), "--bank", str(trained_run / "checkpoints" / "bank"),
+                         "Tom has 3 apples. How many?"], capsys)
+    assert code == 2 and err.count("\n") == 1, err
+    assert "contains objects that could run code when loaded" in err and "corrupted" not in err
+    assert not marker.exists()
+
+
+class Unlisted:
+    pass
+
+
+def test_a_checkpoint_with_an_unknown_class_is_refused_too(tmp_path):
+    """No class outside torch's weights-only defaults is allow-listed: an unknown one is named, not built."""
+    torch.save({"state_dict": {}, "hyper_parameters": {"x": Unlisted()}}, tmp_path / "m.ckpt")
+    with pytest.raises(LCMError, match=r"could run code when loaded \(\S*Unlisted\); it was not loaded"):
+        load_checkpoint(tmp_path / "m.ckpt")
