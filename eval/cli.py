@@ -35,6 +35,8 @@ def generate_main(args: list[str]) -> None:
                         help="Base-LCM only: sample with N(0, noise^2) added to each prediction (normalized space)")
     parser.add_argument("--guidance", type=float, default=None, help="diffusion only: classifier-free guidance scale")
     parser.add_argument("--ddim-steps", type=int, default=None, help="diffusion only: DDIM steps per concept")
+    parser.add_argument("--no-stop-on-repeat", dest="stop_on_repeat", action="store_false",
+                        help="keep going when a step repeats an earlier one (default: stop there)")
     parser.add_argument("--device", default="cpu")
     ns = parser.parse_args(args)
     from lcm.generate import ConceptGenerator, format_generation
@@ -43,7 +45,8 @@ def generate_main(args: list[str]) -> None:
     gen = ConceptGenerator.from_checkpoint(ns.ckpt, bank=ns.bank, device=ns.device, decoder=ns.decoder, **hybrid)
     plans = [ns.plan] * len(ns.problem) if ns.plan else None
     outs = gen.generate(ns.problem, max_steps=ns.max_steps, eot_threshold=ns.eot_threshold, feedback=ns.feedback,
-                        plans=plans, seed=ns.seed, noise=ns.noise, guidance=ns.guidance, ddim_steps=ns.ddim_steps)
+                        plans=plans, seed=ns.seed, noise=ns.noise, guidance=ns.guidance, ddim_steps=ns.ddim_steps,
+                        stop_on_repeat=ns.stop_on_repeat)
     for out in outs:
         print(f"problem: {out.problem}")
         print("\n".join(format_generation(out)))
@@ -51,12 +54,36 @@ def generate_main(args: list[str]) -> None:
 
 
 EVAL_COMMANDS = {"compare": "lcm.eval.compare", "roundtrip": "lcm.eval.roundtrip"}
+HELP_FLAGS = ("-h", "--help")
+
+EVAL_OVERVIEW = """usage: lcm eval {compare,roundtrip} ...
+
+  lcm eval compare -c eval/configs/NAME.yaml         train and score several models on one benchmark
+  lcm eval roundtrip --decoder CKPT [--text FILE]    sentence -> encoder -> decoder -> text round trip
+
+`lcm eval COMMAND --help` shows a command's options."""
+
+OVERVIEW = f"""usage: lcm COMMAND ...
+
+Training (LightningCLI; `lcm COMMAND --help` lists every option):
+  lcm fit -c CONFIG.yaml [--section.key VALUE ...]   train; writes checkpoints and the sentence bank
+  lcm validate|test -c CONFIG.yaml --ckpt_path CKPT  score a checkpoint
+  lcm predict -c CONFIG.yaml --ckpt_path CKPT        write the model's predictions (predictions.npz)
+
+Generation:
+  lcm generate --ckpt CKPT "PROBLEM" [...]           reasoning steps for one or more problems
+
+Evaluation:
+{EVAL_OVERVIEW.split(chr(10), 2)[2]}"""
 
 
 def eval_main(args: list[str]) -> None:
     """`lcm eval compare -c eval/configs/<name>.yaml` (and the other eval scripts by name)."""
     import importlib
 
+    if args and args[0] in HELP_FLAGS:
+        print(EVAL_OVERVIEW)
+        return
     if not args or args[0] not in EVAL_COMMANDS:
         raise LCMError(f"usage: lcm eval {{{','.join(EVAL_COMMANDS)}}} ... (got {' '.join(args[:1]) or 'nothing'})")
     importlib.import_module(EVAL_COMMANDS[args[0]]).main(args[1:])
@@ -65,10 +92,13 @@ def eval_main(args: list[str]) -> None:
 def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else list(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if not args or args[0] in HELP_FLAGS:
+        print(OVERVIEW, file=sys.stdout if args else sys.stderr)
+        sys.exit(0 if args else 2)
     try:
-        if args and args[0] == "generate":
+        if args[0] == "generate":
             generate_main(args[1:])
-        elif args and args[0] == "eval":
+        elif args[0] == "eval":
             eval_main(args[1:])
         else:
             from lcm.train.cli import run

@@ -25,6 +25,8 @@ from lcm.retrieval import SentenceBank
 from lcm.sampling import SamplingSettings, sampling_settings
 from lcm.text import split_and_cap, split_lines
 
+PROMPT_FORMATS = ("sentences", "lines", "auto")
+
 __all__ = ["ConceptGenerator", "Generation", "Step", "StopReason", "concept_model_class", "format_generation"]
 
 
@@ -55,11 +57,15 @@ class ConceptGenerator:
         plan_bank: planning models: the training plans a predicted plan is decoded against.
         decoder: how predicted steps become text (`lcm.decoding`); default: retrieval from `bank`.
             Plans are always read out through the plan bank.
+        prompt_format: how problem text becomes prompt concepts, as in training: "sentences" (pysbd), "lines"
+            (one concept per line) or "auto" (lines when the text has line breaks, else sentences).
     """
 
     def __init__(self, model: ConceptLM, encoder: Encoder, bank: SentenceBank, eot_text: str = DEFAULT_EOT_TEXT,
                  max_chars: int = 256, device: str | torch.device = "cpu", plan_bank: SentenceBank | None = None,
-                 decoder: ConceptDecoder | None = None):
+                 decoder: ConceptDecoder | None = None, prompt_format: str = "sentences"):
+        if prompt_format not in PROMPT_FORMATS:
+            raise LCMError(f"prompt_format must be one of {', '.join(PROMPT_FORMATS)}, not {prompt_format!r}")
         decoder = decoder if decoder is not None else RetrievalDecoder(bank)
         parts = {"sentence bank": bank, "decoder": decoder, "plan bank": plan_bank}
         for name, part in ((k, v) for k, v in parts.items() if v is not None):
@@ -76,6 +82,7 @@ class ConceptGenerator:
         self.decoder = decoder
         self.eot_text = eot_text
         self.max_chars = max_chars
+        self.prompt_format = prompt_format
         self.device = torch.device(device)
         self.plan_bank = plan_bank
         self.plan_decoder = RetrievalDecoder(plan_bank) if plan_bank is not None else None  # the model's plans
@@ -122,13 +129,28 @@ class ConceptGenerator:
             decoder = HybridDecoder(sentence_bank, SentenceDecoderLM.from_checkpoint(decoder, device=device), encoder,
                                     **hybrid)
         return cls(model, encoder, sentence_bank, eot_text=meta.get("eot_text", DEFAULT_EOT_TEXT),
-                   max_chars=meta.get("max_chars", 256), device=device, plan_bank=plan_bank, decoder=decoder)
+                   max_chars=meta.get("max_chars", 256), device=device, plan_bank=plan_bank, decoder=decoder,
+                   prompt_format=meta.get("prompt_format", "sentences"))
 
-    def prompt_concepts(self, problem: str) -> list[str]:
-        sentences = split_and_cap(problem, self.max_chars)
+    def prompt_concepts(self, problem: str, which: str = "the problem text") -> list[str]:
+        """A problem's text -> its prompt concepts' text (split by `prompt_format`, capped like training text)."""
+        sentences = split_and_cap(problem, self.max_chars, self.prompt_format)
         if not sentences:
-            raise LCMError("the problem text is empty")
+            raise LCMError(f"{which} is empty")
         return sentences
+
+    @staticmethod
+    def _problem_list(problems) -> list[str]:
+        """`generate`'s problems argument -> a list of strings, or one `LCMError` line saying what is wrong."""
+        if isinstance(problems, str):
+            return [problems]
+        if not isinstance(problems, (list, tuple)):
+            raise LCMError(f"problems must be a string or a list of strings, not {type(problems).__name__}")
+        bad = [i for i, p in enumerate(problems, 1) if not isinstance(p, str)]
+        if bad:
+            raise LCMError(f"problem {bad[0]} of {len(problems)} is a {type(problems[bad[0] - 1]).__name__}, "
+                           "not a string")
+        return list(problems)
 
     def plan_sentences(self, plan: str) -> list[str]:
         """A supplied plan's text -> its sentences (each line split into sentences, capped like training text)."""
@@ -172,7 +194,7 @@ class ConceptGenerator:
                         break_threshold=break_threshold, max_paragraph_steps=max_paragraph_steps,
                         stop_on_repeat=stop_on_repeat, feedback=feedback)
         single = isinstance(problems, str)
-        problems = [problems] if single else list(problems)
+        problems = self._problem_list(problems)
         if not problems:
             return []
         rows = self._rows(problems, self._plan_lists(plans, single, len(problems)), num_samples)
@@ -186,7 +208,9 @@ class ConceptGenerator:
 
     def _rows(self, problems: list[str], plan_lists: list[list[str]], k: int) -> list[Row]:
         """k rows per problem (its samples, adjacent), from one encoder call for every prompt and plan sentence."""
-        prompts = [self.prompt_concepts(p) for p in problems]
+        n = len(problems)
+        prompts = [self.prompt_concepts(p, "the problem text" if n == 1 else f"problem {i} of {n}")
+                   for i, p in enumerate(problems, 1)]
         plan_texts = [[self.plan_sentences(plan) for plan in plans] for plans in plan_lists]
         sentences = [s for p in prompts for s in p] + [s for plans in plan_texts for plan in plans for s in plan]
         emb = torch.from_numpy(self.encoder.encode(sentences))  # (S, D)

@@ -44,6 +44,52 @@ def test_encoder_dim_differs_from_model(tmp_path, capsys, monkeypatch):
     assert_one_line(code, err, "has dimension 384 but model.arch.embed_dim is 512")
 
 
-def test_no_subcommand(capsys):
+def test_no_subcommand_prints_the_overview(capsys):
     code, err = run_lcm([], capsys)
-    assert_one_line(code, err, "usage: lcm")
+    assert code == 2 and err.startswith("usage: lcm") and "Traceback" not in err
+    for command in ("lcm fit", "lcm generate", "lcm eval compare", "lcm eval roundtrip"):
+        assert command in err, err
+
+
+def test_help_lists_every_command(capsys):
+    for flag in ("--help", "-h"):
+        code, _ = run_lcm([flag])
+        out = capsys.readouterr().out
+        assert code == 0 and out.startswith("usage: lcm")
+        for command in ("lcm fit", "lcm validate", "lcm predict", "lcm generate", "lcm eval compare",
+                        "lcm eval roundtrip"):
+            assert command in out, out
+    code, _ = run_lcm(["eval", "--help"])
+    out = capsys.readouterr().out
+    assert code == 0 and "lcm eval compare" in out and "lcm eval roundtrip" in out
+
+
+def test_typo_in_a_config_key_is_one_line(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, err = run_lcm(["fit", "-c", str(CONFIGS / "quickstart.yaml"), "--model.archh.d_model", "3"], capsys)
+    assert_one_line(code, err, "archh.d_model")
+    assert "usage" not in err
+    typo = tmp_path / "typo.yaml"
+    typo.write_text("data:\n  batch_sise: 8\n")
+    code, err = run_lcm(["fit", "-c", str(CONFIGS / "quickstart.yaml"), "-c", str(typo)], capsys)
+    assert_one_line(code, err, "batch_sise")
+    code, err = run_lcm(["fit", "-c", str(CONFIGS / "quickstart.yaml"), "--model.arch.d_model", "abc"], capsys)
+    assert_one_line(code, err, "arch.d_model")
+
+
+def test_print_config_still_works(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, _ = run_lcm(["fit", "-c", str(CONFIGS / "quickstart.yaml"), "--print_config"])
+    assert code == 0 and "d_model" in capsys.readouterr().out
+
+
+def test_fit_that_trains_nothing_is_refused(tmp_path, capsys, monkeypatch):
+    from lcm.train.cli import _trains_nothing
+
+    monkeypatch.chdir(tmp_path)
+    for key in ("max_epochs", "max_steps"):
+        code, err = run_lcm(["fit", "-c", str(CONFIGS / "quickstart.yaml"), *TINY_FIT, f"--trainer.{key}", "0"], capsys)
+        assert_one_line(code, err, f"--trainer.{key} 0 trains nothing")
+    assert not (tmp_path / "runs").exists()
+    assert _trains_nothing({"max_epochs": -1, "max_steps": -1}) is None  # unlimited is not "nothing"
+    assert _trains_nothing({"max_epochs": None, "max_steps": 10}) is None

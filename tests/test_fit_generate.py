@@ -200,3 +200,58 @@ def test_step_rule_plans_and_breaks():
     assert rule.classify(r, eot_cos=0.5, break_cos=0.95) is Kind.BREAK
     assert rule.apply(r, Kind.BREAK, PRED) and r.gen.breaks_predicted == 1
     assert [s.paragraph for s in r.gen.steps] == [0, 0, 1] and len(r.gen.steps) == 3 and r.gen.calls == 5
+
+
+# ---- issue 14: what a new user hits ------------------------------------------------------------------------
+def test_generate_cli_can_turn_off_stop_on_repeat(trained_run, monkeypatch):
+    calls = []
+
+    def record(self, problems, **kwargs):
+        calls.append(kwargs)
+        return []
+
+    monkeypatch.setattr(ConceptGenerator, "generate", record)
+    ckpt = str(trained_run / "checkpoints" / "last.ckpt")
+    assert run_lcm(["generate", "--ckpt", ckpt, "Kim has 3 boxes. How many?"])[0] == 0
+    assert run_lcm(["generate", "--ckpt", ckpt, "--no-stop-on-repeat", "Kim has 3 boxes. How many?"])[0] == 0
+    assert [c["stop_on_repeat"] for c in calls] == [True, False]
+
+
+def test_generate_names_bad_problems(trained_run):
+    gen = ConceptGenerator.from_checkpoint(trained_run / "checkpoints" / "last.ckpt")
+    for bad, message in ((None, "not NoneType"), (5, "not int"), (["Tom has 3.", 7], "problem 2 of 2 is a int"),
+                         (["Tom has 3.", "  ", "Ann has 2."], "problem 2 of 3 is empty"), ("", "problem text is empty")):
+        with pytest.raises(LCMError, match=message):
+            gen.generate(bad, max_steps=1)
+
+
+MULTI_LINE = "Facts:\nx is an ancestor of y.\nQuestion: who?"
+
+
+def test_prompt_format_lines_or_sentences(trained_run, tmp_path):
+    from lcm.text import split_and_cap
+
+    gen = ConceptGenerator.from_checkpoint(trained_run / "checkpoints" / "last.ckpt")
+    assert gen.prompt_format == "sentences"  # a checkpoint that does not say
+    assert gen.prompt_concepts(MULTI_LINE) == split_and_cap(MULTI_LINE, gen.max_chars, "sentences")
+    lines = ConceptGenerator(gen.model, gen.encoder, gen.bank, max_chars=gen.max_chars, prompt_format="lines")
+    assert lines.prompt_concepts(MULTI_LINE) == ["Facts:", "x is an ancestor of y.", "Question: who?"]
+    assert lines.generate(MULTI_LINE, max_steps=1).prompt_concepts == 3
+    with pytest.raises(LCMError, match="prompt_format must be one of"):
+        ConceptGenerator(gen.model, gen.encoder, gen.bank, prompt_format="paragraphs")
+    ckpts = copy_run(trained_run, tmp_path)
+    ckpt = torch.load(ckpts / "last.ckpt", weights_only=False)
+    ckpt["lcm"]["prompt_format"] = "lines"
+    torch.save(ckpt, ckpts / "last.ckpt")
+    assert ConceptGenerator.from_checkpoint(ckpts / "last.ckpt").prompt_format == "lines"
+
+
+def test_fit_ends_with_the_checkpoint_and_the_next_command(trained_run, capsys, monkeypatch):
+    monkeypatch.chdir(trained_run.parent.parent.parent)  # same cache
+    code, _ = run_lcm(["fit", "-c", str(CONFIGS / "quickstart.yaml"), *TINY_FIT, "--trainer.max_epochs", "1",
+                       "--trainer.logger.init_args.name", "next_steps"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "checkpoint: " in out and "best.ckpt (best)" in out and "last.ckpt (last)" in out
+    (command,) = [line for line in out.splitlines() if line.startswith("next: lcm generate --ckpt ")]
+    assert "best.ckpt" in command

@@ -109,7 +109,8 @@ class GenerationPreview(L.Callback):
 
         try:
             gen = ConceptGenerator(pl_module, dm.encoder, dm.bank(), eot_text=dm.eot_text, max_chars=dm.max_chars,
-                                   device=pl_module.device, plan_bank=dm.plan_bank())
+                                   device=pl_module.device, plan_bank=dm.plan_bank(),
+                                   prompt_format=pl_module.meta.get("prompt_format", "sentences"))
             outs = gen.generate([d.prompt_text for d in docs], max_steps=self.max_steps, eot_threshold=self.eot_threshold)
         except LCMError as e:
             console.print(f"[red]generation preview skipped: {e}")

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from lcm.checkpoint import upgrade_hparams
 from lcm.errors import LCMError
@@ -21,7 +21,51 @@ from lcm.train.callbacks import BankWriter, PredictionWriter
 _CKPT_ALIASES = {"last", "best", "hpc", "registry"}
 
 
+# jsonargparse's wrapping around the line that names the bad key (Union-of-classes validation)
+_ERROR_NOISE = ("Does not validate against any of the Union subtypes", "Subtypes:", "Errors:", "Given value type:",
+                "Given value:", "Expected a <class 'NoneType'>")
+
+
+def one_line_error(message: str, limit: int = 400) -> str:
+    """A jsonargparse error message -> one line: its meaningful lines joined (the bad key and why), capped."""
+    lines = (line.strip().lstrip("-").strip() for line in str(message).splitlines())
+    text = " ".join(line for line in lines if line and not line.startswith(_ERROR_NOISE))
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+class LCMArgumentParser(LightningArgumentParser):
+    """Parse errors are one `error: ...` line (an `LCMError`) instead of the ~50-line usage block before it."""
+
+    def error(self, message: str, ex: Exception | None = None):
+        if not self.exit_on_error:  # nested parsing that expects ArgumentError
+            return super().error(message, ex)
+        raise LCMError(one_line_error(message)) from ex
+
+
+def _trains_nothing(trainer_cfg) -> str | None:
+    """The option of a `fit` config that makes it train nothing (max_epochs 0 or max_steps 0), else None."""
+    for key in ("max_epochs", "max_steps"):
+        if trainer_cfg.get(key) == 0:
+            return key
+    return None
+
+
 class LCMCLI(LightningCLI):
+    def parse_arguments(self, parser, args) -> None:
+        """As Lightning's, plus: a `fit` that would train nothing is refused before anything is built or seeded
+        (it used to exit 0 with no checkpoint and preview an untrained model)."""
+        super().parse_arguments(parser, args)
+        if self.config.get("subcommand") == "fit":
+            key = _trains_nothing(self.config["fit"].get("trainer") or {})
+            if key:
+                raise LCMError(f"--trainer.{key} 0 trains nothing (no checkpoint would be written); "
+                               f"use a positive value, or -1 for no limit")
+
+    def after_fit(self) -> None:
+        """Say where the checkpoints are and what to run next."""
+        if self.trainer.is_global_zero:
+            print(next_steps(self.trainer, self.model, self.datamodule))
+
     def add_arguments_to_parser(self, parser) -> None:
         parser.set_defaults({"model": {"class_path": "lcm.module.ConceptLM"},
                              "data": {"class_path": "lcm.train.ConceptDataModule"}})
@@ -55,12 +99,33 @@ class LCMCLI(LightningCLI):
             hparams = {"class_path": hparams.pop("_class_path"), "dict_kwargs": hparams}
         try:
             self.config = self.parser.parse_object({subcommand: {"model": hparams}}, self.config)
-        except SystemExit as e:  # jsonargparse printed why; say which file it was
+        except (SystemExit, LCMError) as e:  # jsonargparse said why; say which file it was
             raise LCMError(f"checkpoint {ckpt}: its hyper-parameters do not fit this version's model options") from e
 
 
 BASE_CONFIG = Path(__file__).resolve().parent / "configs" / "base.yaml"
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
+
+
+def next_steps(trainer: L.Trainer, model, datamodule) -> str:
+    """The end of `lcm fit`: the best / last checkpoint and, for concept models, the `lcm generate` command."""
+    import shlex
+
+    from lcm.module import ConceptLM
+    from lcm.train.datamodule import ConceptDataModule
+
+    ckpt = trainer.checkpoint_callback
+    best = getattr(ckpt, "best_model_path", "") or ""
+    last = getattr(ckpt, "last_model_path", "") or ""
+    if not (best or last):
+        return "no checkpoint was written (no ModelCheckpoint callback in trainer.callbacks)"
+    lines = [f"checkpoint: {path} ({what})" for what, path in (("best", best), ("last", last)) if path]
+    if isinstance(model, ConceptLM) and isinstance(datamodule, ConceptDataModule) and datamodule.banks:
+        docs = getattr(getattr(datamodule, "_corpus", None), "docs", None) or {}  # text corpora only (not a store)
+        held_out = docs.get("test") or docs.get("val") or []
+        problem = held_out[0].prompt_text if held_out else "YOUR PROBLEM"
+        lines.append(f"next: lcm generate --ckpt {shlex.quote(best or last)} {shlex.quote(problem)}")
+    return "\n".join(lines)
 
 
 def make_cli(args: list[str] | None, run: bool = True) -> LCMCLI:
@@ -74,7 +139,7 @@ def make_cli(args: list[str] | None, run: bool = True) -> LCMCLI:
         warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
         return LCMCLI(L.LightningModule, L.LightningDataModule, subclass_mode_model=True, subclass_mode_data=True,
                       args=args, run=run, save_config_kwargs={"overwrite": True}, auto_configure_optimizers=False,
-                      parser_kwargs=parser_kwargs)
+                      parser_kwargs=parser_kwargs, parser_class=LCMArgumentParser)
 
 
 def run(args: list[str]) -> None:
