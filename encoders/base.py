@@ -34,7 +34,16 @@ class Encoder(ABC):
 
 
 def encoder_from_config(cfg: dict) -> Encoder:
-    """Rebuild an encoder from `Encoder.config()` output, as LightningCLI builds one from a YAML config."""
+    """Rebuild an encoder from `Encoder.config()` output, as LightningCLI builds one from a YAML config.
+
+    The class path comes from a checkpoint, which may be someone else's: it must name an `Encoder` subclass
+    (checked before anything is called), so a record such as `{"class_path": "os.system", ...}` runs nothing."""
+    import importlib
+
     from lightning.pytorch.cli import instantiate_class
 
+    module, _, name = str(cfg.get("class_path", "")).rpartition(".")
+    cls = getattr(importlib.import_module(module), name, None) if module else None
+    if not (isinstance(cls, type) and issubclass(cls, Encoder)):
+        raise TypeError(f"{cfg.get('class_path')!r} is not an lcm encoder class (an lcm.encoders.Encoder subclass)")
     return instantiate_class((), cfg)

@@ -8,6 +8,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from pathlib import Path  # noqa: E402
 
+import lightning.pytorch  # noqa: E402,F401 - its log handler binds the real stderr, not the first test's capsys
 import pytest  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]

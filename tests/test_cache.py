@@ -116,7 +116,8 @@ def test_encoder_config_rebuilds_the_encoder_and_bad_paths_raise_what_generation
     assert type(again) is SentenceTransformerEncoder and again.id == enc.id and again.init_args() == enc.init_args()
     with pytest.raises(ImportError):
         encoder_from_config({"class_path": "lcm.encoders.nowhere.Encoder"})
-    with pytest.raises(AttributeError):
-        encoder_from_config({"class_path": "lcm.encoders.NoSuchEncoder"})
+    for not_an_encoder in ("lcm.encoders.NoSuchEncoder", "os.system", "builtins.print"):
+        with pytest.raises(TypeError, match="is not an lcm encoder class"):
+            encoder_from_config({"class_path": not_an_encoder, "init_args": {"command": "true"}})
     with pytest.raises(TypeError):
         encoder_from_config({"class_path": "lcm.encoders.SentenceTransformerEncoder", "init_args": {"retired": 1}})

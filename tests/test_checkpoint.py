@@ -203,3 +203,19 @@ def test_a_checkpoint_with_an_unknown_class_is_refused_too(tmp_path):
     torch.save({"state_dict": {}, "hyper_parameters": {"x": Unlisted()}}, tmp_path / "m.ckpt")
     with pytest.raises(LCMError, match=r"could run code when loaded \(\S*Unlisted\); it was not loaded"):
         load_checkpoint(tmp_path / "m.ckpt")
+
+
+def test_an_encoder_record_that_names_no_encoder_runs_nothing(trained_run, tmp_path):
+    """The encoder is rebuilt from the checkpoint's record: a class path such as os.system is refused before
+    anything is called (weights-only loading alone does not stop that)."""
+    from lcm.generate import ConceptGenerator
+
+    marker = tmp_path / "pwned"
+    ckpt = torch.load(trained_run / "checkpoints" / "last.ckpt", weights_only=True)
+    ckpt["lcm"]["encoder"] = {"class_path": "os.system", "init_args": {"command": f"touch {marker}"}}
+    path = tmp_path / "checkpoints" / "hostile.ckpt"
+    path.parent.mkdir()
+    torch.save(ckpt, path)
+    with pytest.raises(LCMError, match="cannot rebuild the encoder .*'os.system' is not an lcm encoder class"):
+        ConceptGenerator.from_checkpoint(path, bank=trained_run / "checkpoints" / "bank")
+    assert not marker.exists()

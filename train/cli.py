@@ -13,7 +13,7 @@ import lightning as L
 import torch
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
-from lcm.checkpoint import upgrade_hparams
+from lcm.checkpoint import load_checkpoint, upgrade_hparams
 from lcm.errors import LCMError
 from lcm.train.callbacks import BankWriter, PredictionWriter
 
@@ -76,6 +76,14 @@ class LCMCLI(LightningCLI):
         # `lcm predict` writes what the model's predict_step returns (predictions.npz in the run's folder)
         parser.add_lightning_class_args(PredictionWriter, "prediction_writer")
 
+    def _prepare_subcommand_parser(self, klass: type, subcommand: str, **kwargs):
+        """As Lightning's, with `weights_only: true` by default: the trainer restores --ckpt_path without
+        unpickling code (Lightning leaves it null, which torch reads as true for local files, false for URLs)."""
+        parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
+        if "weights_only" in self._subcommand_method_arguments.get(subcommand, ()):
+            parser.set_defaults({"weights_only": True})
+        return parser
+
     def _parse_ckpt_path(self) -> None:
         """As Lightning's own (one `torch.load`, weights only; the checkpoint's hyper-parameters override the model
         config), plus: a missing or corrupted file is one clear line instead of a zip-archive traceback, and
@@ -86,13 +94,7 @@ class LCMCLI(LightningCLI):
             return super()._parse_ckpt_path()  # aliases and remote (fsspec) paths: Lightning's to read
         if not Path(ckpt).is_file():
             raise LCMError(f"checkpoint {ckpt} does not exist")
-        try:
-            loaded = torch.load(ckpt, weights_only=True, map_location="cpu")
-        except Exception as e:  # noqa: BLE001 - zip/pickle errors of every kind mean the same thing here
-            raise LCMError(f"checkpoint {ckpt} is corrupted or not a torch checkpoint ({type(e).__name__})") from e
-        if not isinstance(loaded, dict) or not {"state_dict", "hyper_parameters"} <= loaded.keys():
-            raise LCMError(f"checkpoint {ckpt} is not an lcm-trainer checkpoint (no state_dict / hyper_parameters)")
-        hparams = upgrade_hparams(loaded["hyper_parameters"])
+        hparams = upgrade_hparams(load_checkpoint(ckpt)["hyper_parameters"])  # weights only: one clear line
         if not hparams:
             return
         if "_class_path" in hparams:
@@ -115,14 +117,14 @@ def next_steps(trainer: L.Trainer, model, datamodule) -> str:
     from lcm.train.datamodule import ConceptDataModule
 
     ckpt = trainer.checkpoint_callback
-    best = getattr(ckpt, "best_model_path", "") or ""
-    last = getattr(ckpt, "last_model_path", "") or ""
+    best = (ckpt.best_model_path if ckpt is not None else "") or ""
+    last = (ckpt.last_model_path if ckpt is not None else "") or ""
     if not (best or last):
         return "no checkpoint was written (no ModelCheckpoint callback in trainer.callbacks)"
     lines = [f"checkpoint: {path} ({what})" for what, path in (("best", best), ("last", last)) if path]
     if isinstance(model, ConceptLM) and isinstance(datamodule, ConceptDataModule) and datamodule.banks:
-        docs = getattr(getattr(datamodule, "_corpus", None), "docs", None) or {}  # text corpora only (not a store)
-        held_out = docs.get("test") or docs.get("val") or []
+        docs = datamodule.corpus.docs  # empty lists when trained from a store
+        held_out = docs["test"] or docs["val"]
         problem = held_out[0].prompt_text if held_out else "YOUR PROBLEM"
         lines.append(f"next: lcm generate --ckpt {shlex.quote(best or last)} {shlex.quote(problem)}")
     return "\n".join(lines)
