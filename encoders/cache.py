@@ -13,7 +13,9 @@ import hashlib
 import re
 import secrets
 import time
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
@@ -41,6 +43,22 @@ def check_finite(emb: np.ndarray, texts: list[str]) -> None:
                        "nothing was cached for them")
 
 
+@contextmanager
+def _exclusive(path: Path) -> Iterator[None]:
+    """An advisory lock held by one process at a time (POSIX `flock`; released if the process dies)."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock, two processes may encode the same sentences (still consistent)
+        yield
+        return
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 class EmbeddingCache:
     """Maps sentence texts to embeddings of one encoder, encoding only what is not on disk yet.
 
@@ -61,6 +79,7 @@ class EmbeddingCache:
         self.show_progress = show_progress
         self._rows: dict[bytes, tuple[int, int]] = {}  # key -> (shard, row)
         self._shards: list[np.ndarray] = []  # memory-mapped (n, D) float32
+        self._loaded: set[str] = set()  # shard files already mapped
         self._open()
 
     # ---- loading -------------------------------------------------------------------------------
@@ -79,6 +98,8 @@ class EmbeddingCache:
                            f"(format {meta.get('format')}), not {self.encoder.id!r}")
         self.dim = int(meta["dim"])
         for keys_path in sorted(self.dir.glob("shard-*.keys.npy")):
+            if keys_path.name in self._loaded:  # re-opened to pick up shards another process wrote
+                continue
             emb_path = keys_path.with_name(keys_path.name.replace(".keys.npy", ".emb.npy"))
             try:
                 keys = np.load(keys_path, allow_pickle=False)
@@ -89,9 +110,10 @@ class EmbeddingCache:
             if emb.ndim != 2 or emb.shape != (len(keys), self.dim) or keys.dtype != np.uint8 or keys.shape[1:] != (16,):
                 raise LCMError(f"embedding cache shard {keys_path.name[:-9]} in {self.dir} has shape {emb.shape} "
                                f"for {len(keys)} keys of dim {self.dim}; delete its two files and rerun")
-            self._add_shard(keys, emb)
+            self._add_shard(keys, emb, keys_path.name)
 
-    def _add_shard(self, keys: np.ndarray, emb: np.ndarray) -> None:
+    def _add_shard(self, keys: np.ndarray, emb: np.ndarray, name: str) -> None:
+        self._loaded.add(name)
         shard = len(self._shards)
         self._shards.append(emb)
         # view rows as 16-byte voids: .tolist() gives exact bytes ("S16" would strip trailing NULs)
@@ -117,10 +139,19 @@ class EmbeddingCache:
         return out
 
     def ensure(self, texts: list[str]) -> int:
-        """Encode and store every text not cached yet. Returns how many were encoded."""
-        todo = self.missing(texts)
-        if not todo:
+        """Encode and store every text not cached yet. Returns how many were encoded.
+
+        Processes sharing the cache take turns (a lock file): the second waits, then finds the first one's
+        shards and encodes only what is still missing, instead of encoding everything twice."""
+        if not self.missing(texts):
             return 0
+        self.dir.mkdir(parents=True, exist_ok=True)
+        with _exclusive(self.dir / ".encode.lock"):
+            self._open()  # shards written by another process while we waited
+            todo = self.missing(texts)
+            return self._encode(todo) if todo else 0
+
+    def _encode(self, todo: list[str]) -> int:
         if not self._shards:
             self.dim = self.encoder.dim
             self.dir.mkdir(parents=True, exist_ok=True)
@@ -150,7 +181,7 @@ class EmbeddingCache:
         stem = self.dir / f"shard-{time.time_ns():020d}-{secrets.token_hex(4)}"
         write_npy(f"{stem}.emb.npy", emb)
         write_npy(f"{stem}.keys.npy", keys)  # written last: the shard's commit marker
-        self._add_shard(keys, np.load(f"{stem}.emb.npy", mmap_mode="r"))
+        self._add_shard(keys, np.load(f"{stem}.emb.npy", mmap_mode="r"), Path(f"{stem}.keys.npy").name)
 
     # ---- lookup --------------------------------------------------------------------------------
     def get(self, texts: list[str]) -> np.ndarray:

@@ -121,3 +121,26 @@ def test_encoder_config_rebuilds_the_encoder_and_bad_paths_raise_what_generation
             encoder_from_config({"class_path": not_an_encoder, "init_args": {"command": "true"}})
     with pytest.raises(TypeError):
         encoder_from_config({"class_path": "lcm.encoders.SentenceTransformerEncoder", "init_args": {"retired": 1}})
+
+
+def test_two_processes_on_one_cache_encode_each_sentence_once(tmp_path):
+    """Two runs started together on one cache used to both encode everything; now the second waits for the
+    first's shards and encodes only what is still missing (here: nothing)."""
+    import subprocess
+    import sys
+
+    texts = [f"Sentence number {i} about {i % 7} apples." for i in range(300)]
+    (tmp_path / "texts.json").write_text(__import__("json").dumps(texts))
+    script = ("import json, sys\n"
+              "from lcm.encoders import SentenceTransformerEncoder\n"
+              "from lcm.encoders.cache import EmbeddingCache\n"
+              f"texts = json.load(open({str(tmp_path / 'texts.json')!r}))\n"
+              f"cache = EmbeddingCache({str(tmp_path / 'cache')!r}, SentenceTransformerEncoder(), show_progress=False)\n"
+              "print(cache.ensure(texts))\n")
+    env = {**__import__("os").environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    runs = [subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             env=env) for _ in range(2)]
+    outs = [r.communicate(timeout=300) for r in runs]
+    assert all(r.returncode == 0 for r in runs), [o[1][-2000:] for o in outs]
+    encoded = sorted(int(o[0].strip().splitlines()[-1]) for o in outs)
+    assert encoded == [0, len(texts)]
