@@ -14,8 +14,10 @@ from lcm.errors import LCMError
 def generate_main(args: list[str]) -> None:
     parser = argparse.ArgumentParser(prog="lcm generate", description="Generate reasoning steps for a problem.")
     parser.add_argument("problem", nargs="+", help="problem text (several arguments = several problems)")
-    parser.add_argument("--ckpt", required=True, help="checkpoint written by `lcm fit`")
-    parser.add_argument("--bank", default=None, help="sentence bank folder (default: <ckpt folder>/bank)")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--ckpt", help="checkpoint written by `lcm fit`")
+    source.add_argument("--pretrained", help="model folder written by `lcm export` (weights, config, banks)")
+    parser.add_argument("--bank", default=None, help="--ckpt: sentence bank folder (default: <ckpt folder>/bank)")
     parser.add_argument("--max-steps", type=int, default=16)
     parser.add_argument("--eot-threshold", type=float, default=0.9)
     parser.add_argument("--feedback", choices=["decoded", "predicted", "retrieved"], default="decoded",
@@ -42,7 +44,10 @@ def generate_main(args: list[str]) -> None:
     from lcm.generate import ConceptGenerator, format_generation
 
     hybrid = {"k": ns.k, "threshold": ns.threshold, "beam": ns.beam} if ns.decoder else {}
-    gen = ConceptGenerator.from_checkpoint(ns.ckpt, bank=ns.bank, device=ns.device, decoder=ns.decoder, **hybrid)
+    if ns.pretrained:
+        gen = ConceptGenerator.from_pretrained(ns.pretrained, device=ns.device, decoder=ns.decoder, **hybrid)
+    else:
+        gen = ConceptGenerator.from_checkpoint(ns.ckpt, bank=ns.bank, device=ns.device, decoder=ns.decoder, **hybrid)
     plans = [ns.plan] * len(ns.problem) if ns.plan else None
     outs = gen.generate(ns.problem, max_steps=ns.max_steps, eot_threshold=ns.eot_threshold, feedback=ns.feedback,
                         plans=plans, seed=ns.seed, noise=ns.noise, guidance=ns.guidance, ddim_steps=ns.ddim_steps,
@@ -72,9 +77,24 @@ Training (LightningCLI; `lcm COMMAND --help` lists every option):
 
 Generation:
   lcm generate --ckpt CKPT "PROBLEM" [...]           reasoning steps for one or more problems
+  lcm generate --pretrained DIR "PROBLEM" [...]      the same from an exported model folder
+  lcm export --ckpt CKPT DIR                         a shareable folder: safetensors, config, banks, card
 
 Evaluation:
 {EVAL_OVERVIEW.split(chr(10), 2)[2]}"""
+
+
+def export_main(args: list[str]) -> None:
+    """`lcm export --ckpt CKPT DIR`: a shareable folder (safetensors, config.json, banks, model card)."""
+    parser = argparse.ArgumentParser(prog="lcm export", description="Write a concept-model checkpoint as a "
+                                     "shareable folder: model.safetensors, config.json, bank/, README.md card.")
+    parser.add_argument("--ckpt", required=True, help="checkpoint written by `lcm fit` (its bank/ beside it)")
+    parser.add_argument("folder", help="new folder to write")
+    ns = parser.parse_args(args)
+    from lcm.pretrained import export_checkpoint
+
+    print(f"exported to {export_checkpoint(ns.ckpt, ns.folder)}; load it with "
+          f"`lcm generate --pretrained {ns.folder} \"PROBLEM\"` or ConceptGenerator.from_pretrained")
 
 
 def eval_main(args: list[str]) -> None:
@@ -98,6 +118,8 @@ def main(argv: list[str] | None = None) -> None:
     try:
         if args[0] == "generate":
             generate_main(args[1:])
+        elif args[0] == "export":
+            export_main(args[1:])
         elif args[0] == "eval":
             eval_main(args[1:])
         else:

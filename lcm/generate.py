@@ -107,6 +107,23 @@ class ConceptGenerator:
         if not meta.get("encoder_id"):
             raise LCMError(f"checkpoint {path} has no encoder record; it was not written by `lcm fit`")
         model = model_from_checkpoint(concept_model_class(meta), ckpt, path)
+        bank_dir = Path(bank) if bank is not None else Path(path).parent / "bank"
+        return cls._assemble(model, meta, path, bank_dir, encoder, device, decoder, hybrid)
+
+    @classmethod
+    def from_pretrained(cls, folder: str | Path, encoder: Encoder | None = None, device: str = "cpu",
+                        decoder: str | Path | ConceptDecoder | None = None, **hybrid) -> "ConceptGenerator":
+        """Load a folder written by `lcm export` (`lcm.pretrained`): safetensors weights, JSON config, the banks
+        inside it. Other arguments as `from_checkpoint`."""
+        from lcm.pretrained import load_pretrained
+
+        model, meta = load_pretrained(folder, concept_model_class)
+        return cls._assemble(model, meta, folder, Path(folder) / "bank", encoder, device, decoder, hybrid)
+
+    @classmethod
+    def _assemble(cls, model: ConceptLM, meta: dict, path, bank_dir: Path, encoder: Encoder | None, device: str,
+                  decoder, hybrid: dict) -> "ConceptGenerator":
+        """A loaded model + its recorded encoder, banks (`bank_dir`, `plan_bank` beside it) and read-out."""
         model.meta = meta
         if encoder is None:
             try:
@@ -117,7 +134,6 @@ class ConceptGenerator:
         if encoder.id != meta["encoder_id"] or encoder.dim != model.arch.embed_dim:
             raise LCMError(f"encoder {encoder.id!r} (dim {encoder.dim}) differs from the checkpoint's "
                            f"{meta['encoder_id']!r} (dim {model.arch.embed_dim})")
-        bank_dir = Path(bank) if bank is not None else Path(path).parent / "bank"
         corpus = meta.get("corpus")  # the bank must hold the sentences of the corpus the model was trained on
         sentence_bank = SentenceBank.load(bank_dir, encoder_id=encoder.id, dim=model.arch.embed_dim, corpus=corpus)
         plan_bank = (SentenceBank.load(bank_dir.parent / "plan_bank", encoder_id=encoder.id, dim=model.arch.embed_dim,
