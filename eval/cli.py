@@ -79,6 +79,7 @@ Generation:
   lcm generate --ckpt CKPT "PROBLEM" [...]           reasoning steps for one or more problems
   lcm generate --pretrained DIR "PROBLEM" [...]      the same from an exported model folder
   lcm export --ckpt CKPT DIR                         a shareable folder: safetensors, config, banks, card
+  lcm plot RUN_DIR                                   PNG training curves of a run (RUN_DIR/plots/)
 
 Evaluation:
 {EVAL_OVERVIEW.split(chr(10), 2)[2]}"""
@@ -120,6 +121,10 @@ def main(argv: list[str] | None = None) -> None:
             generate_main(args[1:])
         elif args[0] == "export":
             export_main(args[1:])
+        elif args[0] == "plot":
+            from lcm.eval.plot import main as plot_main
+
+            plot_main(args[1:])
         elif args[0] == "eval":
             eval_main(args[1:])
         else:

@@ -61,6 +61,18 @@ class LCMCLI(LightningCLI):
                 raise LCMError(f"--trainer.{key} 0 trains nothing (no checkpoint would be written); "
                                f"use a positive value, or -1 for no limit")
 
+    def instantiate_trainer(self, **kwargs) -> L.Trainer:
+        """As Lightning's, plus TensorBoard beside the CSV log: event files in the same run folder
+        (`runs/<name>/version_N/`), so `tensorboard --logdir runs` shows every run's curves."""
+        from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+        trainer = super().instantiate_trainer(**kwargs)
+        csv = next((lg for lg in trainer.loggers if isinstance(lg, CSVLogger)), None)
+        if csv is not None and not any(isinstance(lg, TensorBoardLogger) for lg in trainer.loggers):
+            tensorboard = TensorBoardLogger(csv.save_dir, name=csv.name, version=csv.version, default_hp_metric=False)
+            trainer.loggers = [*trainer.loggers, tensorboard]
+        return trainer
+
     def after_fit(self) -> None:
         """Say where the checkpoints are and what to run next."""
         if self.trainer.is_global_zero:
