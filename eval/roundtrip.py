@@ -59,21 +59,28 @@ def heldout_sentences(config: Path) -> list[str]:
     return list(dict.fromkeys(texts))
 
 
-def evaluate(sentences: list[str], systems: dict, encoder) -> dict[str, dict]:
-    """Encode once, decode with each system, score. systems: {name: ConceptDecoder}."""
+def evaluate(sentences: list[str], systems: dict, encoder) -> tuple[dict[str, dict], list[dict]]:
+    """Encode once, decode with each system, score. systems: {name: ConceptDecoder}. Returns the scores per
+    system and, per sentence, what each system gave back (text, source, cosine of its embedding to the
+    sentence's)."""
     from lcm.eval.text_metrics import roundtrip_scores
+    from lcm.decoding import cosine_rows
 
     emb = encoder.encode(sentences)  # (N, D) what each decoder must invert
-    results = {}
+    results, samples = {}, [{"sentence": s, "outputs": {}} for s in sentences]
     for name, system in systems.items():
         start = time.perf_counter()
         out = system.decode(emb)
         seconds = time.perf_counter() - start
-        scores = roundtrip_scores([d.text for d in out], sentences, np.stack([d.embedding for d in out]), emb)
+        decoded = np.stack([d.embedding for d in out])  # (N, D)
+        scores = roundtrip_scores([d.text for d in out], sentences, decoded, emb)
         scores["generated_share"] = float(np.mean([d.source == "generated" for d in out]))
         scores["ms_per_sentence"] = 1000 * seconds / len(sentences)
         results[name] = scores
-    return results
+        cosines = cosine_rows(decoded, emb)  # (N,)
+        for sample, d, cos in zip(samples, out, cosines):
+            sample["outputs"][name] = {"text": d.text, "source": d.source, "cosine": float(cos)}
+    return results, samples
 
 
 def build_systems(decoder_ckpt: Path, bank_dir: Path | None, beam: int, k: int, threshold: float):
@@ -127,7 +134,7 @@ def main(argv: list[str] | None = None) -> None:
         sentences = sentences[: ns.limit]
         systems, encoder, bank = build_systems(ns.decoder, ns.bank, ns.beam, ns.k, ns.threshold)
         in_bank = set(bank.texts)
-        results = evaluate(sentences, systems, encoder)
+        results, samples = evaluate(sentences, systems, encoder)
     except LCMError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
@@ -135,7 +142,7 @@ def main(argv: list[str] | None = None) -> None:
 
     report = {"sentences": len(sentences), "in_bank_share": float(np.mean([s in in_bank for s in sentences])),
               "source": str(ns.text) if ns.text else "heldout", "decoder": str(ns.decoder), "bank_size": len(bank),
-              "results": results}
+              "results": results, "samples": samples}  # per sentence: every system's output
     out = ns.out or Path("runs/roundtrip") / f"{name}.json"
     write_json(out, report)
     print(f"{len(sentences)} sentences from {report['source']} ({report['in_bank_share']:.1%} of them in the "

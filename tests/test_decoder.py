@@ -151,6 +151,11 @@ def test_roundtrip_script(decoder_run, tmp_path, capsys):
     for r in report["results"].values():
         assert 0 <= r["exact_match"] <= 1 and 0 <= r["bleu"] <= 100 and -1 <= r["cosine"] <= 1
     assert report["results"]["retrieval"]["generated_share"] == 0
+    first = report["samples"][0]  # per-sentence outputs are kept, not only the averages
+    assert first["sentence"] == "The quick brown fox jumps over the lazy dog." and set(first["outputs"]) == set(
+        report["results"]) and first["outputs"]["retrieval"]["source"] == "retrieved"
+    mean_cos = np.mean([s["outputs"]["retrieval"]["cosine"] for s in report["samples"]])
+    assert mean_cos == pytest.approx(report["results"]["retrieval"]["cosine"], abs=1e-5)
     assert "| retrieval |" in capsys.readouterr().out
     main(["--decoder", str(decoder_run / "checkpoints" / "last.ckpt"), "--limit", "20", "--out", str(out)])  # held-out
     report = json.loads(out.read_text())
