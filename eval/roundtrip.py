@@ -63,8 +63,8 @@ def evaluate(sentences: list[str], systems: dict, encoder) -> tuple[dict[str, di
     """Encode once, decode with each system, score. systems: {name: ConceptDecoder}. Returns the scores per
     system and, per sentence, what each system gave back (text, source, cosine of its embedding to the
     sentence's)."""
-    from lcm.eval.text_metrics import roundtrip_scores
     from lcm.decoding import cosine_rows
+    from lcm.eval.text_metrics import roundtrip_scores
 
     emb = encoder.encode(sentences)  # (N, D) what each decoder must invert
     results, samples = {}, [{"sentence": s, "outputs": {}} for s in sentences]
