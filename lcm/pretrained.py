@@ -26,16 +26,18 @@ WEIGHTS, CONFIG, CARD = "model.safetensors", "config.json", "README.md"
 
 
 def export_checkpoint(ckpt_path: str | Path, folder: str | Path) -> Path:
-    """An `lcm fit` checkpoint of a concept model (and the banks beside it) -> a shareable folder."""
+    """An `lcm fit` checkpoint (concept model, sentence decoder or token baseline; the banks beside it) -> a
+    shareable folder."""
     from safetensors.torch import save_file
 
     ckpt_path, folder = Path(ckpt_path), Path(folder)
     ckpt = load_checkpoint(ckpt_path)
     meta = ckpt.get("lcm") or {}
-    if meta.get("kind") in ("decoder", "token") or not meta.get("encoder_id"):
-        raise LCMError(f"{ckpt_path} is not a concept-model checkpoint written by `lcm fit` (export takes those)")
+    if not (meta.get("kind") in ("decoder", "token") or meta.get("encoder_id")):
+        raise LCMError(f"{ckpt_path} is not a checkpoint written by `lcm fit` (no `lcm` record)")
     banks = [name for name in ("bank", "plan_bank") if (ckpt_path.parent / name / "manifest.json").is_file()]
-    if "bank" not in banks or (meta.get("planning") and "plan_bank" not in banks):
+    concept = meta.get("kind") not in ("decoder", "token")  # concept models need their banks to generate
+    if concept and ("bank" not in banks or (meta.get("planning") and "plan_bank" not in banks)):
         raise LCMError(f"{ckpt_path.parent} lacks the sentence bank(s) of this checkpoint; rebuild them with "
                        f"`lcm validate -c CONFIG --ckpt_path {ckpt_path}` first")
     if folder.exists() and any(folder.iterdir()):
@@ -52,8 +54,9 @@ def export_checkpoint(ckpt_path: str | Path, folder: str | Path) -> Path:
     return folder
 
 
-def load_pretrained(folder: str | Path, model_class):
-    """(model, meta) from a folder written by `export_checkpoint`; `model_class(meta)` picks the class."""
+def load_pretrained(folder: str | Path, model_class, kind: str | None = None):
+    """(model, meta) from a folder written by `export_checkpoint`; `model_class(meta)` picks the class.
+    `kind` ("decoder", "token"; None = a concept model) must match the exported model's."""
     from safetensors.torch import load_file
 
     folder = Path(folder)
@@ -66,6 +69,8 @@ def load_pretrained(folder: str | Path, model_class):
     if config.get("format") != FORMAT or not isinstance(config.get("lcm"), dict):
         raise LCMError(f"{folder}/{CONFIG} is not an lcm-trainer model config (format {config.get('format')!r})")
     meta = config["lcm"]
+    if meta.get("kind") != kind:
+        raise LCMError(f"{folder} holds a {meta.get('kind') or 'concept'} model, not a {kind or 'concept'} model")
     ckpt = {"hyper_parameters": config["hyper_parameters"], "state_dict": state}
     return model_from_checkpoint(model_class(meta), ckpt, folder), meta
 
@@ -92,11 +97,15 @@ def model_card(ckpt_path: Path, config: dict, n_tensors: int) -> str:
         data = json.dumps((fit.get("data") or {}).get("init_args", fit.get("data")), default=str)[:600]
     metrics = _last_validation(run_dir)
     rows = "\n".join(f"| {k} | {v:.4f} |" for k, v in sorted(metrics.items())) or "| (no metrics.csv next to the run) | |"
-    return f"""# {meta.get("model_class", "lcm.module.ConceptLM").rpartition(".")[2]} (lcm-trainer)
+    what = {"decoder": "A sentence decoder: it turns a sentence embedding back into text (`SentenceDecoderLM."
+                       "from_pretrained`).",
+            "token": "A token baseline: a GPT on the same documents rendered as text (`TokenLM.from_pretrained`)."}
+    name = {"decoder": "SentenceDecoderLM", "token": "TokenLM"}.get(meta.get("kind"))
+    return f"""# {name or meta.get("model_class", "lcm.module.ConceptLM").rpartition(".")[2]} (lcm-trainer)
 
-A sentence-level concept model: it predicts the next sentence embedding of a reasoning chain; generation
-reads predictions out through the sentence bank in `bank/`. Exported from `{ckpt_path}` ({n_tensors}
-tensors, no optimizer state).
+{what.get(meta.get("kind"), "A sentence-level concept model: it predicts the next sentence embedding of a reasoning "
+"chain; generation reads predictions out through the sentence bank in `bank/`.")} Exported from `{ckpt_path}`
+({n_tensors} tensors, no optimizer state).
 
 - encoder: `{meta.get("encoder_id")}` (dimension {meta.get("dim")}); prompts split as `{meta.get("prompt_format",
 "sentences")}`, sentences capped at {meta.get("max_chars")} characters

@@ -80,3 +80,16 @@ class TokenizerInCheckpoint:
 
     def check_record(self, meta: dict) -> None:
         """Refuse a checkpoint whose record does not fit the data this run trains on (default: any fits)."""
+
+    @classmethod
+    def from_pretrained(cls, folder, device: str = "cpu"):
+        """An eval-mode model from a folder written by `lcm export` (safetensors weights, the tokenizer in
+        config.json); no pickle is read."""
+        from lcm.pretrained import load_pretrained
+
+        model, meta = load_pretrained(folder, lambda _: cls, kind=cls.KIND)
+        model.on_load_checkpoint({"lcm": meta})
+        try:
+            return model.to(device).eval()
+        except (RuntimeError, AssertionError) as e:  # e.g. device="cuda" on a machine without CUDA
+            raise LCMError(f"cannot use device {device!r}: {str(e).splitlines()[0][:200]}") from e

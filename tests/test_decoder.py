@@ -185,3 +185,11 @@ def test_sonar_decoder_without_the_extra_is_one_clear_error():
         SonarDecoder().decode(np.zeros((1, 1024), np.float32))
     with pytest.raises(LCMError, match="dimension 1024"):
         SonarDecoder().decode(np.zeros((1, 384), np.float32))
+
+
+def test_the_decoder_exports_and_loads_from_a_folder(decoder_run, decoder, tmp_path, encoder):
+    code, _ = run_lcm(["export", "--ckpt", str(decoder_run / "checkpoints" / "last.ckpt"), str(tmp_path / "dec")])
+    assert code == 0 and (tmp_path / "dec" / "bank" / "manifest.json").is_file()
+    again = SentenceDecoderLM.from_pretrained(tmp_path / "dec")
+    emb = encoder.encode(SENTENCES)
+    assert again.decode_texts(emb) == decoder.decode_texts(emb) and again.meta == decoder.meta

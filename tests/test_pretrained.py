@@ -52,3 +52,28 @@ def test_export_and_load_refuse_what_they_cannot_take(exported, trained_run, tmp
     (tmp_path / "model.safetensors").write_bytes((exported / "model.safetensors").read_bytes())
     with pytest.raises(LCMError, match="not an lcm-trainer model config"):
         ConceptGenerator.from_pretrained(tmp_path)
+
+
+TINY_TOKEN = ["--data.init_args.source.init_args.n", "40", "--data.init_args.batch_size", "8",
+              "--model.init_args.arch.d_model", "32", "--model.init_args.arch.n_layer", "1",
+              "--model.init_args.arch.n_head", "2", "--model.init_args.vocab_size", "300",
+              "--trainer.max_epochs", "1", "--trainer.enable_progress_bar", "false"]
+
+
+def test_the_token_baseline_exports_and_loads_with_its_tokenizer(tmp_path):
+    from conftest import fit_in
+
+    from lcm.token_model import TokenLM
+
+    run = fit_in(tmp_path, "token_baseline.yaml", TINY_TOKEN)
+    folder = tmp_path / "token-export"
+    code, _ = run_lcm(["export", "--ckpt", str(run / "checkpoints" / "last.ckpt"), str(folder)])
+    assert code == 0 and sorted(p.name for p in folder.iterdir()) == ["README.md", "config.json", "model.safetensors"]
+    a = TokenLM.from_checkpoint(run / "checkpoints" / "last.ckpt")
+    b = TokenLM.from_pretrained(folder)
+    assert a.tokenizer.to_str() == b.tokenizer.to_str()
+    prompt = "Ann has 3 pens and buys 2 more. How many pens?"
+    assert a.generate(prompt, mode="greedy", max_new_tokens=12)[0].text == b.generate(prompt, mode="greedy",
+                                                                                        max_new_tokens=12)[0].text
+    with pytest.raises(LCMError, match="holds a token model, not a concept model"):
+        ConceptGenerator.from_pretrained(folder)
