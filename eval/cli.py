@@ -91,11 +91,16 @@ def export_main(args: list[str]) -> None:
                                      "shareable folder: model.safetensors, config.json, bank/, README.md card.")
     parser.add_argument("--ckpt", required=True, help="checkpoint written by `lcm fit` (its bank/ beside it)")
     parser.add_argument("folder", help="new folder to write")
+    parser.add_argument("--push", metavar="OWNER/NAME", default=None,
+                        help="also upload the folder to this Hugging Face hub model repo (network and a token needed)")
+    parser.add_argument("--private", action="store_true", help="--push: create the hub repo as private")
     ns = parser.parse_args(args)
-    from lcm.pretrained import export_checkpoint
+    from lcm.pretrained import export_checkpoint, push_to_hub
 
     print(f"exported to {export_checkpoint(ns.ckpt, ns.folder)}; load it with "
-          f"`lcm generate --pretrained {ns.folder} \"PROBLEM\"` or ConceptGenerator.from_pretrained")
+          f"`lcm generate --pretrained {ns.push or ns.folder} \"PROBLEM\"` or ConceptGenerator.from_pretrained")
+    if ns.push:
+        print(f"pushed to {push_to_hub(ns.folder, ns.push, ns.private)}")
 
 
 def eval_main(args: list[str]) -> None:

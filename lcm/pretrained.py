@@ -6,8 +6,8 @@
     DIR/bank/, DIR/plan_bank/  the retrieval banks (faiss index, texts.json, embeddings.npy, manifest.json)
     DIR/README.md            a model card: data, encoder, metrics of the run, the command that trained it
 
-`export_checkpoint` writes one from an `lcm fit` checkpoint (`lcm export --ckpt CKPT DIR`);
-`load_pretrained` reads it back (`ConceptGenerator.from_pretrained(DIR)`). Loading reads JSON and
+`export_checkpoint` writes one from an `lcm fit` checkpoint (`lcm export --ckpt CKPT DIR [--push OWNER/NAME]`);
+`load_pretrained` reads it back (`ConceptGenerator.from_pretrained(DIR or OWNER/NAME)`). Loading reads JSON and
 safetensors only, so a folder from someone else cannot run code.
 """
 from __future__ import annotations
@@ -54,12 +54,50 @@ def export_checkpoint(ckpt_path: str | Path, folder: str | Path) -> Path:
     return folder
 
 
+def _first_line(e: Exception) -> str:
+    return f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:200]}"
+
+
+def resolve(name: str | Path) -> Path:
+    """A local folder, or a Hugging Face hub model id ("owner/name") fetched into the hub cache (offline:
+    found there if it was fetched before)."""
+    path = Path(name)
+    if path.exists():
+        return path
+    parts = str(name).split("/")
+    if len(parts) != 2 or not all(parts) or str(name).startswith((".", "/")):
+        raise LCMError(f"model folder {name} does not exist (nor is it a hub id such as owner/name)")
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(repo_id=str(name)))
+    except Exception as e:  # noqa: BLE001 - offline, unknown repo, no access: one line for all
+        raise LCMError(f"{name} is no local folder and could not be fetched from the Hugging Face hub "
+                       f"({_first_line(e)})") from e
+
+
+def push_to_hub(folder: str | Path, repo_id: str, private: bool = False) -> str:
+    """Upload an exported folder to a hub model repo (created if missing); returns its URL. Needs network
+    and a token (`huggingface-cli login` or HF_TOKEN)."""
+    from huggingface_hub import HfApi
+
+    api = HfApi()
+    try:
+        url = api.create_repo(repo_id, exist_ok=True, private=private, repo_type="model")
+        api.upload_folder(folder_path=str(folder), repo_id=repo_id, repo_type="model",
+                          commit_message="lcm export")
+    except Exception as e:  # noqa: BLE001 - offline, no token, no rights: one line, the folder is kept
+        raise LCMError(f"could not push {folder} to the hub as {repo_id} ({_first_line(e)}); the folder is "
+                       "written, push it later") from e
+    return str(url)
+
+
 def load_pretrained(folder: str | Path, model_class, kind: str | None = None):
     """(model, meta) from a folder written by `export_checkpoint`; `model_class(meta)` picks the class.
     `kind` ("decoder", "token"; None = a concept model) must match the exported model's."""
     from safetensors.torch import load_file
 
-    folder = Path(folder)
+    folder = resolve(folder)
     try:
         config = json.loads((folder / CONFIG).read_text(encoding="utf-8"))
         state = load_file(str(folder / WEIGHTS))

@@ -77,3 +77,17 @@ def test_the_token_baseline_exports_and_loads_with_its_tokenizer(tmp_path):
                                                                                         max_new_tokens=12)[0].text
     with pytest.raises(LCMError, match="holds a token model, not a concept model"):
         ConceptGenerator.from_pretrained(folder)
+
+
+def test_hub_names_and_pushing_offline_are_one_line_and_keep_the_folder(trained_run, tmp_path, capsys):
+    """Tests run offline (HF_HUB_OFFLINE=1): a hub id that is not in the local cache, and a push, each fail with
+    one line; the exported folder is written before the push is tried."""
+    with pytest.raises(LCMError, match="could not be fetched from the Hugging Face hub"):
+        ConceptGenerator.from_pretrained("nobody-here/no-such-model")
+    with pytest.raises(LCMError, match="does not exist"):
+        ConceptGenerator.from_pretrained(tmp_path / "missing")
+    folder = tmp_path / "pushed"
+    code, err = run_lcm(["export", "--ckpt", str(trained_run / "checkpoints" / "last.ckpt"), str(folder), "--push",
+                         "nobody-here/no-such-model"], capsys)
+    assert code == 2 and "could not push" in err and err.count("\n") == 1
+    assert (folder / "model.safetensors").is_file()  # nothing lost
