@@ -143,6 +143,11 @@ def load_module(cls, path: str | Path, kind: str, what: str, train_hint: str, de
         raise LCMError(f"{path} is not a {what} checkpoint (train one with `{train_hint}`)")
     model = model_from_checkpoint(cls, ckpt, path)
     model.on_load_checkpoint(ckpt)
+    return on_device(model, device)
+
+
+def on_device(model, device):
+    """`model` in eval mode on `device`, or one error line for a device this machine cannot use."""
     try:
         return model.to(device).eval()
     except (RuntimeError, AssertionError) as e:  # e.g. device="cuda" on a machine without CUDA

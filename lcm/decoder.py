@@ -8,7 +8,6 @@ also reads imperfect (predicted) embeddings, which the LCM paper found decoders 
 from __future__ import annotations
 
 from dataclasses import asdict
-from pathlib import Path
 
 import lightning as L
 import numpy as np
@@ -180,7 +179,7 @@ class SentenceDecoderLM(TokenizerInCheckpoint, DataConsumer, L.LightningModule):
         optim: AdamW + warmup/cosine (`lcm.optim.OptimConfig`, as for the concept model).
     """
 
-    KIND, WHAT = "decoder", "sentence-decoder"
+    KIND, WHAT, TRAIN_HINT = "decoder", "sentence-decoder", "lcm fit -c train/configs/decoder_quickstart.yaml"
 
     def __init__(self, arch: LCMConfig = DEFAULT_DECODER_ARCH, vocab_size: int = 4096, n_prefix: int = 4,
                  noise_std: float = 0.0, max_new_tokens: int = 64, optim: OptimConfig = OptimConfig()):
@@ -299,12 +298,6 @@ class SentenceDecoderLM(TokenizerInCheckpoint, DataConsumer, L.LightningModule):
             return tok.decode(greedy_decode(self.net, x, tok.bos_id, tok.eos_id, max_new))
         hyps = beam_decode(self.net, x, tok.bos_id, tok.eos_id, max_new, beam)
         return [tok.decode(h) for h in hyps]
-
-    @classmethod
-    def from_checkpoint(cls, path: str | Path, device: str = "cpu") -> "SentenceDecoderLM":
-        from lcm.checkpoint import load_module
-
-        return load_module(cls, path, "decoder", "sentence-decoder", "lcm fit -c train/configs/decoder_quickstart.yaml", device)
 
     # ---- optimisation ----------------------------------------------------------------------------
     def configure_optimizers(self):

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from lcm.checkpoint import load_checkpoint, model_from_checkpoint
+from lcm.checkpoint import load_checkpoint, model_from_checkpoint, on_device
 from lcm.concepts import DEFAULT_EOT_TEXT
 from lcm.decoding import ConceptDecoder, Decoded, HybridDecoder, RetrievalDecoder
 from lcm.encoders.base import Encoder, encoder_from_config
@@ -73,10 +73,7 @@ class ConceptGenerator:
                 raise LCMError(f"encoder {encoder.id!r} does not match the {name}'s {part.encoder_id!r}")
             if part.dim != model.arch.embed_dim:
                 raise LCMError(f"{name} dimension {part.dim} != model dimension {model.arch.embed_dim}")
-        try:
-            self.model = model.to(device).eval()
-        except (RuntimeError, AssertionError) as e:  # e.g. device="cuda" on a machine without CUDA
-            raise LCMError(f"cannot use device {device!r}: {str(e).splitlines()[0][:200]}") from e
+        self.model = on_device(model, device)
         self.encoder = encoder
         self.bank = bank
         self.decoder = decoder

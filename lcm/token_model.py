@@ -17,7 +17,6 @@ evaluations it cost.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Literal
 
 import lightning as L
@@ -73,7 +72,7 @@ class TokenLM(CompileOnFit, TokenizerInCheckpoint, DataConsumer, L.LightningModu
     tokenized `{"tokens": (B, L) long, "target": (B, L-1) bool}` (target: the next token is a loss target).
     """
 
-    KIND, WHAT = "token", "token-baseline"
+    KIND, WHAT, TRAIN_HINT = "token", "token-baseline", "lcm fit -c train/configs/token_baseline.yaml"
 
     def __init__(self, arch: LCMConfig = DEFAULT_TOKEN_ARCH, vocab_size: int = 1024,
                  optim: OptimConfig = OptimConfig(), compile: bool = False):
@@ -105,12 +104,6 @@ class TokenLM(CompileOnFit, TokenizerInCheckpoint, DataConsumer, L.LightningModu
     def setup(self, stage: str) -> None:
         if self.tokenizer is None:  # no TokenDataModule handed texts over, and no checkpoint brought a tokenizer
             raise LCMError("TokenLM trains on text: use data class_path lcm.train.TokenDataModule")
-
-    @classmethod
-    def from_checkpoint(cls, path: str | Path, device: str = "cpu") -> "TokenLM":
-        from lcm.checkpoint import load_module
-
-        return load_module(cls, path, "token", "token-baseline", "lcm fit -c train/configs/token_baseline.yaml", device)
 
     # ---- training --------------------------------------------------------------------------------
     def prompt_ids(self, prompt: str) -> list[int]:

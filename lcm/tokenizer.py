@@ -62,10 +62,12 @@ class SentenceTokenizer:
 
 class TokenizerInCheckpoint:
     """For LightningModules that train their own tokenizer: it travels in the checkpoint's `lcm` record, next
-    to `self.meta` (whose "kind" names the model: "decoder", "token"). Subclasses set `KIND` and `WHAT`."""
+    to `self.meta` (whose "kind" names the model: "decoder", "token"). Subclasses set `KIND` (the record's
+    kind), `WHAT` (the kind's name in messages) and `TRAIN_HINT` (the command that trains one)."""
 
     KIND = ""
     WHAT = ""
+    TRAIN_HINT = ""
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["lcm"] = dict(self.meta, tokenizer=self.tokenizer.to_str() if self.tokenizer else None)
@@ -82,14 +84,19 @@ class TokenizerInCheckpoint:
         """Refuse a checkpoint whose record does not fit the data this run trains on (default: any fits)."""
 
     @classmethod
+    def from_checkpoint(cls, path, device: str = "cpu"):
+        """An eval-mode model from an `lcm fit` checkpoint of this kind (one error line for another kind)."""
+        from lcm.checkpoint import load_module
+
+        return load_module(cls, path, cls.KIND, cls.WHAT, cls.TRAIN_HINT, device)
+
+    @classmethod
     def from_pretrained(cls, folder, device: str = "cpu"):
         """An eval-mode model from a folder written by `lcm export` (safetensors weights, the tokenizer in
         config.json); no pickle is read."""
+        from lcm.checkpoint import on_device
         from lcm.pretrained import load_pretrained
 
         model, meta = load_pretrained(folder, lambda _: cls, kind=cls.KIND)
         model.on_load_checkpoint({"lcm": meta})
-        try:
-            return model.to(device).eval()
-        except (RuntimeError, AssertionError) as e:  # e.g. device="cuda" on a machine without CUDA
-            raise LCMError(f"cannot use device {device!r}: {str(e).splitlines()[0][:200]}") from e
+        return on_device(model, device)
