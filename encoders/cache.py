@@ -6,6 +6,11 @@ Layout under `<root>/<encoder-slug>/`:
     shard-<time>-<random>.keys.npy   uint8 (n, 16) blake2b-128 of the UTF-8 text
 Each shard is written atomically, embeddings first and keys last, so a shard exists only once its keys
 file does; an interrupted encode keeps every finished shard and the next run encodes only the rest.
+
+The cache decides the encoder's batches itself (longest sentences first, `batch_size` per encoder call), so
+a sentence's embedding does not depend on how the work is split: one process or several
+(`lcm.encoders.parallel`, each taking every N-th batch) encode the same batches and store the same vectors,
+and the progress bar moves once per batch.
 """
 from __future__ import annotations
 
@@ -43,6 +48,14 @@ def check_finite(emb: np.ndarray, texts: list[str]) -> None:
                        "nothing was cached for them")
 
 
+def plan_batches(todo: list[str], batch_size: int) -> list[list[str]]:
+    """Unique texts -> the encoder's batches: longest first, so similar lengths share a batch (less padding)
+    and the ETA is pessimistic, not optimistic. Ties keep their order (a stable sort), so the batches -- and
+    the vectors, which depend on a batch's padding -- are the same however many processes encode them."""
+    ordered = sorted(todo, key=len, reverse=True)
+    return [ordered[i:i + batch_size] for i in range(0, len(ordered), batch_size)]
+
+
 @contextmanager
 def _exclusive(path: Path) -> Iterator[None]:
     """An advisory lock held by one process at a time (POSIX `flock`; released if the process dies)."""
@@ -65,22 +78,34 @@ class EmbeddingCache:
     Args:
         root: cache folder (shared by all encoders; each gets its own sub-folder).
         encoder: the frozen encoder. Only called for texts missing from the cache.
-        chunk_size: sentences encoded per shard; bounds the work an interruption can lose.
-        batch_size: encoder batch size.
+        chunk_size: sentences per shard (about); bounds the work an interruption can lose.
+        batch_size: sentences per encoder call.
         show_progress: rich progress bar while encoding.
+        processes: encoder processes (`lcm.encoders.parallel`): each loads its own copy of the encoder (one per
+            GPU when there are GPUs, else the CPU threads are shared out) and writes its own shards.
+        read_shards: False = a writer that never reads the existing shards (an encoding worker: the parent
+            already knows what is missing).
     """
 
     def __init__(self, root: str | Path, encoder: Encoder, chunk_size: int = 4096, batch_size: int = 64,
-                 show_progress: bool = True):
+                 show_progress: bool = True, processes: int = 1, read_shards: bool = True):
+        if processes < 1 or batch_size < 1 or chunk_size < 1:
+            raise LCMError(f"encoding needs processes, batch_size and chunk_size >= 1 "
+                           f"(got {processes}, {batch_size}, {chunk_size})")
         self.encoder = encoder
-        self.dir = Path(root) / encoder_slug(encoder.id)
+        self.root = Path(root)
+        self.dir = self.root / encoder_slug(encoder.id)
         self.chunk_size = chunk_size
         self.batch_size = batch_size
         self.show_progress = show_progress
+        self.processes = processes
         self._rows: dict[bytes, tuple[int, int]] = {}  # key -> (shard, row)
         self._shards: list[np.ndarray] = []  # memory-mapped (n, D) float32
         self._loaded: set[str] = set()  # shard files already mapped
-        self._open()
+        if read_shards:
+            self._open()
+        else:
+            self.dim = encoder.dim
 
     # ---- loading -------------------------------------------------------------------------------
     def _open(self) -> None:
@@ -157,24 +182,44 @@ class EmbeddingCache:
             self.dir.mkdir(parents=True, exist_ok=True)
             write_json(self.dir / "manifest.json",
                        {"encoder_id": self.encoder.id, "dim": self.dim, "dtype": "float32", "format": FORMAT_VERSION})
-        # Longest first: similar lengths share a batch (less padding), and the ETA is pessimistic, not optimistic.
-        todo.sort(key=len, reverse=True)
+        batches = plan_batches(todo, self.batch_size)
         from lcm.progress import progress_bar
 
         with progress_bar(len(todo), f"encoding with {self.encoder.id}", enabled=self.show_progress) as advance:
-            for start in range(0, len(todo), self.chunk_size):
-                chunk = todo[start:start + self.chunk_size]
-                emb = np.ascontiguousarray(self.encoder.encode(chunk, batch_size=self.batch_size), dtype=np.float32)
-                if emb.shape != (len(chunk), self.dim):
-                    raise LCMError(f"encoder {self.encoder.id} returned shape {emb.shape}, expected ({len(chunk)}, {self.dim})")
-                finite = np.isfinite(emb).all(axis=1)
-                if finite.any():  # keep the good rows even when some are NaN: nothing is lost
-                    self._write_shard([t for t, ok in zip(chunk, finite) if ok], emb[finite])
-                check_finite(emb, chunk)
-                advance(len(chunk))
+            if self.processes > 1 and len(batches) > 1:
+                from lcm.encoders.parallel import encode_in_processes
+
+                encode_in_processes(self, batches, advance)
+                self._open()  # the workers' shards
+            else:
+                self.encode_batches(batches, advance)
         return len(todo)
 
+    def encode_batches(self, batches: list[list[str]], advance=lambda n: None) -> None:
+        """Encode each batch with one encoder call; write a shard whenever `chunk_size` rows are pending.
+
+        Rows of a batch with NaN/inf are never stored: the good rows so far are written, then one clear error."""
+        texts: list[str] = []
+        rows: list[np.ndarray] = []
+        for batch in batches:
+            emb = np.ascontiguousarray(self.encoder.encode(batch, batch_size=len(batch)), dtype=np.float32)
+            if emb.shape != (len(batch), self.dim):
+                raise LCMError(f"encoder {self.encoder.id} returned shape {emb.shape}, expected ({len(batch)}, {self.dim})")
+            finite = np.isfinite(emb).all(axis=1)
+            texts += [t for t, ok in zip(batch, finite) if ok]
+            rows.append(emb[finite])
+            if not finite.all() or len(texts) >= self.chunk_size:
+                self._write_shard(texts, np.concatenate(rows))
+                texts, rows = [], []
+            check_finite(emb, batch)
+            advance(len(batch))
+        if texts:
+            self._write_shard(texts, np.concatenate(rows))
+
     def _write_shard(self, texts: list[str], emb: np.ndarray) -> None:
+        if not texts:
+            return
+        self.dir.mkdir(parents=True, exist_ok=True)
         keys = np.frombuffer(b"".join(text_key(t) for t in texts), dtype=np.uint8).reshape(len(texts), 16)
         # A name no other process can pick (time + random): two runs sharing a cache never overwrite
         # each other's half-written shard.

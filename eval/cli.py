@@ -74,6 +74,7 @@ Training (LightningCLI; `lcm COMMAND --help` lists every option):
   lcm fit -c CONFIG.yaml [--section.key VALUE ...]   train; writes checkpoints and the sentence bank
   lcm validate|test -c CONFIG.yaml --ckpt_path CKPT  score a checkpoint
   lcm predict -c CONFIG.yaml --ckpt_path CKPT        write the model's predictions (predictions.npz)
+  lcm embed -c CONFIG.yaml [--data.encode_processes N]  encode the corpus (N processes) and write its store
 
 Generation:
   lcm generate --ckpt CKPT "PROBLEM" [...]           reasoning steps for one or more problems
@@ -126,6 +127,10 @@ def main(argv: list[str] | None = None) -> None:
             generate_main(args[1:])
         elif args[0] == "export":
             export_main(args[1:])
+        elif args[0] == "embed":
+            from lcm.train.embed import main as embed_main
+
+            embed_main(args[1:])
         elif args[0] == "plot":
             from lcm.eval.plot import main as plot_main
 

@@ -46,10 +46,10 @@ def test_encodes_once_across_runs_and_matches_raw(tmp_path, encoder):
 def test_interrupted_encode_resumes(tmp_path, encoder):
     enc = Counting(encoder, fail_after=2)
     with pytest.raises(KeyboardInterrupt):
-        EmbeddingCache(tmp_path, enc, chunk_size=10, show_progress=False).get(SENTENCES)
-    assert len(enc.calls) == 2  # two shards of 10 finished before the interrupt
+        EmbeddingCache(tmp_path, enc, chunk_size=10, batch_size=10, show_progress=False).get(SENTENCES)
+    assert len(enc.calls) == 2  # two batches = two shards of 10 finished before the interrupt
     enc2 = Counting(encoder)
-    cache = EmbeddingCache(tmp_path, enc2, chunk_size=10, show_progress=False)
+    cache = EmbeddingCache(tmp_path, enc2, chunk_size=10, batch_size=10, show_progress=False)
     assert len(cache) == 20
     out = cache.get(SENTENCES)
     assert sum(len(c) for c in enc2.calls) == 20  # only the rest is encoded

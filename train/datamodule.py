@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -106,9 +107,11 @@ class ConceptTable:
     def encode(self) -> dict:
         """Encode the sentences the cache lacks; returns the encode counts for the data summary."""
         cached_before = len(self.texts) - len(self.cache.missing(self.texts))
+        start = time.perf_counter()
         self.cache.ensure(self.texts)
         self.n_sentences = len(self.texts)
-        return {"sentences": self.n_sentences, "cached": cached_before, "encoded": self.n_sentences - cached_before}
+        return {"sentences": self.n_sentences, "cached": cached_before, "encoded": self.n_sentences - cached_before,
+                "encode_seconds": round(time.perf_counter() - start, 3)}
 
     def vectors(self, rows: list[int]) -> np.ndarray:
         """(n, D) float32 straight from the embedding cache (sentence rows only)."""
@@ -155,7 +158,9 @@ class ConceptDataModule(SplitLoaders, L.LightningDataModule):
         max_chars: sentences longer than this are re-split (encoders degrade past ~256 characters).
         eot_text: the sentence whose embedding is the end-of-text concept.
         num_workers: DataLoader workers.
-        encode_batch_size: encoder batch size for the first encode.
+        encode_batch_size: sentences per encoder call when encoding what the cache lacks.
+        encode_processes: encoder processes for that (one per GPU; on CPU they share the cores). The vectors
+            do not depend on it; `lcm embed -c CONFIG --data.encode_processes N` encodes without training.
         show_progress: progress bar while encoding.
         bank_index: faiss index of the generation sentence bank: exact "flat", "hnsw", or "auto"
             (HNSW above `hnsw_above` sentences).
@@ -173,7 +178,7 @@ class ConceptDataModule(SplitLoaders, L.LightningDataModule):
                  hnsw_above: int = 100_000, planning: Planning | None = None, store: str | None = None,
                  long_documents: LongDocuments = "wrap", pack: bool = False,
                  store_dtype: Literal["float16", "float32"] = "float16", banks: bool = True,
-                 val_retrieval_max: int = 100_000):
+                 val_retrieval_max: int = 100_000, encode_processes: int = 1):
         super().__init__()
         check_split_args(val_fraction, test_fraction, max_chars)
         if (source is None) == (store is None):
@@ -201,6 +206,7 @@ class ConceptDataModule(SplitLoaders, L.LightningDataModule):
         self.eot_text = eot_text
         self.num_workers = num_workers
         self.encode_batch_size = encode_batch_size
+        self.encode_processes = encode_processes
         self.show_progress = show_progress
         self.bank_index = bank_index
         self.hnsw_above = hnsw_above
@@ -218,7 +224,7 @@ class ConceptDataModule(SplitLoaders, L.LightningDataModule):
 
     def cache(self) -> EmbeddingCache:
         return EmbeddingCache(self.cache_dir, self.encoder, batch_size=self.encode_batch_size,
-                              show_progress=self.show_progress)
+                              show_progress=self.show_progress, processes=self.encode_processes)
 
     # ---- building --------------------------------------------------------------------------------
     def prepare_data(self) -> None:

@@ -42,12 +42,14 @@ class SentenceDataModule(ConceptDataModule):
                  test_fraction: float = 0.1, split_seed: int = 0, max_chars: int = 256, eot_text: str = DEFAULT_EOT_TEXT,
                  num_workers: int = 0, encode_batch_size: int = 64, show_progress: bool = True,
                  bank_index: Literal["auto", "flat", "hnsw"] = "auto", hnsw_above: int = 100_000,
-                 store: str | None = None, store_dtype: Literal["float16", "float32"] = "float16", banks: bool = True):
+                 store: str | None = None, store_dtype: Literal["float16", "float32"] = "float16", banks: bool = True,
+                 encode_processes: int = 1):
         super().__init__(source=source, encoder=encoder, cache_dir=cache_dir, batch_size=batch_size,
                          val_fraction=val_fraction, test_fraction=test_fraction, split_seed=split_seed,
                          max_chars=max_chars, eot_text=eot_text, num_workers=num_workers,
                          encode_batch_size=encode_batch_size, show_progress=show_progress, bank_index=bank_index,
-                         hnsw_above=hnsw_above, store=store, store_dtype=store_dtype, banks=banks)
+                         hnsw_above=hnsw_above, store=store, store_dtype=store_dtype, banks=banks,
+                         encode_processes=encode_processes)
 
     def handoff(self) -> SentenceData:
         """What the sentence decoder needs from this data (`lcm.handoff.SentenceData`)."""
