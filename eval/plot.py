@@ -14,20 +14,23 @@ from lcm.errors import LCMError
 
 
 def read_metrics(run: Path) -> dict[str, list[tuple[float, float]]]:
-    """metrics.csv -> {metric: [(x, value), ...]}: x is the step for train/ metrics, the epoch for the rest."""
+    """metrics.csv -> {metric: [(x, value), ...]} sorted by x: the step for train/ metrics, the epoch for the rest.
+
+    A resumed run appends to its folder's file, repeating the steps logged after the checkpoint it resumed
+    from: the last row for a step wins (the run that went on)."""
     path = run / "metrics.csv"
     if not path.is_file():
         raise LCMError(f"{run} has no metrics.csv (pass a run folder such as runs/quickstart/version_0)")
-    series: dict[str, list[tuple[float, float]]] = defaultdict(list)
+    series: dict[str, dict[float, float]] = defaultdict(dict)
     for row in csv.DictReader(path.open(encoding="utf-8")):
         for key, value in row.items():
             if key in ("epoch", "step") or value in ("", None):
                 continue
             x = row["step"] if key.startswith("train/") else row["epoch"]
-            series[key].append((float(x), float(value)))
+            series[key][float(x)] = float(value)
     if not series:
         raise LCMError(f"{path} holds no metrics yet")
-    return dict(series)
+    return {key: sorted(points.items()) for key, points in series.items()}
 
 
 def groups(names: list[str]) -> dict[str, list[str]]:

@@ -73,18 +73,30 @@ def test_generate_cli_refuses_a_sampling_option_the_model_does_not_use(trained_r
     assert code == 2 and err.count("\n") == 1 and "sampling option 'ddim_steps' does nothing for a Base-LCM model" in err
 
 
-def test_resume_and_validate(trained_run, tmp_path, monkeypatch):
-    monkeypatch.chdir(trained_run.parent.parent.parent)  # same cache and runs/ folder
-    ckpt = str(trained_run / "checkpoints" / "last.ckpt")
-    before = set(trained_run.parent.iterdir())  # other tests may have added runs next to the fixture's
+def test_resume_continues_in_the_runs_own_folder_and_validate(trained_run, tmp_path, monkeypatch):
+    """A resumed fit used to start version_1, splitting one run's metrics across two folders."""
+    import csv
+
+    run = tmp_path / "runs" / "quickstart" / "version_0"
+    shutil.copytree(trained_run, run)
+    (tmp_path / ".cache").symlink_to(trained_run.parents[2] / ".cache")  # the same embedding cache and store
+    monkeypatch.chdir(tmp_path)
+    rows_before = list(csv.DictReader((run / "metrics.csv").open()))
     code, _ = run_lcm(["fit", "-c", str(CONFIGS / "quickstart.yaml"), *TINY_FIT, "--trainer.max_epochs", "3",
-                       "--ckpt_path", ckpt])
+                       "--ckpt_path", str(run / "checkpoints" / "last.ckpt")])
     assert code == 0
-    (new_run,) = set(trained_run.parent.iterdir()) - before
-    resumed = torch.load(new_run / "checkpoints" / "last.ckpt", weights_only=False)
+    assert [p.name for p in run.parent.iterdir()] == ["version_0"]  # no new version folder
+    resumed = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
     assert resumed["epoch"] == 2  # continued from epoch 2 for one more epoch
-    code, _ = run_lcm(["validate", "-c", str(CONFIGS / "quickstart.yaml"), *TINY_FIT, "--ckpt_path", ckpt])
+    rows = list(csv.DictReader((run / "metrics.csv").open()))
+    assert rows[:len(rows_before)] == rows_before  # the first part of the run is kept, not deleted
+    epochs = {int(r["epoch"]) for r in rows if r.get("val/loss")}
+    assert epochs == {0, 1, 2}  # the curve continues in one file
+    assert len(list(run.glob("events.out.tfevents.*"))) == 2  # TensorBoard continues in the same folder too
+    code, _ = run_lcm(["validate", "-c", str(CONFIGS / "quickstart.yaml"), *TINY_FIT,
+                       "--ckpt_path", str(run / "checkpoints" / "best.ckpt")])
     assert code == 0
+    assert sorted(p.name for p in run.parent.iterdir()) == ["version_0", "version_1"]  # validate: its own folder
 
 
 def copy_run(trained_run, tmp_path):

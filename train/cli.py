@@ -16,6 +16,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lcm.checkpoint import load_checkpoint, upgrade_hparams
 from lcm.errors import LCMError
 from lcm.train.callbacks import BankWriter, PredictionWriter
+from lcm.train.run_folder import keep_metrics, resumed_version
 
 # Lightning's own aliases that are not file paths
 _CKPT_ALIASES = {"last", "best", "hpc", "registry"}
@@ -61,12 +62,24 @@ class LCMCLI(LightningCLI):
                 raise LCMError(f"--trainer.{key} 0 trains nothing (no checkpoint would be written); "
                                f"use a positive value, or -1 for no limit")
 
+    def before_instantiate_classes(self) -> None:
+        """A resumed fit continues in the folder of its checkpoint's run (`lcm.train.run_folder`)."""
+        self._resumed = None
+        if self.config.get("subcommand") == "fit":
+            cfg = self.config["fit"]
+            logger = cfg["trainer"].get("logger")
+            self._resumed = resumed_version(cfg.get("ckpt_path"), logger)
+            if self._resumed is not None:
+                logger.init_args.version = self._resumed
+
     def instantiate_trainer(self, **kwargs) -> L.Trainer:
         """As Lightning's, plus TensorBoard beside the CSV log: event files in the same run folder
         (`runs/<name>/version_N/`), so `tensorboard --logdir runs` shows every run's curves."""
         from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
         trainer = super().instantiate_trainer(**kwargs)
+        if getattr(self, "_resumed", None) is not None:
+            keep_metrics(trainer)
         csv = next((lg for lg in trainer.loggers if isinstance(lg, CSVLogger)), None)
         if csv is not None and not any(isinstance(lg, TensorBoardLogger) for lg in trainer.loggers):
             tensorboard = TensorBoardLogger(csv.save_dir, name=csv.name, version=csv.version, default_hp_metric=False)
