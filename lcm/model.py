@@ -27,6 +27,7 @@ class LCMConfig:
     positions: Literal["rope", "learned"] = "rope"
     dropout: float = 0.1
     rope_base: float = 10000.0
+    norm_eps: float = 1e-6  # RMSNorm epsilon (Llama-2/3 use 1e-5: lcm.llama_weights copies need theirs)
 
     def __post_init__(self) -> None:
         if self.d_model % self.n_head:
@@ -132,9 +133,9 @@ class SwiGLU(nn.Module):
 class Block(nn.Module):
     def __init__(self, cfg: LCMConfig):
         super().__init__()
-        self.norm1 = RMSNorm(cfg.d_model)
+        self.norm1 = RMSNorm(cfg.d_model, cfg.norm_eps)
         self.attn = CausalSelfAttention(cfg)
-        self.norm2 = RMSNorm(cfg.d_model)
+        self.norm2 = RMSNorm(cfg.d_model, cfg.norm_eps)
         self.mlp = SwiGLU(cfg)
         self.drop = nn.Dropout(cfg.dropout)
 
@@ -169,7 +170,7 @@ class BaseLCM(nn.Module):
         self.in_proj = nn.Linear(cfg.embed_dim, cfg.d_model)
         self.pos_emb = nn.Embedding(cfg.max_seq_len, cfg.d_model) if cfg.positions == "learned" else None
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
-        self.norm = RMSNorm(cfg.d_model)
+        self.norm = RMSNorm(cfg.d_model, cfg.norm_eps)
         self.out_proj = nn.Linear(cfg.d_model, cfg.embed_dim) if output else None
         if cfg.positions == "rope":
             cos, sin = rotary_tables(cfg.d_model // cfg.n_head, cfg.max_seq_len, cfg.rope_base)

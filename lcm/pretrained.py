@@ -6,6 +6,11 @@
     DIR/bank/, DIR/plan_bank/  the retrieval banks (faiss index, texts.json, embeddings.npy, manifest.json)
     DIR/README.md            a model card: data, encoder, metrics of the run, the command that trained it
 
+A token baseline exports as a Hugging Face model folder instead (config.json, model.safetensors,
+generation_config.json, tokenizer.json, tokenizer_config.json: `AutoModelForCausalLM` / `AutoTokenizer.
+from_pretrained(DIR)` load it in plain transformers), with `lcm.json` ({"format", "hyper_parameters", "lcm"})
+and the card beside them (`TokenLM.from_pretrained(DIR)`).
+
 `export_checkpoint` writes one from an `lcm fit` checkpoint (`lcm export --ckpt CKPT DIR [--push OWNER/NAME]`);
 `load_pretrained` reads it back (`ConceptGenerator.from_pretrained(DIR or OWNER/NAME)`). Loading reads JSON and
 safetensors only, so a folder from someone else cannot run code.
@@ -23,6 +28,7 @@ from lcm.io import atomic_dir, write_json
 
 FORMAT = 1
 WEIGHTS, CONFIG, CARD = "model.safetensors", "config.json", "README.md"
+TOKEN_RECORD = "lcm.json"  # a token baseline's record, beside the Hugging Face files (lcm.token_model.RECORD)
 
 
 def export_checkpoint(ckpt_path: str | Path, folder: str | Path) -> Path:
@@ -43,6 +49,8 @@ def export_checkpoint(ckpt_path: str | Path, folder: str | Path) -> Path:
     if folder.exists() and any(folder.iterdir()):
         raise LCMError(f"{folder} exists and is not empty; export into a new folder")
     folder.parent.mkdir(parents=True, exist_ok=True)
+    if meta.get("kind") == "token":
+        return _export_token(ckpt_path, ckpt, folder)
     tensors = {k: v.detach().contiguous() for k, v in ckpt["state_dict"].items()}
     config = {"format": FORMAT, "hyper_parameters": upgrade_hparams(ckpt["hyper_parameters"]), "lcm": meta}
     with atomic_dir(folder) as tmp:
@@ -51,6 +59,19 @@ def export_checkpoint(ckpt_path: str | Path, folder: str | Path) -> Path:
         for name in banks:
             shutil.copytree(ckpt_path.parent / name, tmp / name)
         (tmp / CARD).write_text(model_card(ckpt_path, config, len(tensors)), encoding="utf-8")
+    return folder
+
+
+def _export_token(ckpt_path: Path, ckpt: dict, folder: Path) -> Path:
+    """A token-baseline checkpoint -> a Hugging Face model folder + `lcm.json` + the card."""
+    from lcm.token_model import TokenLM
+
+    model = model_from_checkpoint(TokenLM, ckpt, ckpt_path)
+    model.on_load_checkpoint(ckpt)
+    config = {"format": FORMAT, "hyper_parameters": upgrade_hparams(ckpt["hyper_parameters"]), "lcm": model.meta}
+    with atomic_dir(folder) as tmp:
+        model.save_pretrained(tmp)
+        (tmp / CARD).write_text(model_card(ckpt_path, config, len(model.net.state_dict())), encoding="utf-8")
     return folder
 
 
@@ -98,6 +119,10 @@ def load_pretrained(folder: str | Path, model_class, kind: str | None = None):
     from safetensors.torch import load_file
 
     folder = resolve(folder)
+    if (folder / TOKEN_RECORD).is_file():  # a token baseline: Hugging Face files, the lcm record beside them
+        kept = json.loads((folder / TOKEN_RECORD).read_text(encoding="utf-8")).get("lcm") or {}
+        raise LCMError(f"{folder} holds a {kept.get('kind') or 'token'} model, not a {kind or 'concept'} model"
+                       + ("; load it with TokenLM.from_pretrained" if kind == "token" else ""))
     try:
         config = json.loads((folder / CONFIG).read_text(encoding="utf-8"))
         state = load_file(str(folder / WEIGHTS))
@@ -137,7 +162,9 @@ def model_card(ckpt_path: Path, config: dict, n_tensors: int) -> str:
     rows = "\n".join(f"| {k} | {v:.4f} |" for k, v in sorted(metrics.items())) or "| (no metrics.csv next to the run) | |"
     what = {"decoder": "A sentence decoder: it turns a sentence embedding back into text (`SentenceDecoderLM."
                        "from_pretrained`).",
-            "token": "A token baseline: a GPT on the same documents rendered as text (`TokenLM.from_pretrained`)."}
+            "token": "A token baseline: a Hugging Face causal LM (Llama) on the same documents rendered as text "
+                     "(`TokenLM.from_pretrained`, or `AutoModelForCausalLM` / `AutoTokenizer.from_pretrained` in "
+                     "plain transformers)."}
     name = {"decoder": "SentenceDecoderLM", "token": "TokenLM"}.get(meta.get("kind"))
     return f"""# {name or meta.get("model_class", "lcm.module.ConceptLM").rpartition(".")[2]} (lcm-trainer)
 

@@ -1,22 +1,31 @@
-"""Token baseline: a GPT on the same documents rendered as text, with sampling and Soft Thinking.
+"""Token baseline: a Hugging Face causal LM on the same documents rendered as text, with sampling and Soft Thinking.
 
-The network is the same stack of transformer blocks as the concept model (`lcm.model`), with a byte-level
-BPE tokenizer trained on the training split (`lcm.tokenizer`) and an output head tied to the embedding.
-Trained by the same CLI: `lcm fit -c train/configs/token_baseline.yaml`. The loss covers the solution
-tokens only (the prompt is given), as the concept model's loss covers only step positions.
+The network is a `transformers` causal LM: by default `LlamaForCausalLM` at random init from a small
+`LlamaConfig` mapped from `arch` -- the concept trunk's shape (`lcm.model`: pre-norm RMSNorm, rotary
+positions, SwiGLU, causal attention), with the output head tied to the embedding -- or any causal LM loaded
+from a local HF model folder or a hub name (`pretrained`). The tokenizer is the project's byte-level BPE
+trained on the training split (`lcm.tokenizer`), wrapped as a `transformers.PreTrainedTokenizerFast` (a
+pretrained model brings its own). Trained by the same CLI: `lcm fit -c train/configs/token_baseline.yaml`.
+The loss covers the solution tokens only (the prompt is given), as the concept model's loss covers only step
+positions. `save_pretrained` writes a folder that plain transformers loads (`AutoModelForCausalLM` /
+`AutoTokenizer.from_pretrained`), so TRL can drive it.
 
-Generation (`TokenLM.generate`) runs the k samples of a problem as one batch with a KV cache:
+Generation (`TokenLM.generate`) runs the k samples of a problem as one batch with the model's KV cache:
 - mode "sample": temperature and nucleus (top-p) sampling; "greedy": argmax.
-- mode "soft" (Soft Thinking, Zhang et al. 2025): each next input is the probability-weighted token
-  embedding (top-k 30, top-p 0.95, renormalized) instead of one token; the text shown is the argmax
-  token. When the entropy stays below `cold_stop_entropy` for `cold_stop_patience` tokens in a row, the
-  row stops thinking softly and finishes with discrete (greedy) tokens. Deterministic.
-Each sample records per-token entropy (temperature 1), the final-layer hidden states, and the network
-evaluations it cost.
+- mode "soft" (Soft Thinking, Zhang et al. 2025): each next input (`inputs_embeds`) is the
+  probability-weighted token embedding (top-k 30, top-p 0.95, renormalized) instead of one token; the text
+  shown is the argmax token. When the entropy stays below `cold_stop_entropy` for `cold_stop_patience` tokens
+  in a row, the row stops thinking softly and finishes with discrete (greedy) tokens. Deterministic.
+Each sample records per-token entropy (temperature 1), the final-layer hidden states (after the final norm),
+and the network evaluations it cost.
 """
 from __future__ import annotations
 
+import functools
+import inspect
+import json
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Literal
 
 import lightning as L
@@ -25,15 +34,16 @@ import torch
 import torch.nn.functional as F
 
 from lcm.compile import CompileOnFit
-from lcm.decoder import MIN_VOCAB, CausalTokenStack
+from lcm.decoder import MIN_VOCAB
 from lcm.errors import LCMError
 from lcm.handoff import DataConsumer, TextData, expect
 from lcm.metrics import token_entropy
 from lcm.model import LCMConfig
 from lcm.optim import OptimConfig, adamw_warmup_cosine
-from lcm.tokenizer import SentenceTokenizer, TokenizerInCheckpoint
+from lcm.tokenizer import SentenceTokenizer, TokenizerInCheckpoint, fast_from_record, fast_record
 
 DEFAULT_TOKEN_ARCH = LCMConfig(d_model=256, n_layer=4, n_head=4, max_seq_len=512, dropout=0.1)
+RECORD = "lcm.json"  # beside the HF files of an exported token model: what rebuilds the TokenLM around them
 
 
 @dataclass
@@ -58,15 +68,73 @@ def nucleus(probs: torch.Tensor, top_p: float = 1.0, top_k: int = 0) -> torch.Te
     return kept / kept.sum(-1, keepdim=True)
 
 
+# ---- the network ---------------------------------------------------------------------------------------------
+def llama_config(arch: LCMConfig, vocab_size: int):
+    """`arch` as a `LlamaConfig`: d_model -> hidden_size, ffn_dim -> intermediate_size, max_seq_len ->
+    max_position_embeddings, rope_base -> rope_theta, norm_eps -> rms_norm_eps, tied embeddings.
+    Llama has no residual dropout: `arch.dropout` becomes its attention dropout. Special-token ids are those of
+    `SentenceTokenizer` (<pad> 0, <bos> 1, <eos> 2: trained first, in that order)."""
+    from transformers import LlamaConfig
+
+    if arch.positions != "rope":
+        raise LCMError("token models use rotary positions (arch.positions: rope)")
+    return LlamaConfig(vocab_size=vocab_size, hidden_size=arch.d_model, intermediate_size=arch.ffn_dim,
+                       num_hidden_layers=arch.n_layer, num_attention_heads=arch.n_head,
+                       num_key_value_heads=arch.n_head, max_position_embeddings=arch.max_seq_len,
+                       rope_theta=arch.rope_base, rms_norm_eps=arch.norm_eps, tie_word_embeddings=True,
+                       attention_dropout=arch.dropout, pad_token_id=0, bos_token_id=1, eos_token_id=2)
+
+
+def config_from_dict(hf_config: dict):
+    """A transformers config from its `to_dict()` (kept in checkpoints of runs that started from `pretrained`)."""
+    from transformers import AutoConfig
+
+    rest = dict(hf_config)
+    return AutoConfig.for_model(rest.pop("model_type", "llama"), **rest)
+
+
+def load_hf(name: str | Path):
+    """(causal LM in float32, its tokenizer) from a local HF model folder or a hub name (fetched when online);
+    one error line otherwise."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from lcm.pretrained import resolve
+
+    folder = resolve(name)
+    try:
+        net = AutoModelForCausalLM.from_pretrained(str(folder)).float()  # train in float32; autocast does the rest
+        tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    except (OSError, ValueError, KeyError) as e:
+        raise LCMError(f"{name} is not a Hugging Face causal LM folder with its tokenizer ({type(e).__name__}: "
+                       f"{(str(e).strip().splitlines() or [''])[0][:160]})") from e
+    if tokenizer.eos_token_id is None:
+        raise LCMError(f"the tokenizer of {name} has no end-of-sequence token")
+    if tokenizer.pad_token is None:  # right padding is never attended to: any token will do
+        tokenizer.pad_token = tokenizer.eos_token
+    return net, tokenizer
+
+
+@functools.cache
+def cache_keyword(model_class: type) -> str:
+    """The KV-cache argument of `model_class.forward`: `cache` in recent transformers (`past_key_values`
+    deprecated there), `past_key_values` before."""
+    return "cache" if "cache" in inspect.signature(model_class.forward).parameters else "past_key_values"
+
+
 class TokenLM(CompileOnFit, TokenizerInCheckpoint, DataConsumer, L.LightningModule):
-    """GPT baseline (see the module docstring).
+    """Hugging Face causal-LM baseline (see the module docstring).
 
     Args:
-        arch: transformer shape (`embed_dim` is unused); `max_seq_len` = prompt + solution tokens.
-        vocab_size: byte-level BPE vocabulary trained on the training split at fit start.
+        arch: transformer shape of the random-init Llama (`embed_dim` is unused); `max_seq_len` = prompt +
+            solution tokens (with `pretrained`: a cap under the model's own context).
+        vocab_size: byte-level BPE vocabulary trained on the training split at fit start (random init only).
         optim: AdamW + warmup/cosine (`lcm.optim.OptimConfig`, the same defaults as every model).
         compile: `torch.compile` the network (`self.net`, its training forward) when `fit` starts, in place
             (`nn.Module.compile`: parameter names and checkpoints unchanged); KV-cache generation stays eager.
+        pretrained: a local HF model folder or hub name to start from (weights and tokenizer; any causal LM
+            `AutoModelForCausalLM` reads) instead of a random-init Llama.
+        hf_config: the network's transformers config as a dict. Written into the checkpoints of `pretrained`
+            runs, so they load without the folder; not for YAML files.
 
     Batches: `{"prompt": [B str], "solution": [B str]}` (TokenDataModule; tokenized in the step), or already
     tokenized `{"tokens": (B, L) long, "target": (B, L-1) bool}` (target: the next token is a loss target).
@@ -75,50 +143,128 @@ class TokenLM(CompileOnFit, TokenizerInCheckpoint, DataConsumer, L.LightningModu
     KIND, WHAT, TRAIN_HINT = "token", "token-baseline", "lcm fit -c train/configs/token_baseline.yaml"
 
     def __init__(self, arch: LCMConfig = DEFAULT_TOKEN_ARCH, vocab_size: int = 1024,
-                 optim: OptimConfig = OptimConfig(), compile: bool = False):
+                 optim: OptimConfig = OptimConfig(), compile: bool = False, pretrained: str | None = None,
+                 hf_config: dict | None = None):
         super().__init__()
         if isinstance(arch, dict):  # from a checkpoint's hyperparameters
             arch = LCMConfig(**arch)
         if vocab_size < MIN_VOCAB:
             raise LCMError(f"vocab_size={vocab_size} is below the {MIN_VOCAB} byte-level tokens + specials")
         self.optim = OptimConfig.of(optim)
-        self.save_hyperparameters({"arch": asdict(arch), "vocab_size": vocab_size, "optim": self.optim.hparams(),
-                                   "compile": bool(compile)})
         self.arch = arch
-        self.net = CausalTokenStack(arch, vocab_size)
-        self.tokenizer: SentenceTokenizer | None = None
+        self.tokenizer = None  # a transformers PreTrainedTokenizerFast once trained, loaded or restored
         self.meta: dict = {}
+        if hf_config is not None:  # restoring: the checkpoint brings the weights and the tokenizer
+            from transformers import AutoModelForCausalLM
+
+            self.net = AutoModelForCausalLM.from_config(config_from_dict(hf_config))
+        elif pretrained:
+            self.net, self.tokenizer = load_hf(pretrained)
+            hf_config = self.net.config.to_dict()
+        else:
+            from transformers import LlamaForCausalLM
+
+            self.net = LlamaForCausalLM(llama_config(arch, vocab_size))
+        self.save_hyperparameters({"arch": asdict(arch), "vocab_size": vocab_size, "optim": self.optim.hparams(),
+                                   "compile": bool(compile), "pretrained": pretrained and str(pretrained),
+                                   "hf_config": hf_config})
 
     def num_params(self) -> int:
-        return sum(p.numel() for p in self.net.parameters())
+        return sum(p.numel() for p in self.net.parameters())  # the tied head counted once
+
+    @property
+    def context(self) -> int:
+        """Tokens per sequence: `arch.max_seq_len`, capped by the network's own position limit."""
+        return min(self.arch.max_seq_len, getattr(self.net.config, "max_position_embeddings", None) or 10**9)
 
     # ---- wiring to the data ----------------------------------------------------------------------
     def attach_data(self, data: TextData) -> None:
-        """Take the training texts (`TokenDataModule.setup` hands them over); the tokenizer is trained here
-        unless a resumed checkpoint brings one (`on_load_checkpoint`)."""
+        """Take the training texts (`TokenDataModule.setup` hands them over); the BPE is trained here unless the
+        model came with a tokenizer (`pretrained`) or a resumed checkpoint brings one (`on_load_checkpoint`)."""
         expect(data, TextData, type(self).__name__, "lcm.train.TokenDataModule")
         if self.tokenizer is None:
-            self.tokenizer = SentenceTokenizer.train(data.train_texts(), self.hparams.vocab_size)
-            self.meta = {"kind": "token", "source": data.source}
+            self.tokenizer = SentenceTokenizer.train(data.train_texts(), self.hparams.vocab_size).to_hf()
+            self._sync_special_ids()
+        if not self.meta:
+            self.meta = {"kind": "token", "source": data.source, "pretrained": self.hparams.pretrained}
 
     def setup(self, stage: str) -> None:
         if self.tokenizer is None:  # no TokenDataModule handed texts over, and no checkpoint brought a tokenizer
             raise LCMError("TokenLM trains on text: use data class_path lcm.train.TokenDataModule")
 
+    def _sync_special_ids(self) -> None:
+        """The tokenizer's pad / bos / eos ids into the network's configs (what HF `generate` and TRL read)."""
+        tok = self.tokenizer
+        for cfg in (self.net.config, getattr(self.net, "generation_config", None)):
+            if cfg is not None:
+                cfg.pad_token_id, cfg.bos_token_id, cfg.eos_token_id = tok.pad_token_id, tok.bos_token_id, tok.eos_token_id
+
+    # ---- checkpoints and folders -------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["lcm"] = {**self.meta, **(fast_record(self.tokenizer) if self.tokenizer else {"tokenizer": None})}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        meta = dict(checkpoint.get("lcm") or {})
+        if meta.get("kind") != self.KIND or not meta.get("tokenizer"):
+            raise LCMError(f"checkpoint is not a {self.WHAT} checkpoint (no tokenizer record)")
+        if "special_tokens" not in meta:
+            raise LCMError("checkpoint holds the home-made GPT token baseline, which a Hugging Face Llama "
+                           f"replaced; train a new one with `{self.TRAIN_HINT}`")
+        self.tokenizer = fast_from_record(meta.pop("tokenizer"), meta.pop("special_tokens"))
+        self.meta = meta
+        self._sync_special_ids()
+
+    def save_pretrained(self, folder: str | Path) -> Path:
+        """The HF model and tokenizer (`AutoModelForCausalLM` / `AutoTokenizer.from_pretrained(folder)` read
+        them in plain transformers) and `lcm.json`, the hyper-parameters and record that rebuild this TokenLM."""
+        from lcm.io import write_json
+        from lcm.pretrained import FORMAT
+
+        folder = Path(folder)
+        self.net.save_pretrained(str(folder))
+        self.tokenizer.save_pretrained(str(folder))
+        hparams = {k: v for k, v in self.hparams.items() if k not in ("pretrained", "hf_config")}
+        write_json(folder / RECORD, {"format": FORMAT, "hyper_parameters": hparams, "lcm": self.meta})
+        return folder
+
+    @classmethod
+    def from_pretrained(cls, folder: str | Path, device: str = "cpu") -> "TokenLM":
+        """An eval-mode model from a folder written by `lcm export` / `save_pretrained`, or from any HF causal-LM
+        folder or hub name (then with default settings). Reads safetensors and JSON: no pickle."""
+        from lcm.checkpoint import hparams_mismatch, on_device
+        from lcm.pretrained import resolve
+
+        folder = resolve(folder)
+        record = json.loads((folder / RECORD).read_text(encoding="utf-8")) if (folder / RECORD).is_file() else {}
+        meta = record.get("lcm") or {"kind": "token", "source": f"pretrained {folder}"}
+        if meta.get("kind") != cls.KIND:
+            raise LCMError(f"{folder} holds a {meta.get('kind') or 'concept'} model, not a token model")
+        hparams = {**record.get("hyper_parameters", {}), "pretrained": str(folder), "hf_config": None}
+        problems = hparams_mismatch(cls, hparams)
+        if problems:
+            raise LCMError(f"{folder}/{RECORD} does not match this version of lcm-trainer ({'; '.join(problems)})")
+        model = cls(**hparams)
+        model.meta = meta
+        return on_device(model, device)
+
     # ---- training --------------------------------------------------------------------------------
+    def _encode(self, texts: list[str]) -> list[list[int]]:
+        """texts -> token ids, without specials."""
+        return self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+
     def prompt_ids(self, prompt: str) -> list[int]:
-        return [self.tokenizer.bos_id, *self.tokenizer.encode([prompt + "\n"])[0]]
+        bos = self.tokenizer.bos_token_id  # some pretrained tokenizers (Qwen) have none
+        return [*([bos] if bos is not None else []), *self._encode([prompt + "\n"])[0]]
 
     def _batch(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        """-> tokens (B, L) = [bos, prompt, "\\n", solution, eos, pad...] cut at max_seq_len, and the mask of
+        """-> tokens (B, L) = [bos, prompt, "\\n", solution, eos, pad...] cut at the context, and the mask of
         positions whose *next* token is a solution token or eos (B, L-1). Pre-tokenized batches pass through."""
         if "tokens" in batch:
             return batch["tokens"], batch["target"]
-        tok, cap = self.tokenizer, self.arch.max_seq_len
-        solutions = tok.encode(batch["solution"])
-        rows = [(self.prompt_ids(p), s + [tok.eos_id]) for p, s in zip(batch["prompt"], solutions)]
+        tok, cap = self.tokenizer, self.context
+        rows = [(self.prompt_ids(p), s + [tok.eos_token_id]) for p, s in zip(batch["prompt"], self._encode(batch["solution"]))]
         L_ = min(cap, max(len(p) + len(s) for p, s in rows))
-        tokens = torch.full((len(rows), L_), tok.pad_id, dtype=torch.long)
+        tokens = torch.full((len(rows), L_), tok.pad_token_id, dtype=torch.long)
         target = torch.zeros(len(rows), L_, dtype=torch.bool)
         for b, (p, s) in enumerate(rows):
             ids = (p + s)[:cap]
@@ -132,9 +278,10 @@ class TokenLM(CompileOnFit, TokenizerInCheckpoint, DataConsumer, L.LightningModu
         return t.to(self.device)
 
     def _logits(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """-> logits (B, L-1, V), next tokens (B, L-1), loss mask (B, L-1)."""
+        """-> logits (B, L-1, V), next tokens (B, L-1), loss mask (B, L-1). Right padding comes after every real
+        token, so the plain causal mask suffices (no attention mask: SDPA keeps its causal fast path)."""
         tokens, mask = self._batch(batch)
-        return self.net(tokens[:, :-1]), tokens[:, 1:], mask
+        return self.net(input_ids=tokens[:, :-1], use_cache=False).logits, tokens[:, 1:], mask
 
     @staticmethod
     def _masked_ce(logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -172,29 +319,43 @@ class TokenLM(CompileOnFit, TokenizerInCheckpoint, DataConsumer, L.LightningModu
         return adamw_warmup_cosine(self, self.optim)
 
     # ---- generation ------------------------------------------------------------------------------
+    def _forward_cached(self, cache, **inputs) -> torch.Tensor:
+        """`input_ids` or `inputs_embeds` (B, T[, d]) after the cached positions -> the last position's
+        final-layer hidden state (B, d), after the final norm; the cache grows by T."""
+        base = self.net.base_model
+        out = base(**inputs, use_cache=True, **{cache_keyword(type(base)): cache})
+        return out.last_hidden_state[:, -1]
+
+    def _prefill(self, ids: list[int], k: int):
+        """The prompt through the network once, its KV cache repeated for the k samples -> (cache, h (k, d))."""
+        from transformers import DynamicCache
+
+        cache = DynamicCache()
+        h = self._forward_cached(cache, input_ids=torch.tensor([ids], device=self.device))  # (1, d)
+        cache.batch_repeat_interleave(k)  # every sample continues the same prompt
+        return cache, h.expand(k, -1)
+
+    def _check_settings(self, mode: str, num_samples: int, temperature: float, top_p: float) -> None:
+        if self.tokenizer is None:
+            raise LCMError("the token model has no tokenizer: train it with `lcm fit` or load a checkpoint")
+        if mode not in ("sample", "greedy", "soft") or num_samples < 1 or temperature <= 0 or not 0 < top_p <= 1:
+            raise LCMError(f"bad sampling settings: mode={mode!r}, num_samples={num_samples}, "
+                           f"temperature={temperature}, top_p={top_p}")
+
     @torch.no_grad()
     def generate(self, prompt: str, num_samples: int = 1, mode: Literal["sample", "greedy", "soft"] = "sample",
                  temperature: float = 1.0, top_p: float = 1.0, max_new_tokens: int = 256, seed: int | None = None,
                  soft_top_k: int = 30, soft_top_p: float = 0.95, cold_stop_entropy: float = 0.01,
                  cold_stop_patience: int = 16) -> list[TokenSample]:
         """k = `num_samples` solutions of one problem, generated as one batch (one forward per token)."""
-        if self.tokenizer is None:
-            raise LCMError("the token model has no tokenizer: train it with `lcm fit` or load a checkpoint")
-        if mode not in ("sample", "greedy", "soft") or num_samples < 1 or temperature <= 0 or not 0 < top_p <= 1:
-            raise LCMError(f"bad sampling settings: mode={mode!r}, num_samples={num_samples}, "
-                           f"temperature={temperature}, top_p={top_p}")
-        net, k, dev = self.net, num_samples, self.device
-        ids = self.prompt_ids(prompt)
-        budget = min(max_new_tokens, self.arch.max_seq_len - len(ids))
+        self._check_settings(mode, num_samples, temperature, top_p)
+        k, dev, ids = num_samples, self.device, self.prompt_ids(prompt)
+        budget = min(max_new_tokens, self.context - len(ids))
         if budget < 1:
-            raise LCMError(f"prompt of {len(ids)} tokens fills the model's context ({self.arch.max_seq_len})")
+            raise LCMError(f"prompt of {len(ids)} tokens fills the model's context ({self.context})")
         gen = torch.Generator(device=dev).manual_seed(seed) if seed is not None else None
-        caches = net.new_caches()
-        h = net._blocks(net.tok_emb(torch.tensor([ids], device=dev)), caches)[:, -1]  # prefill (1, d)
-        for cache in caches:  # every sample continues the same prompt
-            cache.reorder(torch.zeros(k, dtype=torch.long, device=dev))
-        h = h.expand(k, -1)
-        eos = self.tokenizer.eos_id
+        emb, head, eos = self.net.get_input_embeddings(), self.net.get_output_embeddings(), self.tokenizer.eos_token_id
+        cache, h = self._prefill(ids, k)
         out_ids, ents, hids = [], [], []
         done = torch.zeros(k, dtype=torch.bool, device=dev)
         steps = torch.zeros(k, dtype=torch.long, device=dev)  # tokens generated per row, eos included
@@ -202,13 +363,10 @@ class TokenLM(CompileOnFit, TokenizerInCheckpoint, DataConsumer, L.LightningModu
         soft_tokens = torch.zeros(k, dtype=torch.long, device=dev)
         calm = torch.zeros(k, dtype=torch.long, device=dev)  # consecutive low-entropy tokens
         for t in range(budget):
-            logits = net.head(h).float()  # (k, V)
+            logits = head(h).float()  # (k, V)
             entropy = token_entropy(logits)  # (k,)
             probs = torch.softmax(logits / temperature, dim=-1)
-            if mode == "sample":
-                nxt = torch.multinomial(nucleus(probs, top_p), 1, generator=gen)[:, 0]
-            else:
-                nxt = logits.argmax(-1)
+            nxt = torch.multinomial(nucleus(probs, top_p), 1, generator=gen)[:, 0] if mode == "sample" else logits.argmax(-1)
             nxt = torch.where(done, torch.full_like(nxt, eos), nxt)
             out_ids.append(nxt)
             ents.append(entropy)
@@ -219,27 +377,29 @@ class TokenLM(CompileOnFit, TokenizerInCheckpoint, DataConsumer, L.LightningModu
             done = done | (nxt == eos)
             if bool(done.all()) or t == budget - 1:  # no forward pass for a token that is never produced
                 break
-            inp = net.tok_emb(nxt)  # (k, d)
+            inp = emb(nxt)  # (k, d)
             if mode == "soft":
                 calm = torch.where(entropy < cold_stop_entropy, calm + 1, torch.zeros_like(calm))
                 soft = soft & (calm < cold_stop_patience)  # cold stop: finish with discrete tokens
-                mix = nucleus(probs, soft_top_p, soft_top_k) @ net.tok_emb.weight  # (k, d) concept token
+                mix = nucleus(probs, soft_top_p, soft_top_k) @ emb.weight.float()  # (k, d) concept token
                 inp = torch.where(soft[:, None], mix.to(inp.dtype), inp)
-            h = net._blocks(inp[:, None], caches)[:, -1]
+            h = self._forward_cached(cache, inputs_embeds=inp[:, None])
         return self._samples(torch.stack(out_ids, 1), torch.stack(ents, 1), torch.stack(hids, 1), steps, soft_tokens)
 
     def _samples(self, ids: torch.Tensor, ents: torch.Tensor, hids: torch.Tensor, steps: torch.Tensor,
                  soft_tokens: torch.Tensor) -> list[TokenSample]:
         """ids/ents (k, n), hids (k, n, d), steps (k,) -> one TokenSample per row, cut at its eos."""
         tok, out = self.tokenizer, []
+        eos = tok.eos_token_id
         for r in range(ids.shape[0]):
             n = int(steps[r])
             row = ids[r, :n].tolist()
-            ended = bool(row) and row[-1] == tok.eos_id
+            ended = bool(row) and row[-1] == eos
             body = row[:-1] if ended else row
+            pieces = tok.batch_decode([[i] for i in row], skip_special_tokens=True)
             out.append(TokenSample(
-                text=tok.decode([body])[0], token_ids=body, entropies=ents[r, :n].cpu().numpy(),
+                text=tok.decode(body, skip_special_tokens=True), token_ids=body, entropies=ents[r, :n].cpu().numpy(),
                 hidden=hids[r, :n].cpu().numpy(), forward_passes=n, stop_reason="eos" if ended else "max_tokens",
                 soft_tokens=int(soft_tokens[r]),
-                token_texts=["<eos>" if i == tok.eos_id else t for i, t in zip(row, tok.decode([[i] for i in row]))]))
+                token_texts=["<eos>" if i == eos else t for i, t in zip(row, pieces)]))
         return out

@@ -1,4 +1,4 @@
-"""Byte-level BPE tokenizer for the sentence decoder, trained on the training split's sentences.
+"""Byte-level BPE tokenizer for the sentence decoder and the token baseline, trained on the training split.
 
 Why our own BPE and not the encoder's WordPiece: MiniLM's tokenizer is uncased (a decoder built on it
 could never reproduce "Emma" or "$"), maps unseen characters to [UNK], and has a 30k vocabulary whose
@@ -58,6 +58,34 @@ class SentenceTokenizer:
     def decode(self, ids: list[list[int]]) -> list[str]:
         """token ids (specials dropped) -> texts."""
         return self.tok.decode_batch([list(map(int, x)) for x in ids], skip_special_tokens=True)
+
+    def to_hf(self):
+        """This BPE as a `transformers.PreTrainedTokenizerFast` (what HF models, `AutoTokenizer` and TRL take)."""
+        return wrap_fast(self.tok, {"bos_token": BOS, "eos_token": EOS, "pad_token": PAD})
+
+
+# ---- the Hugging Face wrapping (the token baseline's tokenizer) --------------------------------------------
+def wrap_fast(tok: Tokenizer, specials: dict[str, str | None]):
+    """A `tokenizers.Tokenizer` as a `transformers.PreTrainedTokenizerFast`; `specials` names its bos / eos / pad
+    tokens. No clean-up of spaces on decode, so byte-level text round-trips exactly."""
+    from transformers import PreTrainedTokenizerFast
+
+    return PreTrainedTokenizerFast(tokenizer_object=tok, clean_up_tokenization_spaces=False, **specials)
+
+
+def fast_record(fast) -> dict:
+    """What a checkpoint keeps of a `PreTrainedTokenizerFast`: the backend's JSON and the special tokens."""
+    specials = {k: getattr(fast, k) for k in ("bos_token", "eos_token", "pad_token")}
+    return {"tokenizer": fast.backend_tokenizer.to_str(), "special_tokens": {k: v and str(v) for k, v in specials.items()}}
+
+
+def fast_from_record(data: str, specials: dict[str, str | None]):
+    """The inverse of `fast_record`."""
+    try:
+        tok = Tokenizer.from_str(data)
+    except Exception as e:  # noqa: BLE001 - the tokenizers library raises plain Exception on bad JSON
+        raise LCMError(f"stored tokenizer is corrupted ({type(e).__name__})") from e
+    return wrap_fast(tok, specials)
 
 
 class TokenizerInCheckpoint:
