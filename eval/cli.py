@@ -19,7 +19,11 @@ def generate_main(args: list[str]) -> None:
     source.add_argument("--pretrained", help="model folder written by `lcm export` (weights, config, banks)")
     parser.add_argument("--bank", default=None, help="--ckpt: sentence bank folder (default: <ckpt folder>/bank)")
     parser.add_argument("--max-steps", type=int, default=16)
-    parser.add_argument("--eot-threshold", type=float, default=0.9)
+    parser.add_argument("--eot-threshold", type=float, default=None,
+                        help="each prediction is end-of-text, a break or a step by the largest cosine; this adds a floor "
+                             "on the cosine to end-of-text (above 1: never stop there). Default: no floor")
+    parser.add_argument("--break-threshold", type=float, default=None,
+                        help="planning models: a floor on the cosine to the break concept, as --eot-threshold")
     parser.add_argument("--feedback", choices=["decoded", "predicted", "retrieved"], default="decoded",
                         help="feed back the decoded text's embedding (default; 'retrieved' is its old name) "
                              "or the raw prediction")
@@ -49,8 +53,9 @@ def generate_main(args: list[str]) -> None:
     else:
         gen = ConceptGenerator.from_checkpoint(ns.ckpt, bank=ns.bank, device=ns.device, decoder=ns.decoder, **hybrid)
     plans = [ns.plan] * len(ns.problem) if ns.plan else None
-    outs = gen.generate(ns.problem, max_steps=ns.max_steps, eot_threshold=ns.eot_threshold, feedback=ns.feedback,
-                        plans=plans, seed=ns.seed, noise=ns.noise, guidance=ns.guidance, ddim_steps=ns.ddim_steps,
+    outs = gen.generate(ns.problem, max_steps=ns.max_steps, eot_threshold=ns.eot_threshold,
+                        break_threshold=ns.break_threshold, feedback=ns.feedback, plans=plans, seed=ns.seed,
+                        noise=ns.noise, guidance=ns.guidance, ddim_steps=ns.ddim_steps,
                         stop_on_repeat=ns.stop_on_repeat)
     for out in outs:
         print(f"problem: {out.problem}")

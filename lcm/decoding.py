@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Literal
@@ -57,15 +58,21 @@ class ConceptDecoder(ABC):
 
 
 class RetrievalDecoder(ConceptDecoder):
-    def __init__(self, bank: SentenceBank):
+    """The nearest bank sentence. `exclude`: texts it never returns (generation passes the end-of-text and
+    break sentences: those are decided as boundaries before the read-out, a step is never one of them)."""
+
+    def __init__(self, bank: SentenceBank, exclude: Iterable[str] = ()):
         self.bank, self.encoder_id, self.dim = bank, bank.encoder_id, bank.dim
+        self.exclude = bank.rows_of(exclude)
+        if len(self.exclude) == len(bank):
+            raise LCMError("the sentence bank holds no sentence besides the excluded end-of-text / break sentences")
 
     def hit(self, score: float, i: int) -> Decoded:
         """Bank sentence `i` read out for a prediction it has cosine `score` to."""
         return Decoded(self.bank.texts[i], self.bank.embeddings([i])[0], float(score), "retrieved")
 
     def decode(self, preds: np.ndarray) -> list[Decoded]:
-        scores, ids = self.bank.search(check_queries(preds, self.dim), k=1)
+        scores, ids = self.bank.search(check_queries(preds, self.dim), k=1, exclude=self.exclude)
         return [self.hit(s, i) for s, i in zip(scores[:, 0], ids[:, 0].tolist())]
 
 
@@ -110,23 +117,24 @@ class HybridDecoder(ConceptDecoder):
     Per prediction: if the top bank sentence has cosine >= `threshold`, take it (cheap, exact text).
     Otherwise the candidates are the top-`k` bank sentences and the decoder's hypotheses (greedy, or
     `beam` beams); generated candidates are re-encoded with the frozen encoder, and the candidate whose
-    embedding is closest to the prediction wins. `threshold > 1` always compares.
+    embedding is closest to the prediction wins. `threshold > 1` always compares. `exclude`: bank texts never
+    returned, as `RetrievalDecoder`'s.
     """
 
     def __init__(self, bank: SentenceBank, decoder, encoder: Encoder, k: int = 4, threshold: float = 0.95,
-                 beam: int = 1):
+                 beam: int = 1, exclude: Iterable[str] = ()):
         if bank.encoder_id != encoder.id:
             raise LCMError(f"sentence bank encoder {bank.encoder_id!r} differs from {encoder.id!r}")
         if k < 1 or beam < 1:
             raise LCMError(f"hybrid decoding needs k >= 1 and beam >= 1 (got k={k}, beam={beam})")
-        self.retrieval = RetrievalDecoder(bank)
+        self.retrieval = RetrievalDecoder(bank, exclude)
         self.generator = GenerativeDecoder(decoder, encoder, beam=beam)
         self.bank, self.encoder, self.k, self.threshold = bank, encoder, k, threshold
         self.encoder_id, self.dim = encoder.id, encoder.dim
 
     def decode(self, preds: np.ndarray) -> list[Decoded]:
         q = check_queries(preds, self.dim)
-        scores, ids = self.bank.search(q, k=self.k)  # (N, k)
+        scores, ids = self.bank.search(q, k=self.k, exclude=self.retrieval.exclude)  # (N, k)
         out: list[Decoded | None] = [None] * len(q)
         todo = []
         for n in range(len(q)):

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from lcm.checkpoint import load_checkpoint, model_from_checkpoint, on_device
-from lcm.concepts import DEFAULT_EOT_TEXT
+from lcm.concepts import DEFAULT_BREAK_TEXT, DEFAULT_EOT_TEXT
 from lcm.decoding import ConceptDecoder, Decoded, HybridDecoder, RetrievalDecoder
 from lcm.encoders.base import Encoder, encoder_from_config
 from lcm.errors import LCMError
@@ -51,22 +51,24 @@ class ConceptGenerator:
         model: trained `ConceptLM`.
         encoder: the encoder the model was trained with (encodes the problem sentences).
         bank: sentence bank the predictions are decoded against.
-        eot_text: end-of-text sentence; when its cosine to a prediction reaches `eot_threshold`, or it is
-            the retrieved sentence, generation stops.
+        eot_text: end-of-text sentence (its concept is the model's `eot_embedding`); never read out as a step.
+        break_text: planning models: the break sentence (default "Next paragraph."); never read out as a step.
         max_chars: sentence cap used when the model was trained (problem text is split the same way).
         plan_bank: planning models: the training plans a predicted plan is decoded against.
-        decoder: how predicted steps become text (`lcm.decoding`); default: retrieval from `bank`.
-            Plans are always read out through the plan bank.
+        decoder: how predicted steps become text (`lcm.decoding`); default: retrieval from `bank` without the
+            end-of-text and break sentences. Plans are always read out through the plan bank.
         prompt_format: how problem text becomes prompt concepts, as in training: "sentences" (pysbd), "lines"
             (one concept per line) or "auto" (lines when the text has line breaks, else sentences).
     """
 
     def __init__(self, model: ConceptLM, encoder: Encoder, bank: SentenceBank, eot_text: str = DEFAULT_EOT_TEXT,
                  max_chars: int = 256, device: str | torch.device = "cpu", plan_bank: SentenceBank | None = None,
-                 decoder: ConceptDecoder | None = None, prompt_format: str = "sentences"):
+                 decoder: ConceptDecoder | None = None, prompt_format: str = "sentences", break_text: str | None = None):
         if prompt_format not in PROMPT_FORMATS:
             raise LCMError(f"prompt_format must be one of {', '.join(PROMPT_FORMATS)}, not {prompt_format!r}")
-        decoder = decoder if decoder is not None else RetrievalDecoder(bank)
+        self.planning = bool(model.meta.get("planning"))
+        self.boundary_texts = (eot_text, break_text or DEFAULT_BREAK_TEXT) if self.planning else (eot_text,)
+        decoder = decoder if decoder is not None else RetrievalDecoder(bank, exclude=self.boundary_texts)
         parts = {"sentence bank": bank, "decoder": decoder, "plan bank": plan_bank}
         for name, part in ((k, v) for k, v in parts.items() if v is not None):
             if part.encoder_id != encoder.id:
@@ -83,7 +85,7 @@ class ConceptGenerator:
         self.device = torch.device(device)
         self.plan_bank = plan_bank
         self.plan_decoder = RetrievalDecoder(plan_bank) if plan_bank is not None else None  # the model's plans
-        self.planning = bool(model.meta.get("planning"))
+        self.boundary_rows = bank.rows_of(self.boundary_texts)  # bank rows a step is never read out as
         if self.planning and plan_bank is None:
             raise LCMError("this model was trained with planning and needs its plan bank (checkpoints/plan_bank)")
 
@@ -136,14 +138,15 @@ class ConceptGenerator:
         plan_bank = (SentenceBank.load(bank_dir.parent / "plan_bank", encoder_id=encoder.id, dim=model.arch.embed_dim,
                                        corpus=corpus)
                      if meta.get("planning") else None)
+        eot_text, break_text = meta.get("eot_text", DEFAULT_EOT_TEXT), meta.get("break_text") or DEFAULT_BREAK_TEXT
         if isinstance(decoder, (str, Path)):
             from lcm.decoder import SentenceDecoderLM
 
             decoder = HybridDecoder(sentence_bank, SentenceDecoderLM.from_checkpoint(decoder, device=device), encoder,
-                                    **hybrid)
-        return cls(model, encoder, sentence_bank, eot_text=meta.get("eot_text", DEFAULT_EOT_TEXT),
-                   max_chars=meta.get("max_chars", 256), device=device, plan_bank=plan_bank, decoder=decoder,
-                   prompt_format=meta.get("prompt_format", "sentences"))
+                                    exclude=(eot_text, break_text), **hybrid)
+        return cls(model, encoder, sentence_bank, eot_text=eot_text, max_chars=meta.get("max_chars", 256),
+                   device=device, plan_bank=plan_bank, decoder=decoder, prompt_format=meta.get("prompt_format", "sentences"),
+                   break_text=break_text)
 
     def prompt_concepts(self, problem: str, which: str = "the problem text") -> list[str]:
         """A problem's text -> its prompt concepts' text (split by `prompt_format`, capped like training text)."""
@@ -170,9 +173,9 @@ class ConceptGenerator:
         return [s for line in split_lines(plan) for s in split_and_cap(line, self.max_chars)]
 
     @torch.no_grad()
-    def generate(self, problems: str | list[str], max_steps: int = 16, eot_threshold: float = 0.9,
+    def generate(self, problems: str | list[str], max_steps: int = 16, eot_threshold: float | None = None,
                  feedback: Literal["decoded", "predicted", "retrieved"] = "decoded", stop_on_repeat: bool = True,
-                 plans: list[str] | list[list[str]] | None = None, break_threshold: float = 0.9,
+                 plans: list[str] | list[list[str]] | None = None, break_threshold: float | None = None,
                  max_paragraph_steps: int = 9, num_samples: int = 1, seed: int | None = None,
                  noise: float | None = None, guidance: float | None = None, ddim_steps: int | None = None):
         """Generate steps for one problem (returns a `Generation`) or a batch (returns a list).
@@ -180,9 +183,13 @@ class ConceptGenerator:
         With `num_samples=k > 1`, k sampled reasoning paths per problem: a list of k `Generation`s for one
         problem, a list of such lists for a batch. All samples of all problems share one forward per step.
 
+        Each prediction is end-of-text, a break (planning) or a step by the argmax of its cosines to the
+        end-of-text concept, the break concept and the best bank sentence (`StepRule.classify`).
+
         Args:
             max_steps: cap on generated steps (plans included) per problem.
-            eot_threshold: cosine to the end-of-text concept at which a prediction means "stop".
+            eot_threshold: None (default): end-of-text when the argmax says so. A number: also a floor on the
+                cosine to the end-of-text concept (above 1: never stop by end-of-text).
             feedback: feed back the decoded sentence's encoder embedding ("decoded", default: "snap", keeps
                 inputs on the data manifold; "retrieved" is its old name) or the raw predicted vector.
             stop_on_repeat: stop when the decoded step equals an earlier step of the same solution.
@@ -190,7 +197,8 @@ class ConceptGenerator:
                 paragraphs 1, 2, ... (later paragraphs are planned by the model). One list for a single
                 problem, or one list per problem. A plan's sentences become one plan concept by the vector
                 rule of the planner the model was trained with (`lcm.plan_vectors`), as training plans were.
-            break_threshold: planning: cosine to the break concept at which the paragraph ends.
+            break_threshold: planning: None (default) or a floor on the cosine to the break concept, as
+                `eot_threshold`.
             max_paragraph_steps: planning: steps after which a break is forced (counted in `breaks_forced`).
             num_samples: sampled paths per problem (see above).
             seed: seed of all sampling noise (same call + same seed = same output); None = fresh noise.
@@ -251,9 +259,20 @@ class ConceptGenerator:
             eot_cos = F.cosine_similarity(preds, eot.expand_as(preds), dim=-1).cpu().numpy()
             brk_cos = F.cosine_similarity(preds, brk.expand_as(preds), dim=-1).cpu().numpy()
             pred_np = preds.cpu().numpy()
-            kinds = [rule.classify(r, e, b) for r, e, b in zip(active, eot_cos, brk_cos)]
+            step_cos = self._best_sentence_cos(pred_np, [r.at_paragraph_start for r in active])
+            kinds = [rule.classify(r, e, b, s) for r, e, b, s in zip(active, eot_cos, brk_cos, step_cos)]
             readouts = self._read_out(pred_np, kinds)
             active = [r for r, kind, p, d in zip(active, kinds, pred_np, readouts) if rule.apply(r, kind, p, d)]
+
+    def _best_sentence_cos(self, preds: np.ndarray, at_paragraph_start: list[bool]) -> np.ndarray:
+        """Per row, the cosine of the best sentence its prediction could be read out as: the plan bank's at a
+        paragraph start, else the sentence bank's without the end-of-text and break sentences. (A, D) -> (A,)"""
+        out = np.empty(len(preds), dtype=np.float32)
+        start = np.asarray(at_paragraph_start, dtype=bool)
+        for rows, bank, exclude in ((~start, self.bank, self.boundary_rows), (start, self.plan_bank, ())):
+            if rows.any():
+                out[rows] = bank.search(preds[rows], k=1, exclude=exclude)[0][:, 0]
+        return out
 
     def _read_out(self, preds: np.ndarray, kinds: list[Kind]) -> list[Decoded | None]:
         """Text for the rows that need it: steps through the decoder, the model's plans through the plan bank

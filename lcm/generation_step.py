@@ -3,9 +3,10 @@
 A *row* is one generated solution (one sample of one problem). Each step of batched generation
 (`lcm.generate.ConceptGenerator.generate`) predicts the next concept of every active row in one forward;
 for each row, `StepRule.classify` says what the prediction is (the user's plan is due, end-of-text, the
-model's plan, a break, a step), the driver reads out the plans and the steps of all rows in one call each,
-and `StepRule.apply` records the step, feeds back the next input and says whether the row goes on. The
-rule touches no model, encoder or bank: it is tested on its own with hand-made vectors.
+model's plan, a break, a step) by the argmax of its cosines to the end-of-text concept, the break concept and
+the best sentence it could be read out as; the driver reads out the plans and the steps of all rows in one
+call each, and `StepRule.apply` records the step, feeds back the next input and says whether the row goes on.
+The rule touches no model, encoder or bank: it is tested on its own with hand-made vectors.
 """
 from __future__ import annotations
 
@@ -74,14 +75,14 @@ def format_generation(gen: Generation) -> list[str]:
 
 
 class Kind(Enum):
-    """What one prediction is, in the order `StepRule.classify` checks."""
+    """What one prediction is (`StepRule.classify`)."""
 
     SUPPLIED_PLAN = "supplied plan"  # a paragraph starts and the user gave its plan: that plan is fed back
-    END = "end of text"  # cosine to the end-of-text concept >= eot_threshold
+    END = "end of text"  # closer to the end-of-text concept than to the break concept and to any sentence
     PLAN = "plan"  # a paragraph starts: the prediction is its plan, read out through the plan bank
-    BREAK = "break"  # planning: cosine to the break concept >= break_threshold
-    FORCED_BREAK = "forced break"  # planning: the paragraph already has max_paragraph_steps steps
-    STEP = "step"  # read out through the decoder
+    BREAK = "break"  # planning, inside a paragraph: closer to the break concept than to end-of-text and any step
+    FORCED_BREAK = "forced break"  # planning: a step is due but the paragraph already has max_paragraph_steps
+    STEP = "step"  # closer to a step sentence than to end-of-text and break: read out through the decoder
 
 
 @dataclass
@@ -110,10 +111,14 @@ class StepRule:
     """How one row treats the model's prediction for it (arguments as `ConceptGenerator.generate`'s).
 
     Args:
-        eot_text: the end-of-text sentence: a step read out as this text ends the solution.
+        eot_text: the end-of-text sentence. The read-outs generation builds never return it as a step; a decoder
+            that writes it anyway (a trained decoder can) ends the solution with it.
         break_concept: (D,) concept fed back when a paragraph ends (planning).
         planning: the model was trained with plans and breaks.
         max_len: the model's context in concepts: a row whose inputs fill it stops ("max_steps").
+        eot_threshold, break_threshold: None (default) = the argmax alone decides. A number is a floor: a
+            prediction is end-of-text (a break) only if its cosine to that concept also reaches it; below, the
+            best of the other kinds wins. A floor above 1 turns the kind off (e.g. 1.01: never end by end-of-text).
     """
 
     eot_text: str
@@ -121,8 +126,8 @@ class StepRule:
     planning: bool = False
     max_steps: int = 16
     max_len: int = 64
-    eot_threshold: float = 0.9
-    break_threshold: float = 0.9
+    eot_threshold: float | None = None
+    break_threshold: float | None = None
     max_paragraph_steps: int = 9
     stop_on_repeat: bool = True
     feedback: str = "decoded"
@@ -131,20 +136,24 @@ class StepRule:
         if self.feedback not in FEEDBACK:
             raise LCMError(f"feedback must be 'decoded' or 'predicted', not {self.feedback!r}")
 
-    def classify(self, row: Row, eot_cos: float, break_cos: float) -> Kind:
-        """What the prediction for `row` is, from its cosines to the end-of-text and break concepts."""
+    def classify(self, row: Row, eot_cos: float, break_cos: float, step_cos: float) -> Kind:
+        """What the prediction for `row` is: the argmax of its cosines to the end-of-text concept, to the break
+        concept (planning, inside a paragraph: training puts no break before a plan) and `step_cos`, to the best
+        sentence it could be read out as (the plan bank's at a paragraph start, else the sentence bank's,
+        end-of-text and break excluded). Deciding before the read-out keeps a noisy break (cosine 0.6 to the
+        break, 0.5 to end-of-text, 0.4 to the best step) a break: read out, it would be "End of text."."""
         if row.at_paragraph_start and row.paragraph < len(row.plans):
             return Kind.SUPPLIED_PLAN
-        if eot_cos >= self.eot_threshold:
-            return Kind.END
-        if row.at_paragraph_start:
-            return Kind.PLAN
-        # checked before the step read-out: a predicted break's nearest bank sentence is often end-of-text
-        if self.planning and break_cos >= self.break_threshold:
-            return Kind.BREAK
-        if self.planning and row.paragraph_steps >= self.max_paragraph_steps:
+        cosines = {Kind.PLAN if row.at_paragraph_start else Kind.STEP: step_cos}  # first: a tie goes on
+        if self.eot_threshold is None or eot_cos >= self.eot_threshold:
+            cosines[Kind.END] = eot_cos
+        if self.planning and not row.at_paragraph_start and (self.break_threshold is None
+                                                            or break_cos >= self.break_threshold):
+            cosines[Kind.BREAK] = break_cos
+        kind = max(cosines, key=cosines.get)
+        if kind is Kind.STEP and self.planning and row.paragraph_steps >= self.max_paragraph_steps:
             return Kind.FORCED_BREAK
-        return Kind.STEP
+        return kind
 
     def apply(self, row: Row, kind: Kind, pred: np.ndarray, readout: Decoded | None = None) -> bool:
         """Record prediction `pred` (D,) of kind `kind` in `row` (`readout`: its text, for PLAN and STEP), feed back
@@ -152,7 +161,7 @@ class StepRule:
         row.gen.calls += 1
         if kind is Kind.END:
             return row.stop("end_of_text")
-        if kind is Kind.STEP and readout.text == self.eot_text:
+        if kind is Kind.STEP and readout.text == self.eot_text:  # a trained decoder wrote the end: never a step
             return row.stop("end_of_text")
         if kind is Kind.STEP and self.stop_on_repeat and any(s.text == readout.text for s in row.gen.steps
                                                              if not s.is_plan):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Collection, Iterable
 from pathlib import Path
 from typing import Literal
 
@@ -59,15 +60,28 @@ class SentenceBank:
     def __len__(self) -> int:
         return len(self.texts)
 
-    def search(self, queries: np.ndarray, k: int = 1) -> tuple[np.ndarray, np.ndarray]:
-        """queries (Q, D) -> cosines (Q, k), row ids (Q, k)."""
+    def search(self, queries: np.ndarray, k: int = 1, exclude: Collection[int] = ()) -> tuple[np.ndarray, np.ndarray]:
+        """queries (Q, D) -> cosines (Q, k), row ids (Q, k), best first. Rows in `exclude` are never returned
+        (e.g. the end-of-text sentence when a step is read out); a missing hit has id -1 and cosine -inf."""
         q = unit_rows(np.atleast_2d(queries))
         if q.shape[1] != self.dim:
             raise LCMError(f"query dimension {q.shape[1]} != sentence bank dimension {self.dim}")
         if not np.isfinite(q).all():
             raise LCMError("predicted embedding contains NaN/inf; the model or its input is broken")
-        scores, ids = self.index.search(q, min(k, len(self)))
-        return scores, ids
+        drop = np.fromiter(exclude, dtype=np.int64)
+        k = min(k, len(self))
+        scores, ids = self.index.search(q, min(k + len(drop), len(self)))  # (Q, k + |drop|): room for the dropped
+        if not len(drop):
+            return scores, ids
+        keep = ~np.isin(ids, drop)
+        order = np.argsort(~keep, axis=1, kind="stable")[:, :k]  # kept hits first, in their order
+        return (np.take_along_axis(np.where(keep, scores, -np.inf), order, axis=1).astype(np.float32),
+                np.take_along_axis(np.where(keep, ids, -1), order, axis=1))
+
+    def rows_of(self, texts: Iterable[str]) -> list[int]:
+        """Row ids of the bank sentences equal to any of `texts` (none when a text is not in the bank)."""
+        wanted = set(texts)
+        return [i for i, t in enumerate(self.texts) if t in wanted]
 
     def embeddings(self, ids: np.ndarray) -> np.ndarray:
         """Raw encoder vectors of row ids. (N, D)"""

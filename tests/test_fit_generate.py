@@ -168,8 +168,8 @@ def read(text: str, hot: int = 0) -> Decoded:
 def test_step_rule_stop_reasons_and_feedback():
     rule = StepRule("End of text.", BREAK, max_steps=3)
     r = row()
-    assert rule.classify(r, eot_cos=0.95, break_cos=0.0) is Kind.END
-    assert rule.classify(r, eot_cos=0.5, break_cos=0.99) is Kind.STEP  # a break means nothing without planning
+    assert rule.classify(r, eot_cos=0.95, break_cos=0.0, step_cos=0.4) is Kind.END
+    assert rule.classify(r, eot_cos=0.5, break_cos=0.99, step_cos=0.6) is Kind.STEP  # no break without planning
     assert rule.apply(r, Kind.STEP, PRED, read("a", 1))
     assert [s.text for s in r.gen.steps] == ["a"] and r.gen.steps[0].embedding is PRED
     assert torch.equal(r.inputs[-1], torch.eye(D)[1])  # "decoded" feedback: the read-out text's embedding
@@ -195,21 +195,21 @@ def test_step_rule_plans_and_breaks():
     rule = StepRule("End of text.", BREAK, planning=True, max_paragraph_steps=1)
     plan_vec = torch.tensor([0.0, 0.0, 3.0, 4.0])
     r = row(planning=True, plans=[("Count the apples.", plan_vec)])
-    assert rule.classify(r, eot_cos=0.99, break_cos=0.99) is Kind.SUPPLIED_PLAN  # the user's plan comes first
+    assert rule.classify(r, eot_cos=0.99, break_cos=0.99, step_cos=0.0) is Kind.SUPPLIED_PLAN  # the user's plan first
     assert rule.apply(r, Kind.SUPPLIED_PLAN, PRED)
     plan = r.gen.steps[0]
     assert (plan.text, plan.source, plan.is_plan, plan.paragraph) == ("Count the apples.", "supplied", True, 0)
     assert torch.equal(r.inputs[-1], plan_vec)
     assert np.isclose(plan.score, float(PRED @ plan_vec.numpy()) / np.linalg.norm(PRED) / 5.0)
-    assert rule.classify(r, eot_cos=0.5, break_cos=0.95) is Kind.BREAK
-    assert rule.classify(r, eot_cos=0.95, break_cos=0.95) is Kind.END  # end-of-text wins over a break
+    assert rule.classify(r, eot_cos=0.5, break_cos=0.95, step_cos=0.4) is Kind.BREAK
+    assert rule.classify(r, eot_cos=0.8, break_cos=0.7, step_cos=0.4) is Kind.END  # the closest concept wins
     assert rule.apply(r, Kind.STEP, PRED, read("a"))
-    assert rule.classify(r, eot_cos=0.5, break_cos=0.5) is Kind.FORCED_BREAK  # max_paragraph_steps reached
+    assert rule.classify(r, eot_cos=0.5, break_cos=0.5, step_cos=0.6) is Kind.FORCED_BREAK  # max_paragraph_steps
     assert rule.apply(r, Kind.FORCED_BREAK, PRED) and torch.equal(r.inputs[-1], BREAK)
     assert (r.paragraph, r.paragraph_steps, r.at_paragraph_start, r.gen.breaks_forced) == (1, 0, True, 1)
-    assert rule.classify(r, eot_cos=0.5, break_cos=0.99) is Kind.PLAN  # no supplied plan left: the model's
+    assert rule.classify(r, eot_cos=0.5, break_cos=0.99, step_cos=0.6) is Kind.PLAN  # no supplied plan left
     assert rule.apply(r, Kind.PLAN, PRED, read("Then add.", 2)) and r.gen.steps[-1].is_plan
-    assert rule.classify(r, eot_cos=0.5, break_cos=0.95) is Kind.BREAK
+    assert rule.classify(r, eot_cos=0.5, break_cos=0.95, step_cos=0.4) is Kind.BREAK
     assert rule.apply(r, Kind.BREAK, PRED) and r.gen.breaks_predicted == 1
     assert [s.paragraph for s in r.gen.steps] == [0, 0, 1] and len(r.gen.steps) == 3 and r.gen.calls == 5
 
