@@ -1,7 +1,8 @@
 """Sampling every system of a comparison: k solutions per held-out problem, timed, as `Sample`s.
 
-Concept models through `ConceptGenerator.generate`, the token GPT with temperature / top-p sampling or in
-Soft Thinking mode, and greedy decoding of every saved GPT checkpoint for the entropy-performance curve.
+Concept models through `ConceptGenerator.generate`, the token baseline (a Hugging Face causal LM, `TokenLM`) with
+temperature / top-p sampling or in Soft Thinking mode, and greedy decoding of every saved token-baseline checkpoint
+for the entropy-performance curve.
 """
 from __future__ import annotations
 
@@ -97,7 +98,7 @@ def token_keywords(cfg: CompareConfig, soft: bool) -> dict:
 
 def token_samples(model, problems: list[str], cfg: CompareConfig, encoder, soft: bool, show: bool,
                   label: str) -> tuple[list[list[Sample]], float]:
-    """k samples per problem from the token GPT (Soft Thinking: one, it is deterministic)."""
+    """k samples per problem from the token baseline (Soft Thinking: one, it is deterministic)."""
     from lcm.train.token_data import solution_steps
 
     kw = token_keywords(cfg, soft)

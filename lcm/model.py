@@ -2,6 +2,8 @@
 
 input projection (D -> d_model) -> N x [RMSNorm -> causal self-attention -> RMSNorm -> SwiGLU]
 -> RMSNorm -> output projection (d_model -> D). It sees normalized concepts and predicts the next one.
+The trunk between the projections is Llama's decoder stack: `lcm.llama_weights` copies a `LlamaModel` into it
+(rotary pairs and grouped k/v heads converted) and gets the same hidden states.
 """
 from __future__ import annotations
 

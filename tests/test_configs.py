@@ -31,6 +31,9 @@ def test_config_instantiates(path, monkeypatch):
         assert not hasattr(cli.datamodule, "max_seq_len")
     if path.name.startswith("token"):
         assert isinstance(cli.model, TokenLM) and isinstance(cli.datamodule, TokenDataModule)
+        net = cli.model.net  # a Hugging Face Llama with the arch's shape
+        assert type(net).__name__ == "LlamaForCausalLM" and net.config.hidden_size == cli.model.arch.d_model
+        assert net.config.max_position_embeddings == cli.model.arch.max_seq_len
         return
     assert isinstance(cli.datamodule, ConceptDataModule)
     if path.name.startswith("decoder"):  # model chosen in the YAML

@@ -68,15 +68,23 @@ def test_the_token_baseline_exports_and_loads_with_its_tokenizer(tmp_path):
     run = fit_in(tmp_path, "token_baseline.yaml", TINY_TOKEN)
     folder = tmp_path / "token-export"
     code, _ = run_lcm(["export", "--ckpt", str(run / "checkpoints" / "last.ckpt"), str(folder)])
-    assert code == 0 and sorted(p.name for p in folder.iterdir()) == ["README.md", "config.json", "model.safetensors"]
+    assert code == 0 and sorted(p.name for p in folder.iterdir()) == [  # a Hugging Face folder + our record + card
+        "README.md", "config.json", "generation_config.json", "lcm.json", "model.safetensors", "tokenizer.json",
+        "tokenizer_config.json"]
     a = TokenLM.from_checkpoint(run / "checkpoints" / "last.ckpt")
     b = TokenLM.from_pretrained(folder)
-    assert a.tokenizer.to_str() == b.tokenizer.to_str()
+    assert a.tokenizer.backend_tokenizer.to_str() == b.tokenizer.backend_tokenizer.to_str()
+    assert b.meta == a.meta and dict(b.hparams)["arch"] == dict(a.hparams)["arch"]
     prompt = "Ann has 3 pens and buys 2 more. How many pens?"
     assert a.generate(prompt, mode="greedy", max_new_tokens=12)[0].text == b.generate(prompt, mode="greedy",
                                                                                         max_new_tokens=12)[0].text
     with pytest.raises(LCMError, match="holds a token model, not a concept model"):
         ConceptGenerator.from_pretrained(folder)
+    from transformers import AutoModelForCausalLM, AutoTokenizer  # plain transformers reads the folder
+
+    assert AutoTokenizer.from_pretrained(folder)("Ann", add_special_tokens=False)["input_ids"] == a._encode(["Ann"])[0]
+    assert AutoModelForCausalLM.from_pretrained(folder).num_parameters() == a.num_params()
+    assert "AutoModelForCausalLM" in (folder / "README.md").read_text()
 
 
 def test_hub_names_and_pushing_offline_are_one_line_and_keep_the_folder(trained_run, tmp_path, capsys):
