@@ -65,17 +65,62 @@ def forking_tokens(entropies: np.ndarray, token_texts: list[str], threshold: flo
 
 # ---- representation rank and diversity ------------------------------------------------------------
 def effective_rank(h: np.ndarray) -> float:
-    """Roy & Vetterli effective rank of (T, d) states: centre over positions, p_i = s_i / sum s,
-    exp(-sum p_i log p_i). 1 for states on a line, min(T - 1, d) at most."""
+    """Roy & Vetterli effective rank of (T, d) states as the effective-rank RL paper's code computes it (VERL,
+    `metrics_utils.compute_single_effective_rank`): centre over positions, singular values s, p_i = s_i / sum s,
+    exp(-sum p_i log p_i). 1 for states on a line or all identical (VERL's exp(0)), min(T - 1, d) at most --
+    so compare it only across equal numbers of units (`step_boundary_states`)."""
     x = np.asarray(h, dtype=np.float64)
     if x.ndim != 2 or len(x) < 2:
         return float("nan")
     s = np.linalg.svd(x - x.mean(0, keepdims=True), compute_uv=False)
     s = s[s > s.max() * 1e-12] if s.max() > 0 else s[:0]
     if not len(s):
-        return 0.0  # every position identical
+        return 1.0  # every position identical
     p = s / s.sum()
     return float(np.exp(-(p * np.log(p)).sum()))
+
+
+def effective_rank_dynamics(h: np.ndarray, stride: int = 1) -> tuple[float, float]:
+    """(ERV, ERA): the first and second "differences" of the effective rank along a response, as VERL's code
+    defines them (`_calculate_diffs_batched_single_device`): for prefixes of t = stride, 2*stride, ... <= T
+    units, ER_t = effective_rank(h[:t]) (1 for a single unit); diff_t = ER_t - mean(ER of the earlier
+    prefixes), diff2_t = diff_t - diff_(t-1); ERV = mean diff, ERA = mean diff2 (nan when undefined)."""
+    x = np.asarray(h, dtype=np.float64)
+    ranks = [1.0 if t < 2 else effective_rank(x[:t]) for t in range(stride, len(x) + 1, stride)]
+    diffs = [r - float(np.mean(ranks[:i])) for i, r in enumerate(ranks) if i > 0]
+    diff2 = [b - a for a, b in zip(diffs, diffs[1:])]
+    return (float(np.mean(diffs)) if diffs else float("nan"), float(np.mean(diff2)) if diff2 else float("nan"))
+
+
+def step_boundary_states(hidden: np.ndarray, token_texts: list[str]) -> np.ndarray:
+    """(n_steps, d) one token-model state per reasoning step: the state that produced each step's last token (a
+    token holding a line break ends a step; the final token ends the last one). The token-side unit that matches
+    a concept model's one state per step, so effective ranks compare like with like."""
+    h = np.asarray(hidden)
+    if len(h) != len(token_texts):
+        raise ValueError(f"{len(h)} states for {len(token_texts)} tokens")
+    ends = [i for i, t in enumerate(token_texts) if "\n" in t]
+    if len(token_texts) and (not ends or ends[-1] != len(token_texts) - 1):
+        ends.append(len(token_texts) - 1)
+    return h[ends]
+
+
+def line_entropies(entropies: np.ndarray, token_texts: list[str]) -> np.ndarray:
+    """(n_steps,) a token model's entropy per reasoning step: the sum of its token entropies (nats) over each
+    line, the step's tokens and the one that ends it. The token-side match of a concept policy's step entropy
+    (`lcm.step_policy.step_entropy`): both are the uncertainty of producing one step."""
+    h = np.asarray(entropies, dtype=np.float64)
+    if len(h) != len(token_texts):
+        raise ValueError(f"{len(h)} entropies for {len(token_texts)} tokens")
+    out, total = [], 0.0
+    for value, text in zip(h, token_texts):
+        total += value
+        if "\n" in text:
+            out.append(total)
+            total = 0.0
+    if len(token_texts) and "\n" not in token_texts[-1]:
+        out.append(total)
+    return np.asarray(out)
 
 
 def vendi_score(emb: np.ndarray) -> float:
@@ -96,9 +141,12 @@ def vendi_score(emb: np.ndarray) -> float:
 
 
 def distinct_n(texts: list[str], n: int) -> float:
-    """Unique n-grams / total n-grams, pooled over `texts` (the denominator is the total count)."""
-    grams = [tuple(t[i:i + n]) for t in map(tokens, texts) for i in range(len(t) - n + 1)]
-    return len(set(grams)) / len(grams) if grams else 0.0
+    """Li et al. (2016) distinct-n: unique n-grams pooled over `texts`, divided by the total number of generated
+    tokens (their "divided by total number of generated words"), not by the number of n-grams."""
+    toks = [tokens(t) for t in texts]
+    grams = {tuple(t[i:i + n]) for t in toks for i in range(len(t) - n + 1)}
+    total = sum(map(len, toks))
+    return len(grams) / total if total else 0.0
 
 
 def self_bleu(texts: list[str]) -> float:
@@ -137,13 +185,20 @@ def rouge_l(pred: str, ref: str) -> float:
 
 # ---- entropy-performance curve -------------------------------------------------------------------
 def fit_entropy_performance(entropy: list[float], score: list[float]) -> dict[str, float]:
-    """Least-squares fit of R = -a * exp(H) + b (linear in a, b) over checkpoints; a, b and R^2."""
+    """Least-squares fit of R = -a * exp(H) + b with a >= 0 (Cui et al.: performance falls as entropy is spent,
+    so a negative a is not the law) over checkpoints; a, b, R^2 and whether the bound a = 0 is active.
+
+    The problem is convex in (a, b); when the unconstrained optimum has a < 0 the constrained one lies on a = 0,
+    where b is the mean score (R^2 = 0): then the data show no entropy-performance relation of this form."""
     h, r = np.asarray(entropy, dtype=np.float64), np.asarray(score, dtype=np.float64)
     if len(h) < 2 or len(h) != len(r):
         raise ValueError(f"need >= 2 (entropy, score) pairs of equal length, got {len(h)} and {len(r)}")
     design = np.stack([-np.exp(h), np.ones_like(h)], axis=1)  # (N, 2)
     (a, b), *_ = np.linalg.lstsq(design, r, rcond=None)
+    bound = bool(a < 0)
+    if bound:
+        a, b = 0.0, float(r.mean())
     resid = r - design @ np.array([a, b])
     total = ((r - r.mean()) ** 2).sum()
     r2 = 1.0 - (resid ** 2).sum() / total if total > 0 else float("nan")
-    return {"a": float(a), "b": float(b), "r2": float(r2)}
+    return {"a": float(a), "b": float(b), "r2": float(r2), "a_at_bound": bound}

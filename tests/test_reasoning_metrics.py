@@ -47,7 +47,7 @@ def test_effective_rank_of_a_known_spectrum():
     p = np.array([2 / 3, 1 / 3])
     assert effective_rank(h) == pytest.approx(math.exp(-(p * np.log(p)).sum()))
     assert effective_rank(np.outer(np.arange(5.0), [1.0, 2.0, 3.0])) == pytest.approx(1.0)  # a line
-    assert effective_rank(np.ones((4, 3))) == 0.0
+    assert effective_rank(np.ones((4, 3))) == 1.0  # all identical: VERL's exp(0)
     assert effective_rank(np.eye(4) * 3) == pytest.approx(3.0, rel=1e-6)  # 4 points of a simplex: rank 3, equal s
 
 
@@ -60,11 +60,11 @@ def test_pass_at_k_closed_forms():
         pass_at_k(3, 1, 4)
 
 
-def test_distinct_n_on_a_toy_set():
+def test_distinct_n_divides_by_generated_tokens_as_li_et_al():
     assert distinct_n(["a b a b"], 1) == pytest.approx(2 / 4)
-    assert distinct_n(["a b a b"], 2) == pytest.approx(2 / 3)  # ab, ba, ab
-    assert distinct_n(["a b", "a b"], 2) == pytest.approx(1 / 2)
-    assert distinct_n(["a"], 2) == 0.0
+    assert distinct_n(["a b a b"], 2) == pytest.approx(2 / 4)  # ab, ba over 4 words (not over 3 bigrams)
+    assert distinct_n(["a b", "a b"], 2) == pytest.approx(1 / 4)  # one bigram, 4 generated words
+    assert distinct_n(["a"], 2) == 0.0 and distinct_n([], 1) == 0.0
 
 
 def test_self_bleu_and_vendi():
@@ -112,5 +112,37 @@ def test_entropy_performance_fit_recovers_known_curve():
     h = np.array([0.2, 0.5, 0.9, 1.3])
     fit = fit_entropy_performance(h, -2.0 * np.exp(h) + 5.0)
     assert fit["a"] == pytest.approx(2.0) and fit["b"] == pytest.approx(5.0) and fit["r2"] == pytest.approx(1.0)
+    assert fit["a_at_bound"] is False
     with pytest.raises(ValueError):
         fit_entropy_performance([1.0], [0.5])
+
+
+def test_entropy_performance_fit_keeps_a_non_negative():
+    h = np.array([0.2, 0.5, 0.9, 1.3])
+    fit = fit_entropy_performance(h, 2.0 * np.exp(h) + 1.0)  # performance *rising* with entropy
+    assert fit["a"] == 0.0 and fit["a_at_bound"] is True
+    assert fit["b"] == pytest.approx(float(np.mean(2.0 * np.exp(h) + 1.0))) and fit["r2"] == pytest.approx(0.0)
+
+
+def test_effective_rank_dynamics_by_verl_definition():
+    from lcm.eval.reasoning_metrics import effective_rank_dynamics
+
+    h = np.array([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    ranks = [1.0, effective_rank(h[:2]), effective_rank(h[:3]), effective_rank(h[:4])]
+    diffs = [ranks[i] - np.mean(ranks[:i]) for i in range(1, 4)]
+    erv, era = effective_rank_dynamics(h)
+    assert erv == pytest.approx(np.mean(diffs)) and era == pytest.approx(np.mean(np.diff(diffs)))
+    assert ranks[1] == pytest.approx(1.0) and ranks[3] == pytest.approx(2.0)  # a square: two equal directions
+    assert np.isnan(effective_rank_dynamics(h[:1])[0])
+
+
+def test_matched_units_for_token_models():
+    from lcm.eval.reasoning_metrics import line_entropies, step_boundary_states
+
+    toks = ["So", " 3", ".\n", "####", " 7", "<eos>"]
+    hidden = np.arange(12.0).reshape(6, 2)
+    assert step_boundary_states(hidden, toks).tolist() == [[4.0, 5.0], [10.0, 11.0]]  # ends of the two lines
+    ent = np.array([0.5, 1.0, 0.25, 0.1, 2.0, 0.0])
+    assert line_entropies(ent, toks) == pytest.approx([1.75, 2.1])
+    with pytest.raises(ValueError):
+        line_entropies(ent[:2], toks)

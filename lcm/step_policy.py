@@ -1,0 +1,70 @@
+"""The concept model's step distribution: a categorical policy over a sentence bank.
+
+A concept model predicts one vector per step; to speak of its *entropy* (and later to sample and train it with
+RL) the prediction μ is read as a distribution over the candidate sentences z_s of a bank:
+
+    p(s | context) = softmax_s( cos(μ, z_s) / τ )
+
+the same softmax that retrieval's argmax and a contrastive (InfoNCE) objective use. τ is not a free knob: it is
+fitted on held-out data by the negative log-likelihood of the gold next sentence (`fit_temperature`), so the
+entropy is that of the best-calibrated policy of this family, in nats per step -- comparable with a token
+model's entropy summed over the tokens of a step ("line entropy", `lcm.eval.reasoning_metrics`).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+MIN_TAU, MAX_TAU = 1e-4, 1e2
+
+
+def cosines(pred: torch.Tensor, bank: torch.Tensor) -> torch.Tensor:
+    """(n, D) predictions x (N, D) bank vectors -> (n, N) cosines."""
+    return F.normalize(pred.float(), dim=-1) @ F.normalize(bank.float(), dim=-1).T
+
+
+def step_log_probs(pred: torch.Tensor, bank: torch.Tensor, tau: float) -> torch.Tensor:
+    """(n, N) log p(s | context) of every bank sentence."""
+    return torch.log_softmax(cosines(pred, bank) / tau, dim=-1)
+
+
+def step_entropy(pred: torch.Tensor, bank: torch.Tensor, tau: float, chunk: int = 1024) -> torch.Tensor:
+    """(n,) entropy in nats of each prediction's policy over the bank (chunked over predictions)."""
+    out = []
+    for start in range(0, len(pred), chunk):
+        logp = step_log_probs(pred[start:start + chunk], bank, tau)  # (c, N)
+        out.append(-(logp.exp() * logp).sum(-1))
+    return torch.cat(out) if out else torch.zeros(0)
+
+
+def step_nll(cos: torch.Tensor, gold: torch.Tensor, tau: float) -> float:
+    """Mean negative log-likelihood (nats) of the gold sentences under temperature `tau`.
+    cos: (n, N) cosines to the candidates; gold: (n,) index of each row's gold candidate."""
+    logits = cos / tau
+    return float((torch.logsumexp(logits, -1) - logits.gather(1, gold[:, None]).squeeze(1)).mean())
+
+
+def fit_temperature(pred: torch.Tensor, candidates: torch.Tensor, gold: torch.Tensor, iters: int = 60) -> float:
+    """τ minimizing the mean NLL of the gold candidates (each row's gold must be among `candidates`).
+
+    The NLL is convex in β = 1/τ (its derivative, mean(E_p[cos] - cos_gold), increases with β), so bisection
+    on the derivative finds the optimum; it is clipped to [MIN_TAU, MAX_TAU] (a gold that is always the
+    nearest candidate pushes β to infinity)."""
+    cos = cosines(pred, candidates).double()  # (n, N)
+    gold = gold.long()
+    target = cos.gather(1, gold[:, None]).mean()
+
+    def slope(beta: float) -> float:  # d NLL / d beta
+        return float((torch.softmax(beta * cos, -1) * cos).sum(-1).mean() - target)
+
+    lo, hi = 1.0 / MAX_TAU, 1.0 / MIN_TAU
+    if slope(hi) <= 0:
+        return MIN_TAU
+    if slope(lo) >= 0:
+        return MAX_TAU
+    for _ in range(iters):  # bisection in log beta: the range spans six decades
+        mid = math.sqrt(lo * hi)
+        lo, hi = (mid, hi) if slope(mid) < 0 else (lo, mid)
+    return 1.0 / math.sqrt(lo * hi)

@@ -1,0 +1,36 @@
+"""The concept model's categorical step policy: log-probs, entropy in nats, τ fitted by NLL."""
+import math
+
+import pytest
+import torch
+
+from lcm.step_policy import MIN_TAU, cosines, fit_temperature, step_entropy, step_log_probs, step_nll
+
+
+def test_policy_is_a_softmax_of_cosines_over_tau():
+    bank = torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]])
+    pred = torch.tensor([[2.0, 0.0]])  # scale does not matter: cosines
+    logp = step_log_probs(pred, bank, tau=0.5)
+    expected = torch.log_softmax(torch.tensor([[1.0, 0.0, -1.0]]) / 0.5, -1)
+    assert torch.allclose(logp, expected)
+    ent = step_entropy(pred, bank, tau=1e6)  # tau -> infinity: uniform over 3 sentences
+    assert float(ent) == pytest.approx(math.log(3), rel=1e-4)
+    assert float(step_entropy(pred, bank, tau=1e-3)) == pytest.approx(0.0, abs=1e-6)  # tau -> 0: argmax
+
+
+def test_fitted_tau_recovers_the_temperature_that_generated_the_data():
+    gen = torch.Generator().manual_seed(0)
+    bank = torch.randn(50, 16, generator=gen)
+    pred = torch.randn(4000, 16, generator=gen)
+    true_tau = 0.2
+    gold = torch.multinomial(torch.softmax(cosines(pred, bank) / true_tau, -1), 1, generator=gen).squeeze(1)
+    tau = fit_temperature(pred, bank, gold)
+    assert tau == pytest.approx(true_tau, rel=0.1)
+    cos = cosines(pred, bank)
+    assert step_nll(cos, gold, tau) <= min(step_nll(cos, gold, t) for t in (tau * 0.7, tau * 1.4))
+
+
+def test_a_gold_that_is_always_nearest_pushes_tau_to_its_floor():
+    bank = torch.eye(4)
+    pred = torch.eye(4) + 0.01
+    assert fit_temperature(pred, bank, torch.arange(4)) == MIN_TAU
