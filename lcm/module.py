@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 from lcm.compile import CompileOnFit
 from lcm.concepts import TARGET_TYPES, TYPE_NAMES, ConceptType, layout_mismatch
+from lcm.contrastive import Contrastive, candidates, info_nce
 from lcm.errors import LCMError
 from lcm.handoff import ConceptData, DataConsumer, check_embed_dim, expect
 from lcm.metrics import next_step_scores, retrieval_hits
@@ -46,6 +47,8 @@ class ConceptLM(CompileOnFit, DataConsumer, L.LightningModule):
         loss_weights: weight of each target type in the MSE, by name: step, eot, plan, break (default 1).
         boundary_threshold: cosine to the break / end-of-text concept at which a prediction counts as
             that boundary in the validation detection metrics (generation uses the same default).
+        contrastive: an InfoNCE term beside (or instead of) the MSE (`lcm.contrastive.Contrastive`); None = MSE
+            only. Validation loss (and so `best.ckpt`) is the same objective.
         compile: `torch.compile` the network when `fit` starts (in place, `nn.Module.compile`: parameter names
             and checkpoints stay the same). Validation inside `fit` runs compiled too; `lcm validate` / `test`
             and models loaded for generation stay eager. Worth it on GPUs for long runs; the first steps
@@ -55,14 +58,18 @@ class ConceptLM(CompileOnFit, DataConsumer, L.LightningModule):
     sampling_settings = BaseLCMSampling  # per-call options of generation: noise
 
     def __init__(self, arch: LCMConfig = LCMConfig(), optim: OptimConfig = OptimConfig(),
-                 loss_weights: dict[str, float] | None = None, boundary_threshold: float = 0.9, compile: bool = False):
+                 loss_weights: dict[str, float] | None = None, boundary_threshold: float = 0.9, compile: bool = False,
+                 contrastive: Contrastive | None = None):
         super().__init__()
         if isinstance(arch, dict):  # from a checkpoint's hyperparameters
             arch = LCMConfig(**arch)
         self.optim = OptimConfig.of(optim)
+        self.contrastive = Contrastive.of(contrastive)
         self.save_hyperparameters({"arch": asdict(arch), "optim": self.optim.hparams(),
                                    "loss_weights": dict(loss_weights or {}), "boundary_threshold": boundary_threshold,
-                                   "compile": bool(compile), **self.extra_hparams()})
+                                   "compile": bool(compile), **self.extra_hparams(),
+                                   # absent = MSE only: an MSE model's checkpoint keeps the hparams it always had
+                                   **({"contrastive": self.contrastive.hparams()} if self.contrastive else {})})
         unknown = set(loss_weights or {}) - {TYPE_NAMES[t] for t in TARGET_TYPES}
         if unknown:
             raise LCMError(f"loss_weights has unknown position types {sorted(unknown)}; use step, eot, plan, break")
@@ -78,6 +85,7 @@ class ConceptLM(CompileOnFit, DataConsumer, L.LightningModule):
         self.register_buffer("break_embedding", torch.zeros(arch.embed_dim))  # planning only
         self.meta: dict = {}  # encoder config / id and end-of-text text: what generation needs to rebuild inputs
         self._val_index = None
+        self._negatives: tuple[torch.Tensor, torch.Tensor] | None = None  # contrastive bank: rows (K,), raw (K, D)
 
     def build_net(self, arch: LCMConfig) -> torch.nn.Module:
         """The network: (B, T, D) normalized concepts -> next-concept predictions. Subclasses swap it."""
@@ -95,6 +103,9 @@ class ConceptLM(CompileOnFit, DataConsumer, L.LightningModule):
         check_embed_dim(data.encoder, self.arch.embed_dim)
         self.keep_data(data)
         self._val_index = None  # retrieval candidates come from this data
+        if self.contrastive is not None and self.contrastive.bank_negatives:
+            rows, vectors = data.retrieval_candidates("train")
+            self._negatives = (torch.from_numpy(rows).long(), torch.from_numpy(vectors).float())
         if bool(self.normalizer.fitted):
             return
         targets = torch.from_numpy(data.fit_targets())
@@ -160,10 +171,30 @@ class ConceptLM(CompileOnFit, DataConsumer, L.LightningModule):
         per_pos = (pred.float() - target.float()).pow(2).mean(-1)  # (B, T-1)
         return (per_pos * w).sum() / w.sum().clamp_min(1e-8)
 
+    def _objective(self, pred: torch.Tensor, target: torch.Tensor, batch: dict, mask: torch.Tensor,
+                   negatives: bool = True) -> tuple[torch.Tensor, dict]:
+        """The training objective: the MSE (`_loss`), or with `contrastive` its weighted sum with InfoNCE over the
+        batch's unique target sentences (+ bank negatives when `negatives`). Returns (loss, its parts)."""
+        mse = self._loss(pred, target, batch["types"], mask)
+        c = self.contrastive
+        if c is None:
+            return mse, {}
+        w = self.type_weights[batch["types"][:, 1:].clamp_min(0)][mask]  # (N,)
+        gold_ids, gold_vecs = batch["ids"][:, 1:][mask], batch["x"][:, 1:][mask].float()  # (N,), (N, D) raw
+        bank_ids = bank_vecs = None
+        if negatives and self._negatives is not None:
+            pick = torch.randint(len(self._negatives[0]), (c.bank_negatives,))
+            bank_ids, bank_vecs = (t[pick].to(gold_vecs.device) for t in self._negatives)
+        cand, gold = candidates(gold_ids, gold_vecs, bank_ids, bank_vecs)
+        nce = info_nce(self.normalizer.denormalize(pred[mask].float()), cand, gold, c.temperature, w)
+        return c.mse_weight * mse + c.weight * nce, {"mse": mse, "infonce": nce}
+
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         pred, target, mask = self._predict(batch)
-        loss = self._loss(pred, target, batch["types"], mask)
+        loss, parts = self._objective(pred, target, batch, mask)
         self.log("train/loss", loss, prog_bar=True, batch_size=int(mask.shape[0]))
+        for k, v in parts.items():
+            self.log(f"train/{k}", v, batch_size=int(mask.shape[0]))
         return loss
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
@@ -188,7 +219,7 @@ class ConceptLM(CompileOnFit, DataConsumer, L.LightningModule):
         n = int(mask.sum())
         if n == 0:
             return
-        loss = self._loss(pred_all, target_all, batch["types"], mask)
+        loss, parts = self._objective(pred_all, target_all, batch, mask, negatives=False)  # in-batch: reproducible
         pred = pred_all[mask].float()  # (N, D) normalized
         gold = batch["x"][:, 1:][mask].float()  # (N, D) raw
         prev = batch["x"][:, :-1][mask].float()
@@ -200,7 +231,7 @@ class ConceptLM(CompileOnFit, DataConsumer, L.LightningModule):
             scores["retrieval_acc"] = torch.from_numpy(hit).to(pred.device).float()
         gold_types = batch["types"][:, 1:][mask]
         # (value, number of positions it averages): epoch means are weighted by position, not by batch
-        metrics = {"loss": (loss, n)}
+        metrics = {"loss": (loss, n)} | {k: (v, n) for k, v in parts.items()}
         metrics |= {k: (v.mean(), n) for k, v in scores.items()}
         for t in TARGET_TYPES:  # per position type: step scores are the hard, honest number
             sel = gold_types == int(t)
