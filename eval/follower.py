@@ -87,14 +87,13 @@ class Problem:
     start: str
     question: str
     gold: str
-    hops: int | None = None
 
 
 def problem_of(doc: Document) -> Problem:
     if len(doc.prompt) < 3 or doc.answer is None:
         raise LCMError(f"the follower needs prompts of facts, an entity fact and a question, with an answer "
                        f"(document {doc.meta.get('index', '?')} has {len(doc.prompt)} prompt sentences)")
-    return Problem(doc.prompt[:-2], doc.prompt[-2], doc.prompt[-1], doc.answer, doc.meta.get("hops"))
+    return Problem(doc.prompt[:-2], doc.prompt[-2], doc.prompt[-1], doc.answer)
 
 
 def walk(p: Problem, fact_vecs: np.ndarray, start_vec: np.ndarray, readings: list[str | None], variant: str,
