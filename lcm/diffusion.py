@@ -235,6 +235,7 @@ class DiffusionLCM(ConceptLM):
     """
 
     sampling_settings = DiffusionSampling  # per-call options of generation: guidance, ddim_steps
+    has_step_policy = False  # a sampler, not one prediction per step: no categorical policy over the bank
 
     def __init__(self, arch: LCMConfig = LCMConfig(), diffusion: DiffusionConfig = DiffusionConfig(),
                  optim: OptimConfig = OptimConfig(), loss_weights: dict[str, float] | None = None,

@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import asdict
 
 import lightning as L
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -19,6 +20,7 @@ from lcm.optim import OptimConfig, adamw_warmup_cosine
 from lcm.plan_vectors import planner_name
 from lcm.retrieval import unit_rows
 from lcm.sampling import BaseLCMSampling, randn_like
+from lcm.step_policy import cosines, fit_temperature, step_entropy, step_nll
 
 
 def target_mask(types: torch.Tensor, doc: torch.Tensor | None = None) -> torch.Tensor:
@@ -56,6 +58,8 @@ class ConceptLM(CompileOnFit, DataConsumer, L.LightningModule):
     """
 
     sampling_settings = BaseLCMSampling  # per-call options of generation: noise
+    has_step_policy = True  # one deterministic prediction per step: a categorical policy over a bank (lcm.step_policy)
+    STEP_POLICY_FIT_MAX = 1024  # held-out predictions that fit tau (seeded sample): bounds the epoch-end cost
 
     def __init__(self, arch: LCMConfig = LCMConfig(), optim: OptimConfig = OptimConfig(),
                  loss_weights: dict[str, float] | None = None, boundary_threshold: float = 0.9, compile: bool = False,
@@ -83,9 +87,13 @@ class ConceptLM(CompileOnFit, DataConsumer, L.LightningModule):
         self.register_buffer("mean_target", torch.zeros(arch.embed_dim))  # mean-embedding baseline
         self.register_buffer("eot_embedding", torch.zeros(arch.embed_dim))
         self.register_buffer("break_embedding", torch.zeros(arch.embed_dim))  # planning only
+        # temperature of the step policy, fitted on the last validation (NaN until then); read by generation.
+        # Kept in the checkpoint's "lcm" record, not its weights: checkpoints without it still load.
+        self.register_buffer("step_tau", torch.tensor(float("nan")), persistent=False)
         self.meta: dict = {}  # encoder config / id and end-of-text text: what generation needs to rebuild inputs
         self._val_index = None
         self._negatives: tuple[torch.Tensor, torch.Tensor] | None = None  # contrastive bank: rows (K,), raw (K, D)
+        self._held_out: dict[str, list] = {}  # split -> [(pred (N, D) raw, gold rows (N,))] for the step policy
 
     def build_net(self, arch: LCMConfig) -> torch.nn.Module:
         """The network: (B, T, D) normalized concepts -> next-concept predictions. Subclasses swap it."""
@@ -119,6 +127,8 @@ class ConceptLM(CompileOnFit, DataConsumer, L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         # the class travels with the checkpoint: generation rebuilds Base-LCM or a diffusion LCM alike
         checkpoint["lcm"] = dict(self.meta, model_class=f"{type(self).__module__}.{type(self).__qualname__}")
+        if torch.isfinite(self.step_tau):
+            checkpoint["lcm"]["step_tau"] = float(self.step_tau)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         meta = checkpoint.get("lcm") or {}
@@ -133,6 +143,8 @@ class ConceptLM(CompileOnFit, DataConsumer, L.LightningModule):
             if diff:
                 raise LCMError(f"checkpoint and data config disagree ({diff}); use the config it was trained with")
         self.meta = dict(meta)
+        if meta.get("step_tau") is not None:
+            self.step_tau.fill_(float(meta["step_tau"]))
 
     # ---- steps -----------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -227,8 +239,10 @@ class ConceptLM(CompileOnFit, DataConsumer, L.LightningModule):
         scores = next_step_scores(pred_raw, gold, prev, self.mean_target)  # each (N,)
         index = self._retrieval_index(split)
         if index is not None:
-            hit = retrieval_hits(*index, pred_raw.cpu().numpy(), batch["ids"][:, 1:][mask].cpu().numpy())
+            hit = retrieval_hits(*index[:2], pred_raw.cpu().numpy(), batch["ids"][:, 1:][mask].cpu().numpy())
             scores["retrieval_acc"] = torch.from_numpy(hit).to(pred.device).float()
+            if self.has_step_policy:
+                self._held_out.setdefault(split, []).append((pred_raw.cpu(), batch["ids"][:, 1:][mask].cpu()))
         gold_types = batch["types"][:, 1:][mask]
         # (value, number of positions it averages): epoch means are weighted by position, not by batch
         metrics = {"loss": (loss, n)} | {k: (v, n) for k, v in parts.items()}
@@ -269,8 +283,36 @@ class ConceptLM(CompileOnFit, DataConsumer, L.LightningModule):
             rows, vectors = self.data.retrieval_candidates(split)
             index = faiss.IndexFlatIP(self.arch.embed_dim)
             index.add(unit_rows(vectors))
-            self._val_index = (split, (index, rows))
+            self._val_index = (split, (index, rows, vectors))
         return self._val_index[1]
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_step_policy("val", fit=True)
+
+    def on_test_epoch_end(self) -> None:
+        self._log_step_policy("test", fit=False)
+
+    def _log_step_policy(self, split: str, fit: bool) -> None:
+        """The step policy on the held-out predictions of the epoch: softmax(cos(pred, z) / tau) over the
+        retrieval candidates. Validation fits tau by NLL (on a seeded sample of at most STEP_POLICY_FIT_MAX
+        predictions) and keeps it in `step_tau`; test reuses it. Logs tau, the gold NLL and the mean entropy
+        (nats per step)."""
+        held = self._held_out.pop(split, [])
+        index = self._retrieval_index(split) if held else None
+        if index is None:
+            return
+        _, rows, vectors = index
+        pred = torch.cat([h[0] for h in held])  # (N, D) raw
+        gold = torch.from_numpy(np.searchsorted(rows, torch.cat([h[1] for h in held]).numpy()))  # (N,)
+        cand = torch.from_numpy(vectors).float()
+        if fit or not torch.isfinite(self.step_tau):
+            pick = torch.randperm(len(pred), generator=torch.Generator().manual_seed(0))[: self.STEP_POLICY_FIT_MAX]
+            self.step_tau.fill_(fit_temperature(pred[pick], cand, gold[pick]))
+        tau = float(self.step_tau)
+        nll = step_nll(cosines(pred, cand), gold, tau)
+        entropy = float(step_entropy(pred, cand, tau).mean())
+        for name, value in (("step_tau", tau), ("step_nll", nll), ("step_entropy", entropy)):
+            self.log(f"{split}/{name}", value, sync_dist=True)
 
     # ---- optimisation ----------------------------------------------------------------------------
     def configure_optimizers(self):

@@ -34,3 +34,17 @@ def test_a_gold_that_is_always_nearest_pushes_tau_to_its_floor():
     bank = torch.eye(4)
     pred = torch.eye(4) + 0.01
     assert fit_temperature(pred, bank, torch.arange(4)) == MIN_TAU
+
+
+def test_validation_fits_tau_logs_step_entropy_and_checkpoints_keep_tau(trained_run):
+    import csv
+
+    from lcm.checkpoint import load_checkpoint
+
+    rows = [r for r in csv.DictReader((trained_run / "metrics.csv").open()) if r.get("val/step_entropy")]
+    assert rows, "no val/step_entropy logged"
+    last = rows[-1]
+    tau, entropy, nll = float(last["val/step_tau"]), float(last["val/step_entropy"]), float(last["val/step_nll"])
+    assert MIN_TAU < tau < 1.0 and 0.0 < entropy and nll > 0.0
+    ckpt = trained_run / "checkpoints" / "last.ckpt"
+    assert load_checkpoint(ckpt)["lcm"]["step_tau"] == pytest.approx(tau, rel=1e-5)
