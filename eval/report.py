@@ -28,7 +28,9 @@ def finite_or_null(obj):
     return obj
 
 
-COLUMNS = (("accuracy", "acc", ".3f"), ("pass_at_k", "pass@k", ".3f"), ("rouge_l", "ROUGE-L", ".3f"),
+COLUMNS = (("accuracy", "acc", ".3f"), ("pass_at_k", "pass@k", ".3f"), ("answered", "answered", ".3f"),
+           ("stop_end_of_text", "stop: end", ".2f"), ("stop_repetition", "stop: repeat", ".2f"),
+           ("stop_max_steps", "stop: max", ".2f"), ("rouge_l", "ROUGE-L", ".3f"),
            ("forking_share", "forking share", ".3f"), ("entropy_mean", "mean H", ".3f"),
            ("effective_rank_hidden", "ER hidden", ".2f"), ("effective_rank_steps", "ER steps", ".2f"),
            ("distinct_2", "distinct-2", ".3f"), ("self_bleu", "self-BLEU", ".1f"), ("vendi", "Vendi", ".2f"),
@@ -58,6 +60,9 @@ def markdown(report: dict) -> str:
              f"device {report['device']}." + (f" Chance accuracy (majority answer): {chance:.3f}." if chance else ""),
              "", *table(report), "",
              "- acc: mean over all samples (unbiased pass@1); pass@k with the unbiased estimator over k samples.",
+             "- answered: share of samples with an answer line (`#### ...`). stop: end / repeat / max: shares of "
+             "samples that stopped at end-of-text (token models: <eos>), on a repeated step, or at the step cap "
+             "(token models: max_new_tokens).",
              "- Soft Thinking is deterministic: one sample per problem, so its pass@k is its pass@1 and it has no "
              "diversity columns.",
              "- forking share: share of generated tokens at or above the token GPT's 80th-percentile entropy "

@@ -1,4 +1,5 @@
-"""Scoring the samples of one system: accuracy, pass@k, text quality, rank, diversity, entropy and cost.
+"""Scoring the samples of one system: accuracy, pass@k, answered rate and stop reasons, text quality, rank,
+diversity, entropy and cost.
 
 Metric definitions: docs/metrics.md and `lcm.eval.reasoning_metrics`.
 """
@@ -13,6 +14,9 @@ from lcm.eval.sampling_runs import Sample
 from lcm.retrieval import unit_rows
 
 NAN = float("nan")
+STOP_REASONS = ("end_of_text", "repetition", "max_steps")  # a concept model's `Generation.stop_reason`
+# a token model stops at <eos> (its end of text) or at max_new_tokens (its step cap): reported in the same columns
+TOKEN_STOPS = {"eos": "end_of_text", "max_tokens": "max_steps"}
 
 
 def mean_or_nan(values: list[float]) -> float:
@@ -29,7 +33,7 @@ def summarize(groups: list[list[Sample]], golds: list[str], refs: list[str], sec
     samples = [s for group in groups for s in group]
     acc = accuracy(groups, golds)
     n_correct = acc.pop("n_correct")
-    out = {**acc, **cost(groups, seconds), "seconds_per_correct_sample": ratio(seconds, n_correct),
+    out = {**acc, **outcomes(samples), **cost(groups, seconds), "seconds_per_correct_sample": ratio(seconds, n_correct),
            "rouge_l": float(np.mean([rm.rouge_l(s.text, refs[i // k]) for i, s in enumerate(samples)])),
            "effective_rank_hidden": mean_or_nan([rm.effective_rank(s.hidden) for s in samples if len(s.hidden) >= 2]),
            "hidden_positions": float(np.mean([len(s.hidden) for s in samples])),
@@ -45,13 +49,26 @@ def summarize(groups: list[list[Sample]], golds: list[str], refs: list[str], sec
 
 
 def accuracy(groups: list[list[Sample]], golds: list[str]) -> dict:
-    """Mean exact-match accuracy over all samples, the unbiased pass@j curve for j = 1..k, answered rate."""
+    """Mean exact-match accuracy over all samples and the unbiased pass@j curve for j = 1..k."""
     k = len(groups[0])
     correct = [[rm.answers_match(rm.parse_answer(s.text), g) for s in group] for group, g in zip(groups, golds)]
     pass_curve = [float(np.mean([rm.pass_at_k(k, sum(c), j) for c in correct])) for j in range(1, k + 1)]
     return {"accuracy": float(np.mean(correct)), "pass_at_k": pass_curve[-1], "pass_curve": pass_curve, "k": k,
-            "answered": float(np.mean([rm.parse_answer(s.text) is not None for g in groups for s in g])),
             "n_correct": int(np.sum(correct))}
+
+
+def outcomes(samples: list[Sample]) -> dict:
+    """How solutions end: the answered rate (share with an answer line `#### ...`) and the share of samples per
+    stop reason, `stop_end_of_text` / `stop_repetition` / `stop_max_steps` (token models' eos / max_tokens mapped
+    onto them; n/a when the samples do not record why they stopped)."""
+    reasons = [getattr(s, "stop_reason", None) for s in samples]
+    reasons = [TOKEN_STOPS.get(r, r) for r in reasons]
+    unknown = {r for r in reasons if r is not None and r not in STOP_REASONS}
+    if unknown:
+        raise ValueError(f"unknown stop reasons {sorted(unknown)}; known: {STOP_REASONS + tuple(TOKEN_STOPS)}")
+    recorded = None not in reasons
+    return {"answered": float(np.mean([rm.parse_answer(s.text) is not None for s in samples])),
+            **{f"stop_{r}": float(np.mean([x == r for x in reasons])) if recorded else NAN for r in STOP_REASONS}}
 
 
 def cost(groups: list[list[Sample]], seconds: float) -> dict:

@@ -1,0 +1,151 @@
+"""Boundaries decided explicitly: each prediction is end-of-text, a break or a step by the argmax of its cosines,
+so a noisy break is never read out as the end, and a step is never the end-of-text or break sentence.
+
+Hand-made unit vectors on orthogonal axes give every cosine exactly; the end-to-end tests drive the real
+generation loop with a real (tiny) concept model whose output layer is set to predict one fixed vector.
+"""
+import numpy as np
+import pytest
+import torch
+
+from lcm.concepts import DEFAULT_BREAK_TEXT, DEFAULT_EOT_TEXT
+from lcm.decoding import RetrievalDecoder
+from lcm.eval.report import table
+from lcm.eval.sampling_runs import Sample
+from lcm.eval.scoring import summarize
+from lcm.generate import ConceptGenerator
+from lcm.generation_step import Generation, Kind, Row, StepRule
+from lcm.model import LCMConfig
+from lcm.module import ConceptLM
+from lcm.retrieval import SentenceBank
+
+D = 384  # MiniLM's dimension: the real encoder embeds the problem text
+EOT, BRK, STEP_A, STEP_B, PLAN, SPARE, PLAN_SPARE = 0, 1, 2, 3, 4, 10, 11
+AXES = np.eye(D, dtype=np.float32)
+
+
+def unit_with(cosines: dict[int, float], spare: int = SPARE) -> np.ndarray:
+    """A unit vector with the given cosines to the axes; the rest of its length on axis `spare`. (D,)"""
+    v = np.zeros(D, np.float32)
+    for axis, c in cosines.items():
+        v[axis] = c
+    v[spare] = np.sqrt(1.0 - sum(c * c for c in cosines.values()))
+    return v
+
+
+# a noisy break: closest to the break concept, then end-of-text, then the best step
+NOISY_BREAK = unit_with({BRK: 0.6, EOT: 0.5, STEP_A: 0.4})
+
+
+def rule(**kw) -> StepRule:
+    return StepRule(DEFAULT_EOT_TEXT, torch.from_numpy(AXES[BRK]), planning=True, **kw)
+
+
+def mid_paragraph() -> Row:
+    """A planning row after its paragraph's plan."""
+    return Row(Generation("problem", prompt_concepts=1), [torch.zeros(D)], at_paragraph_start=False)
+
+
+def test_a_noisy_break_is_a_break_never_the_end():
+    r = mid_paragraph()
+    assert rule().classify(r, eot_cos=0.5, break_cos=0.6, step_cos=0.4) is Kind.BREAK
+    assert rule().classify(r, eot_cos=0.6, break_cos=0.5, step_cos=0.4) is Kind.END
+    assert rule().classify(r, eot_cos=0.3, break_cos=0.35, step_cos=0.4) is Kind.STEP
+    start = Row(Generation("problem", prompt_concepts=1), [torch.zeros(D)], at_paragraph_start=True)
+    assert rule().classify(start, eot_cos=0.5, break_cos=0.9, step_cos=0.4) is Kind.END  # no break before a plan
+    assert rule().classify(start, eot_cos=0.3, break_cos=0.9, step_cos=0.4) is Kind.PLAN
+    flat = StepRule(DEFAULT_EOT_TEXT, torch.from_numpy(AXES[BRK]))  # no planning: a break means nothing
+    assert flat.classify(r, eot_cos=0.3, break_cos=0.9, step_cos=0.4) is Kind.STEP
+
+
+def test_thresholds_are_floors_under_the_argmax():
+    r = mid_paragraph()
+    assert rule(eot_threshold=1.01).classify(r, eot_cos=0.95, break_cos=0.0, step_cos=0.4) is Kind.STEP  # never ends
+    assert rule(break_threshold=0.7).classify(r, eot_cos=0.5, break_cos=0.6, step_cos=0.4) is Kind.END
+    assert rule(eot_threshold=0.4).classify(r, eot_cos=0.5, break_cos=0.6, step_cos=0.4) is Kind.BREAK
+    full = rule(max_paragraph_steps=0)
+    assert full.classify(r, eot_cos=0.3, break_cos=0.35, step_cos=0.4) is Kind.FORCED_BREAK
+    assert full.classify(r, eot_cos=0.5, break_cos=0.35, step_cos=0.4) is Kind.END
+
+
+# ---- the real generation loop, a model that always predicts one vector -------------------------------------
+def bank(texts_axes: dict[str, np.ndarray], encoder) -> SentenceBank:
+    return SentenceBank(list(texts_axes), np.stack(list(texts_axes.values())), encoder.id)
+
+
+def constant_generator(encoder, pred: np.ndarray, boundaries_in_bank: bool = False) -> ConceptGenerator:
+    """A planning generator whose tiny real model predicts `pred` (D,) at every position (zero output weights,
+    output bias `pred`, identity normalizer): a bank of end-of-text and two steps, a plan bank of one plan at
+    cosine 0.55 to the noisy break."""
+    model = ConceptLM(LCMConfig(embed_dim=D, d_model=32, n_layer=1, n_head=2, max_seq_len=64))
+    with torch.no_grad():
+        model.net.out_proj.weight.zero_()
+        model.net.out_proj.bias.copy_(torch.from_numpy(pred))
+        model.eot_embedding.copy_(torch.from_numpy(AXES[EOT]))
+        model.break_embedding.copy_(torch.from_numpy(AXES[BRK]))
+    model.meta = {"planning": True, "planner": "lcm.planners.MeanPlanner"}
+    sentences = {DEFAULT_EOT_TEXT: AXES[EOT], "Step A.": AXES[STEP_A], "Step B.": AXES[STEP_B]}
+    if boundaries_in_bank:
+        sentences[DEFAULT_BREAK_TEXT] = AXES[BRK]
+    plan = 0.55 * NOISY_BREAK + np.sqrt(1 - 0.55 ** 2) * AXES[PLAN_SPARE]
+    return ConceptGenerator(model, encoder, bank(sentences, encoder), plan_bank=bank({"Plan.": plan}, encoder))
+
+
+PROBLEM = "Tom has 3 apples. How many apples does Tom have?"
+
+
+def test_generation_reads_a_noisy_break_as_a_break(encoder):
+    """Before: cos 0.6 < 0.9 to the break made it a step, whose nearest bank sentence is end-of-text: the
+    solution ended after its first plan."""
+    out = constant_generator(encoder, NOISY_BREAK).generate(PROBLEM, max_steps=3)
+    assert out.breaks_predicted == 2 and out.stop_reason == "max_steps"
+    assert [s.text for s in out.steps] == ["Plan."] * 3 and [s.paragraph for s in out.steps] == [0, 1, 2]
+
+
+def test_a_prediction_closest_to_end_of_text_ends_the_row(encoder):
+    closest_to_eot = unit_with({EOT: 0.7, BRK: 0.3, STEP_A: 0.5})
+    out = constant_generator(encoder, closest_to_eot).generate(PROBLEM, max_steps=5)
+    assert out.stop_reason == "end_of_text" and out.steps == [] and out.calls == 1
+
+
+def test_a_step_is_never_the_end_of_text_or_break_sentence(encoder):
+    near_boundaries = unit_with({EOT: 0.7, BRK: 0.6, STEP_A: 0.3, STEP_B: 0.1})
+    gen = constant_generator(encoder, near_boundaries, boundaries_in_bank=True)
+    out = gen.generate(PROBLEM, max_steps=5, eot_threshold=1.01, break_threshold=1.01)  # floors: always a step
+    assert [s.text for s in out.steps] == ["Plan.", "Step A."] and out.stop_reason == "repetition"
+    read = RetrievalDecoder(gen.bank, exclude=(DEFAULT_EOT_TEXT, DEFAULT_BREAK_TEXT)).decode(near_boundaries[None])
+    assert read[0].text == "Step A." and read[0].score == pytest.approx(0.3, abs=1e-5)
+    scores, ids = gen.bank.search(near_boundaries[None], k=2, exclude=[0, 3])
+    assert ids.tolist() == [[1, 2]] and np.allclose(scores, [[0.3, 0.1]], atol=1e-5)
+
+
+# ---- answered rate and stop reasons in the comparison table -----------------------------------------------
+def sample(text: str, stop: str) -> Sample:
+    steps = text.splitlines()
+    s = Sample(text=text, steps=steps, step_emb=AXES[: len(steps), :8], hidden=AXES[:3, :8], forward_passes=len(steps))
+    s.stop_reason = stop  # what the sampling run records for the solution
+    return s
+
+
+def cells(md_table: list[str], system: str) -> dict[str, str]:
+    head = [c.strip() for c in md_table[0].strip("|").split("|")]
+    (row,) = [line for line in md_table if line.startswith(f"| {system} |")]
+    return dict(zip(head, (c.strip() for c in row.strip("|").split("|"))))
+
+
+def test_report_has_answered_rate_and_stop_shares():
+    concept = [[sample("a\n#### 4", "end_of_text"), sample("b\n#### 5", "end_of_text")],
+               [sample("c\n#### 4", "repetition"), sample("d\ne", "max_steps")]]
+    token = [[sample("a\n#### 4", "eos"), sample("a\nb\nc", "max_tokens")], [sample("x", "eos"), sample("y", "eos")]]
+    golds, refs = ["4", "4"], ["a\n#### 4", "c\n#### 4"]
+    results = {"concept": summarize(concept, golds, refs, 1.0), "token": summarize(token, golds, refs, 1.0)}
+    assert results["concept"]["answered"] == 0.75 and results["token"]["answered"] == 0.25
+    assert (results["concept"]["stop_end_of_text"], results["concept"]["stop_repetition"],
+            results["concept"]["stop_max_steps"]) == (0.5, 0.25, 0.25)
+    assert (results["token"]["stop_end_of_text"], results["token"]["stop_repetition"],
+            results["token"]["stop_max_steps"]) == (0.75, 0.0, 0.25)  # eos -> end, max_tokens -> max
+    lines = table({"results": results, "systems": {"concept": {"params": 1e6}, "token": {"params": 2e6}}})
+    row = cells(lines, "concept")
+    assert (row["answered"], row["stop: end"], row["stop: repeat"], row["stop: max"]) == ("0.750", "0.50", "0.25", "0.25")
+    row = cells(lines, "token")
+    assert (row["answered"], row["stop: end"], row["stop: repeat"], row["stop: max"]) == ("0.250", "0.75", "0.00", "0.25")
