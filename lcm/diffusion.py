@@ -239,7 +239,7 @@ class DiffusionLCM(ConceptLM):
 
     def __init__(self, arch: LCMConfig = LCMConfig(), diffusion: DiffusionConfig = DiffusionConfig(),
                  optim: OptimConfig = OptimConfig(), loss_weights: dict[str, float] | None = None,
-                 boundary_threshold: float = 0.9, eval_seed: int = 0, compile: bool = False):
+                 boundary_threshold: float | None = None, eval_seed: int = 0, compile: bool = False):
         if isinstance(diffusion, dict):  # from a checkpoint's hyperparameters
             diffusion = DiffusionConfig.from_dict(diffusion)
         self.diffusion, self.eval_seed = diffusion, eval_seed  # read by build_net / extra_hparams below

@@ -23,6 +23,7 @@ from lcm.module import ConceptLM
 from lcm.plan_vectors import plan_vector_rule
 from lcm.retrieval import SentenceBank
 from lcm.sampling import SamplingSettings, sampling_settings
+from lcm.step_policy import step_entropy
 from lcm.text import split_and_cap, split_lines
 
 PROMPT_FORMATS = ("sentences", "lines", "auto")
@@ -86,6 +87,7 @@ class ConceptGenerator:
         self.plan_bank = plan_bank
         self.plan_decoder = RetrievalDecoder(plan_bank) if plan_bank is not None else None  # the model's plans
         self.boundary_rows = bank.rows_of(self.boundary_texts)  # bank rows a step is never read out as
+        self._bank_vectors: torch.Tensor | None = None  # (N, D) the bank as a tensor, for the step policy
         if self.planning and plan_bank is None:
             raise LCMError("this model was trained with planning and needs its plan bank (checkpoints/plan_bank)")
 
@@ -123,7 +125,7 @@ class ConceptGenerator:
     def _assemble(cls, model: ConceptLM, meta: dict, path, bank_dir: Path, encoder: Encoder | None, device: str,
                   decoder, hybrid: dict) -> "ConceptGenerator":
         """A loaded model + its recorded encoder, banks (`bank_dir`, `plan_bank` beside it) and read-out."""
-        model.meta = meta
+        model.on_load_checkpoint({"lcm": meta})  # its record: meta, the step policy's tau
         if encoder is None:
             try:
                 encoder = encoder_from_config(meta["encoder"])
@@ -156,17 +158,32 @@ class ConceptGenerator:
         return sentences
 
     @staticmethod
-    def _problem_list(problems) -> list[str]:
-        """`generate`'s problems argument -> a list of strings, or one `LCMError` line saying what is wrong."""
+    def _problem_list(problems) -> list[str | list[str]]:
+        """`generate`'s problems argument -> a list of problems, each a string or a list of its prompt sentences;
+        or one `LCMError` line saying what is wrong."""
         if isinstance(problems, str):
             return [problems]
         if not isinstance(problems, (list, tuple)):
             raise LCMError(f"problems must be a string or a list of strings, not {type(problems).__name__}")
-        bad = [i for i, p in enumerate(problems, 1) if not isinstance(p, str)]
+
+        def ok(p) -> bool:
+            return isinstance(p, str) or (isinstance(p, (list, tuple)) and all(isinstance(s, str) for s in p))
+
+        bad = [i for i, p in enumerate(problems, 1) if not ok(p)]
         if bad:
             raise LCMError(f"problem {bad[0]} of {len(problems)} is a {type(problems[bad[0] - 1]).__name__}, "
-                           "not a string")
-        return list(problems)
+                           "not a string (or a list of its prompt sentences)")
+        return [p if isinstance(p, str) else list(p) for p in problems]
+
+    def _prompt(self, problem: str | list[str], which: str) -> list[str]:
+        """A problem's prompt concepts: split from its text, or its sentences as given (already split the way
+        training split them, e.g. a held-out `Document.prompt`: a line-structured prompt stays line by line)."""
+        if isinstance(problem, str):
+            return self.prompt_concepts(problem, which)
+        sentences = [s for s in problem if s.strip()]
+        if not sentences:
+            raise LCMError(f"{which} is empty")
+        return sentences
 
     def plan_sentences(self, plan: str) -> list[str]:
         """A supplied plan's text -> its sentences (each line split into sentences, capped like training text)."""
@@ -187,6 +204,8 @@ class ConceptGenerator:
         end-of-text concept, the break concept and the best bank sentence (`StepRule.classify`).
 
         Args:
+            problems: a problem's text (split into prompt concepts as training split its source's prompts), or a
+                list of its prompt sentences used as they are; or a list of such problems.
             max_steps: cap on generated steps (plans included) per problem.
             eot_threshold: None (default): end-of-text when the argmax says so. A number: also a floor on the
                 cosine to the end-of-text concept (above 1: never stop by end-of-text).
@@ -230,7 +249,7 @@ class ConceptGenerator:
     def _rows(self, problems: list[str], plan_lists: list[list[str]], k: int) -> list[Row]:
         """k rows per problem (its samples, adjacent), from one encoder call for every prompt and plan sentence."""
         n = len(problems)
-        prompts = [self.prompt_concepts(p, "the problem text" if n == 1 else f"problem {i} of {n}")
+        prompts = [self._prompt(p, "the problem text" if n == 1 else f"problem {i} of {n}")
                    for i, p in enumerate(problems, 1)]
         plan_texts = [[self.plan_sentences(plan) for plan in plans] for plans in plan_lists]
         sentences = [s for p in prompts for s in p] + [s for plans in plan_texts for plan in plans for s in plan]
@@ -244,9 +263,10 @@ class ConceptGenerator:
         max_len = self.model.arch.max_seq_len
         if max(len(s) for s in seqs) >= max_len:
             raise LCMError(f"problem has more sentences than the model's context ({max_len} concepts)")
-        return [Row(Generation(problem, prompt_concepts=len(seq)), list(seq), list(zip(texts, vecs)),
+        texts = [p if isinstance(p, str) else "\n".join(p) for p in problems]
+        return [Row(Generation(text, prompt_concepts=len(seq)), list(seq), list(zip(plans, vecs)),
                     at_paragraph_start=self.planning)
-                for problem, seq, texts, vecs in zip(problems, seqs, plan_lists, plan_vecs) for _ in range(k)]
+                for text, seq, plans, vecs in zip(texts, seqs, plan_lists, plan_vecs) for _ in range(k)]
 
     def _drive(self, rows: list[Row], rule: StepRule, generator: torch.Generator | None,
                settings: SamplingSettings) -> None:
@@ -260,9 +280,21 @@ class ConceptGenerator:
             brk_cos = F.cosine_similarity(preds, brk.expand_as(preds), dim=-1).cpu().numpy()
             pred_np = preds.cpu().numpy()
             step_cos = self._best_sentence_cos(pred_np, [r.at_paragraph_start for r in active])
+            for r, h in zip(active, self._step_entropies(preds)):
+                r.gen.entropies.append(h)
             kinds = [rule.classify(r, e, b, s) for r, e, b, s in zip(active, eot_cos, brk_cos, step_cos)]
             readouts = self._read_out(pred_np, kinds)
             active = [r for r, kind, p, d in zip(active, kinds, pred_np, readouts) if rule.apply(r, kind, p, d)]
+
+    def _step_entropies(self, preds: torch.Tensor) -> list[float]:
+        """Entropy (nats) of the step policy over the sentence bank for each prediction (A, D), at the tau fitted
+        at validation (`lcm.step_policy`); [] for a model without one."""
+        tau = float(self.model.step_tau)
+        if not (self.model.has_step_policy and np.isfinite(tau)):
+            return []
+        if self._bank_vectors is None:
+            self._bank_vectors = torch.from_numpy(self.bank.vectors)
+        return step_entropy(preds.float().cpu(), self._bank_vectors, tau).tolist()
 
     def _best_sentence_cos(self, preds: np.ndarray, at_paragraph_start: list[bool]) -> np.ndarray:
         """Per row, the cosine of the best sentence its prediction could be read out as: the plan bank's at a

@@ -44,6 +44,9 @@ class Generation:
     breaks_forced: int = 0  # planning: paragraph ends forced by max_paragraph_steps
     calls: int = 0  # concept-model predictions made for this solution (one per loop step, the stopping one too)
     prompt_concepts: int = 0  # leading entries of `inputs` that are the problem's sentences
+    # entropy (nats) of the step policy over the sentence bank at each prediction (`lcm.step_policy`, the tau
+    # fitted at validation); empty for models without one (diffusion) or checkpoints without a fitted tau
+    entropies: list[float] = field(default_factory=list)
     inputs: list[np.ndarray] = field(default_factory=list, repr=False)  # every concept fed to the model (D,)
 
     @property

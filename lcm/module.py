@@ -47,8 +47,9 @@ class ConceptLM(CompileOnFit, DataConsumer, L.LightningModule):
         arch: transformer shape; `arch.embed_dim` must equal the encoder's dimension.
         optim: AdamW with linear warmup and cosine decay (`lcm.optim.OptimConfig`), shared by every model.
         loss_weights: weight of each target type in the MSE, by name: step, eot, plan, break (default 1).
-        boundary_threshold: cosine to the break / end-of-text concept at which a prediction counts as
-            that boundary in the validation detection metrics (generation uses the same default).
+        boundary_threshold: validation's boundary metrics classify each prediction as generation does (the
+            largest cosine: end-of-text, break or the best other candidate); a number is also a floor on the
+            boundary cosines, as generation's `eot_threshold` (None, default: no floor).
         contrastive: an InfoNCE term beside (or instead of) the MSE (`lcm.contrastive.Contrastive`); None = MSE
             only. Validation loss (and so `best.ckpt`) is the same objective.
         compile: `torch.compile` the network when `fit` starts (in place, `nn.Module.compile`: parameter names
@@ -62,7 +63,7 @@ class ConceptLM(CompileOnFit, DataConsumer, L.LightningModule):
     STEP_POLICY_FIT_MAX = 1024  # held-out predictions that fit tau (seeded sample): bounds the epoch-end cost
 
     def __init__(self, arch: LCMConfig = LCMConfig(), optim: OptimConfig = OptimConfig(),
-                 loss_weights: dict[str, float] | None = None, boundary_threshold: float = 0.9, compile: bool = False,
+                 loss_weights: dict[str, float] | None = None, boundary_threshold: float | None = None, compile: bool = False,
                  contrastive: Contrastive | None = None):
         super().__init__()
         if isinstance(arch, dict):  # from a checkpoint's hyperparameters
@@ -252,18 +253,28 @@ class ConceptLM(CompileOnFit, DataConsumer, L.LightningModule):
             if sel.any():
                 metrics |= {f"{TYPE_NAMES[t]}_{k}": (v[sel].mean(), int(sel.sum())) for k, v in scores.items()
                             if t == ConceptType.STEP or not k.startswith("cosine_")}
-        metrics |= self._boundary_metrics(pred_raw, gold_types)
+        metrics |= self._boundary_metrics(pred_raw, gold_types, split)
         for k, (v, count) in metrics.items():
             self.log(f"{split}/{k}", v, batch_size=count, on_epoch=True, sync_dist=True,
                      prog_bar=k in ("loss", "step_cosine"))
 
-    def _boundary_metrics(self, pred_raw: torch.Tensor, gold_types: torch.Tensor) -> dict:
-        """Would generation end the paragraph / the text here? Each prediction is classified as end-of-text
-        (cosine to it >= threshold), else break (planning), else "continue"; compared with the gold type."""
-        thr = self.hparams.boundary_threshold
-        eot = F.cosine_similarity(pred_raw, self.eot_embedding.expand_as(pred_raw), dim=-1) >= thr
-        brk = F.cosine_similarity(pred_raw, self.break_embedding.expand_as(pred_raw), dim=-1) >= thr
-        brk = brk & ~eot if bool(self.meta.get("planning")) else torch.zeros_like(eot)
+    def _boundary_metrics(self, pred_raw: torch.Tensor, gold_types: torch.Tensor, split: str) -> dict:
+        """Would generation end the paragraph / the text here? Each prediction is classified as generation does
+        (`lcm.generation_step.StepRule`): end-of-text, break (planning) or continue by the largest of its cosines
+        to the end-of-text concept, the break concept and the best retrieval candidate that is neither (without
+        data: the best is taken as 0); `boundary_threshold`, if set, is a floor on the boundary cosines.
+        Compared with the gold type."""
+        eot_cos = F.cosine_similarity(pred_raw, self.eot_embedding.expand_as(pred_raw), dim=-1)  # (N,)
+        brk_cos = F.cosine_similarity(pred_raw, self.break_embedding.expand_as(pred_raw), dim=-1)
+        if not bool(self.meta.get("planning")):
+            brk_cos = torch.full_like(brk_cos, -2.0)  # no break without planning
+        step_cos = self._best_step_cos(pred_raw, split)
+        floor = self.hparams.boundary_threshold
+        if floor is not None:
+            eot_cos = torch.where(eot_cos >= floor, eot_cos, torch.full_like(eot_cos, -2.0))
+            brk_cos = torch.where(brk_cos >= floor, brk_cos, torch.full_like(brk_cos, -2.0))
+        eot = (eot_cos > step_cos) & (eot_cos >= brk_cos)
+        brk = (brk_cos > step_cos) & (brk_cos > eot_cos)
         is_eot, is_brk = gold_types == int(ConceptType.EOT), gold_types == int(ConceptType.BREAK)
         correct = (eot == is_eot) & (brk == is_brk)
         out = {"boundary_acc": (correct.float().mean(), int(correct.numel()))}
@@ -271,6 +282,17 @@ class ConceptLM(CompileOnFit, DataConsumer, L.LightningModule):
             if gold.any():
                 out[f"{name}_recall"] = (hit[gold].float().mean(), int(gold.sum()))
         return out
+
+    def _best_step_cos(self, pred_raw: torch.Tensor, split: str) -> torch.Tensor:
+        """(N,) cosine of each prediction's best retrieval candidate that is not the end-of-text or break
+        sentence (zeros without data)."""
+        index = self._retrieval_index(split)
+        if index is None:
+            return torch.zeros(len(pred_raw), device=pred_raw.device)
+        faiss_index, _, _, boundary = index
+        scores, top = faiss_index.search(unit_rows(pred_raw.cpu().numpy()), 3)  # (N, 3): at most 2 are boundaries
+        scores = np.where(boundary[top], -2.0, scores).max(1)
+        return torch.from_numpy(scores).to(pred_raw.device, torch.float32)
 
     def _retrieval_index(self, split: str):
         """Flat IP index over the data's retrieval candidates for `split` (every target sentence of `split`,
@@ -283,7 +305,11 @@ class ConceptLM(CompileOnFit, DataConsumer, L.LightningModule):
             rows, vectors = self.data.retrieval_candidates(split)
             index = faiss.IndexFlatIP(self.arch.embed_dim)
             index.add(unit_rows(vectors))
-            self._val_index = (split, (index, rows, vectors))
+            boundary = np.zeros(len(rows), dtype=bool)  # candidates that are the end-of-text or break sentence
+            for vec in (self.eot_embedding, self.break_embedding):
+                if bool(vec.any()):
+                    boundary |= unit_rows(vectors) @ unit_rows(vec.cpu().numpy()[None])[0] > 1 - 1e-4
+            self._val_index = (split, (index, rows, vectors, boundary))
         return self._val_index[1]
 
     def on_validation_epoch_end(self) -> None:
@@ -301,7 +327,7 @@ class ConceptLM(CompileOnFit, DataConsumer, L.LightningModule):
         index = self._retrieval_index(split) if held else None
         if index is None:
             return
-        _, rows, vectors = index
+        _, rows, vectors, _ = index
         pred = torch.cat([h[0] for h in held])  # (N, D) raw
         gold = torch.from_numpy(np.searchsorted(rows, torch.cat([h[1] for h in held]).numpy()))  # (N,)
         cand = torch.from_numpy(vectors).float()

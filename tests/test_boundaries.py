@@ -10,6 +10,7 @@ import torch
 
 from lcm.concepts import DEFAULT_BREAK_TEXT, DEFAULT_EOT_TEXT
 from lcm.decoding import RetrievalDecoder
+from lcm.errors import LCMError
 from lcm.eval.report import table
 from lcm.eval.sampling_runs import Sample
 from lcm.eval.scoring import summarize
@@ -149,3 +150,16 @@ def test_report_has_answered_rate_and_stop_shares():
     assert (row["answered"], row["stop: end"], row["stop: repeat"], row["stop: max"]) == ("0.750", "0.50", "0.25", "0.25")
     row = cells(lines, "token")
     assert (row["answered"], row["stop: end"], row["stop: repeat"], row["stop: max"]) == ("0.250", "0.75", "0.00", "0.25")
+
+
+def test_a_problem_given_as_its_prompt_sentences_is_not_resplit(trained_run):
+    """A line-structured prompt ("Facts: ..." lines) passed as its sentences keeps one concept per sentence;
+    the preview and comparisons pass held-out documents' prompts this way."""
+    from lcm.generate import ConceptGenerator
+
+    gen = ConceptGenerator.from_checkpoint(str(trained_run / "checkpoints" / "last.ckpt"))
+    lines = ["Facts:", "x is an ancestor of y.", "How many eggs?"]
+    out = gen.generate([lines], max_steps=2)[0]
+    assert out.prompt_concepts == 3 and out.problem == "\n".join(lines)
+    with pytest.raises(LCMError, match="the problem text is empty"):
+        gen.generate([["", " "]])

@@ -48,3 +48,27 @@ def test_validation_fits_tau_logs_step_entropy_and_checkpoints_keep_tau(trained_
     assert MIN_TAU < tau < 1.0 and 0.0 < entropy and nll > 0.0
     ckpt = trained_run / "checkpoints" / "last.ckpt"
     assert load_checkpoint(ckpt)["lcm"]["step_tau"] == pytest.approx(tau, rel=1e-5)
+
+
+def test_generation_reports_the_step_policy_entropy_of_every_prediction(trained_run):
+    from lcm.generate import ConceptGenerator
+
+    ckpt = trained_run / "checkpoints" / "last.ckpt"
+    gen = ConceptGenerator.from_checkpoint(str(ckpt))
+    assert math.isfinite(float(gen.model.step_tau))  # the tau fitted at validation came with the checkpoint
+    out = gen.generate("Kim has 3 boxes of 4 eggs. How many eggs?", max_steps=4)
+    assert len(out.entropies) == out.calls > 0
+    assert all(0.0 <= h <= math.log(len(gen.bank.texts)) + 1e-6 for h in out.entropies)
+
+
+def test_validation_boundaries_are_the_closest_kind_as_in_generation():
+    from lcm.concepts import ConceptType
+    from lcm.module import ConceptLM
+    from lcm.model import LCMConfig
+
+    model = ConceptLM(LCMConfig(embed_dim=4, d_model=8, n_layer=1, n_head=2))
+    model.eot_embedding.copy_(torch.tensor([1.0, 0.0, 0.0, 0.0]))
+    pred = torch.tensor([[0.6, 0.8, 0.0, 0.0], [-0.6, 0.8, 0.0, 0.0]])  # cos to end-of-text 0.6 and -0.6
+    gold = torch.tensor([int(ConceptType.EOT), int(ConceptType.STEP)])
+    out = model._boundary_metrics(pred, gold, "val")  # no data: the best other candidate counts as cosine 0
+    assert float(out["boundary_acc"][0]) == 1.0 and float(out["eot_recall"][0]) == 1.0  # 0.6 < 0.9 used to miss it

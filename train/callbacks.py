@@ -71,10 +71,11 @@ class GenerationPreview(L.Callback):
     Args:
         num_problems: held-out problems to generate for.
         max_steps: step cap per problem.
-        eot_threshold: end-of-text cosine threshold.
+        eot_threshold: None (default): end-of-text when it is the closest kind (`lcm.generation_step.StepRule`);
+            a number is also a floor on the cosine to it, as `generate`'s.
     """
 
-    def __init__(self, num_problems: int = 3, max_steps: int = 12, eot_threshold: float = 0.9):
+    def __init__(self, num_problems: int = 3, max_steps: int = 12, eot_threshold: float | None = None):
         self.num_problems = num_problems
         self.max_steps = max_steps
         self.eot_threshold = eot_threshold
@@ -111,7 +112,8 @@ class GenerationPreview(L.Callback):
             gen = ConceptGenerator(pl_module, dm.encoder, dm.bank(), eot_text=dm.eot_text, max_chars=dm.max_chars,
                                    device=pl_module.device, plan_bank=dm.plan_bank(),
                                    prompt_format=pl_module.meta.get("prompt_format", "sentences"))
-            outs = gen.generate([d.prompt_text for d in docs], max_steps=self.max_steps, eot_threshold=self.eot_threshold)
+            # each problem's prompt sentences as training split them: a line-structured prompt stays line by line
+            outs = gen.generate([d.prompt for d in docs], max_steps=self.max_steps, eot_threshold=self.eot_threshold)
         except LCMError as e:
             console.print(f"[red]generation preview skipped: {e}")
             return
