@@ -85,11 +85,11 @@ def llama_config(arch: LCMConfig, vocab_size: int):
                        attention_dropout=arch.dropout, pad_token_id=0, bos_token_id=1, eos_token_id=2)
 
 
-def config_from_dict(hf_config: dict):
-    """A transformers config from its `to_dict()` (kept in checkpoints of runs that started from `pretrained`)."""
+def config_from_json(hf_config: str):
+    """A transformers config from its JSON (kept in checkpoints of runs that started from `pretrained`)."""
     from transformers import AutoConfig
 
-    rest = dict(hf_config)
+    rest = json.loads(hf_config)
     return AutoConfig.for_model(rest.pop("model_type", "llama"), **rest)
 
 
@@ -133,8 +133,8 @@ class TokenLM(CompileOnFit, TokenizerInCheckpoint, DataConsumer, L.LightningModu
             (`nn.Module.compile`: parameter names and checkpoints unchanged); KV-cache generation stays eager.
         pretrained: a local HF model folder or hub name to start from (weights and tokenizer; any causal LM
             `AutoModelForCausalLM` reads) instead of a random-init Llama.
-        hf_config: the network's transformers config as a dict. Written into the checkpoints of `pretrained`
-            runs, so they load without the folder; not for YAML files.
+        hf_config: the network's transformers config as JSON. Written into the checkpoints of `pretrained` runs,
+            so they load without the folder; not for YAML files.
 
     Batches: `{"prompt": [B str], "solution": [B str]}` (TokenDataModule; tokenized in the step), or already
     tokenized `{"tokens": (B, L) long, "target": (B, L-1) bool}` (target: the next token is a loss target).
@@ -144,7 +144,7 @@ class TokenLM(CompileOnFit, TokenizerInCheckpoint, DataConsumer, L.LightningModu
 
     def __init__(self, arch: LCMConfig = DEFAULT_TOKEN_ARCH, vocab_size: int = 1024,
                  optim: OptimConfig = OptimConfig(), compile: bool = False, pretrained: str | None = None,
-                 hf_config: dict | None = None):
+                 hf_config: str | None = None):
         super().__init__()
         if isinstance(arch, dict):  # from a checkpoint's hyperparameters
             arch = LCMConfig(**arch)
@@ -157,10 +157,10 @@ class TokenLM(CompileOnFit, TokenizerInCheckpoint, DataConsumer, L.LightningModu
         if hf_config is not None:  # restoring: the checkpoint brings the weights and the tokenizer
             from transformers import AutoModelForCausalLM
 
-            self.net = AutoModelForCausalLM.from_config(config_from_dict(hf_config))
+            self.net = AutoModelForCausalLM.from_config(config_from_json(hf_config))
         elif pretrained:
             self.net, self.tokenizer = load_hf(pretrained)
-            hf_config = self.net.config.to_dict()
+            hf_config = self.net.config.to_json_string()  # a string: the CLI's --ckpt_path re-reads it as given
         else:
             from transformers import LlamaForCausalLM
 
