@@ -158,7 +158,7 @@ def param_counts(module: L.LightningModule, spec: SimpleNamespace) -> dict:
     net = module.net
     total = sum(p.numel() for p in net.parameters())
     if spec.kind == "token":
-        emb = net.tok_emb.weight.numel()
+        emb = net.get_input_embeddings().weight.numel()
         return {"total": total, "non_embedding": total - emb, "matmul": total}  # the tied head is a matmul
     emb = net.pos_emb.weight.numel() if net.pos_emb is not None else 0
     return {"total": total, "non_embedding": total - emb, "matmul": total - emb}

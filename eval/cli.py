@@ -102,10 +102,19 @@ def export_main(args: list[str]) -> None:
                         help="also upload the folder to this Hugging Face hub model repo (network and a token needed)")
     parser.add_argument("--private", action="store_true", help="--push: create the hub repo as private")
     ns = parser.parse_args(args)
-    from lcm.pretrained import export_checkpoint, push_to_hub
+    import json
 
-    print(f"exported to {export_checkpoint(ns.ckpt, ns.folder)}; load it with "
-          f"`lcm generate --pretrained {ns.push or ns.folder} \"PROBLEM\"` or ConceptGenerator.from_pretrained")
+    from lcm.pretrained import CONFIG, TOKEN_RECORD, export_checkpoint, push_to_hub
+
+    folder = export_checkpoint(ns.ckpt, ns.folder)
+    name = ns.push or ns.folder
+    if (folder / TOKEN_RECORD).is_file():
+        how = "TokenLM.from_pretrained, or transformers' AutoModelForCausalLM / AutoTokenizer.from_pretrained"
+    elif (json.loads((folder / CONFIG).read_text(encoding="utf-8")).get("lcm") or {}).get("kind") == "decoder":
+        how = "SentenceDecoderLM.from_pretrained"
+    else:
+        how = f"`lcm generate --pretrained {name} \"PROBLEM\"` or ConceptGenerator.from_pretrained"
+    print(f"exported to {folder}; load it with {how}")
     if ns.push:
         print(f"pushed to {push_to_hub(ns.folder, ns.push, ns.private)}")
 

@@ -30,6 +30,8 @@ class Sample:
     entropies: np.ndarray | None = None  # token systems: (n,) per-token entropy
     token_texts: list[str] | None = None
     soft_tokens: int = 0  # Soft Thinking: tokens generated as probability-weighted embeddings
+    stop_reason: str | None = None  # concept: end_of_text / repetition / max_steps; token: eos / max_tokens
+    step_entropies: list[float] | None = None  # concept models: the step policy's entropy (nats) per prediction
 
 
 def attach_step_embeddings(groups: list[list[Sample]], encoder) -> None:
@@ -63,7 +65,7 @@ def concept_sample(g, model) -> Sample:
         h = model.hidden_states(torch.from_numpy(np.stack(g.inputs))[None].to(model.device))[0]
     return Sample(text="\n".join(s.text for s in steps), steps=[s.text for s in steps], step_emb=None,
                   hidden=h[g.prompt_concepts - 1: g.prompt_concepts - 1 + g.calls].float().cpu().numpy(),
-                  forward_passes=g.calls)
+                  forward_passes=g.calls, stop_reason=g.stop_reason, step_entropies=list(g.entropies) or None)
 
 
 def concept_samples(ckpt: Path, problems: list[str], cfg: CompareConfig, sampling: Sampling, show: bool,
@@ -106,7 +108,8 @@ def token_samples(model, problems: list[str], cfg: CompareConfig, encoder, soft:
         problem, max_new_tokens=cfg.token.max_new_tokens, seed=cfg.seed + i, **kw))
     out = [[Sample(text="\n".join(solution_steps(s.text)), steps=solution_steps(s.text), step_emb=None,
                    hidden=s.hidden, forward_passes=s.forward_passes, entropies=s.entropies,
-                   token_texts=s.token_texts, soft_tokens=s.soft_tokens) for s in group] for group in groups]
+                   token_texts=s.token_texts, soft_tokens=s.soft_tokens, stop_reason=s.stop_reason)
+            for s in group] for group in groups]
     attach_step_embeddings(out, encoder)
     return out, seconds
 

@@ -8,6 +8,8 @@ import lightning as L
 import pytest
 import torch
 
+from conftest import CONFIGS, run_lcm
+
 from lcm.checkpoint import load_checkpoint, model_from_checkpoint
 from lcm.errors import LCMError
 from lcm.model import LCMConfig
@@ -219,3 +221,17 @@ def test_an_encoder_record_that_names_no_encoder_runs_nothing(trained_run, tmp_p
     with pytest.raises(LCMError, match="cannot rebuild the encoder .*'os.system' is not an lcm encoder class"):
         ConceptGenerator.from_checkpoint(path, bank=trained_run / "checkpoints" / "bank")
     assert not marker.exists()
+
+
+def test_a_token_baseline_resumes_with_ckpt_path(tmp_path, monkeypatch):
+    """--ckpt_path parsed every checkpoint's hyper-parameters as a concept model's: no other model could resume."""
+    monkeypatch.chdir(tmp_path)
+    tiny = ["-c", str(CONFIGS / "token_baseline_logic.yaml"), "--data.source.init_args.n", "40",
+            "--model.arch.d_model", "32", "--model.arch.n_layer", "1", "--model.arch.n_head", "2",
+            "--model.vocab_size", "300", "--trainer.enable_progress_bar", "false", "--data.batch_size", "16"]
+    code, _ = run_lcm(["fit", *tiny, "--trainer.max_epochs", "1"])
+    assert code == 0
+    run = tmp_path / "runs" / "token_baseline_logic" / "version_0"
+    code, _ = run_lcm(["fit", *tiny, "--trainer.max_epochs", "2", "--ckpt_path", str(run / "checkpoints" / "last.ckpt")])
+    assert code == 0
+    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)["epoch"] == 1

@@ -77,6 +77,14 @@ def test_typo_in_a_config_key_is_one_line(tmp_path, capsys, monkeypatch):
     assert_one_line(code, err, "arch.d_model")
 
 
+def test_a_models_own_check_is_its_one_line_not_a_wrapped_traceback(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, err = run_lcm(["fit", "-c", str(CONFIGS / "token_baseline_logic.yaml"), "--model.init_args.vocab_size", "10"],
+                        capsys)
+    assert_one_line(code, err, "vocab_size=10 is below the 259 byte-level tokens")
+    assert "Union subtypes" not in err
+
+
 def test_print_config_still_works(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     code, _ = run_lcm(["fit", "-c", str(CONFIGS / "quickstart.yaml"), "--print_config"])

@@ -51,7 +51,28 @@ def _trains_nothing(trainer_cfg) -> str | None:
     return None
 
 
+def wrapped_lcm_error(e: BaseException | None, depth: int = 10) -> LCMError | None:
+    """The `LCMError` inside an exception's cause / context chain (jsonargparse wraps a class's own error in a
+    multi-line "Does not validate against any of the Union subtypes" ValueError), or None."""
+    while e is not None and depth:
+        if isinstance(e, LCMError):
+            return e
+        e, depth = e.__cause__ or e.__context__, depth - 1
+    return None
+
+
 class LCMCLI(LightningCLI):
+    def instantiate_classes(self) -> None:
+        """As Lightning's; a model's or data's own one-line error (`LCMError` in its `__init__`) reaches the user
+        as that line, not as jsonargparse's wrapping of it."""
+        try:
+            super().instantiate_classes()
+        except Exception as e:  # noqa: BLE001 - re-raised unchanged unless it carries one of our errors
+            inner = wrapped_lcm_error(e)
+            if inner is None:
+                raise
+            raise inner from None
+
     def parse_arguments(self, parser, args) -> None:
         """As Lightning's, plus: a `fit` that would train nothing is refused before anything is built or seeded
         (it used to exit 0 with no checkpoint and preview an untrained model)."""
@@ -124,6 +145,8 @@ class LCMCLI(LightningCLI):
             return
         if "_class_path" in hparams:
             hparams = {"class_path": hparams.pop("_class_path"), "dict_kwargs": hparams}
+        else:  # the model class of the config (parsed against ConceptLM otherwise: a token model could not resume)
+            hparams = {"class_path": self.config[subcommand]["model"]["class_path"], "init_args": hparams}
         try:
             self.config = self.parser.parse_object({subcommand: {"model": hparams}}, self.config)
         except (SystemExit, LCMError) as e:  # jsonargparse said why; say which file it was
