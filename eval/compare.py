@@ -3,7 +3,8 @@
     HF_HUB_OFFLINE=1 lcm eval compare -c eval/configs/logic.yaml      # or python -m lcm.eval.compare -c ...
 
 Trains what is missing with `lcm fit` (finished runs are reused), then for every system -- each concept
-model of the config, the token GPT (temperature / top-p sampling) and the same GPT in Soft Thinking mode --
+model of the config, the token baseline (a Hugging Face Llama; temperature / top-p sampling) and the same model
+in Soft Thinking mode --
 generates k solutions per held-out problem on one device, and writes to `out_dir`: `metrics.json`,
 `report.md` and PNG plots. Metric definitions: docs/metrics.md and `lcm.eval.reasoning_metrics`.
 
@@ -21,12 +22,11 @@ import numpy as np
 from lcm.errors import LCMError
 from lcm.eval import reasoning_metrics as rm
 from lcm.eval.compare_config import CompareConfig, load_config
-from lcm.eval.report import table, write_report
+from lcm.eval.report import SOFT, TOKEN, table, write_report
 from lcm.eval.sampling_runs import concept_samples, entropy_curve, token_samples
 from lcm.eval.scoring import chance_accuracy, relative_cost, summarize, token_entropy_stats
 
 __all__ = ["CompareConfig", "HeldOut", "main", "run_compare"]
-TOKEN, SOFT = "token GPT", "Soft Thinking"  # the system names of the token baseline in the report
 
 
 @dataclass
@@ -36,6 +36,8 @@ class HeldOut:
     problems: list[str]
     golds: list[str]
     refs: list[str]
+    prompts: list[list[str]] | None = None  # each problem's prompt sentences as training split them
+    hops: list[int] | None = None  # each problem's hop count, for tasks that record one (Forks, LogicChains)
 
 
 def test_documents(config: str, cfg: CompareConfig) -> list:
@@ -58,7 +60,9 @@ def held_out(cfg: CompareConfig) -> HeldOut:
     for s in cfg.concept:
         if [d.prompt_text for d in test_documents(s.config, cfg)] != problems:
             raise LCMError(f"{s.config} and {cfg.token.config} hold out different problems: use one data source")
-    return HeldOut(problems, [d.answer for d in docs], [render_solution(d) for d in docs])
+    hops = [d.meta["hops"] for d in docs] if all("hops" in d.meta for d in docs) else None
+    return HeldOut(problems, [d.answer for d in docs], [render_solution(d) for d in docs],
+                   prompts=[list(d.prompt) for d in docs], hops=hops)
 
 
 def train_all(cfg: CompareConfig) -> dict[str, Path]:
@@ -74,15 +78,18 @@ def train_all(cfg: CompareConfig) -> dict[str, Path]:
 def run_concepts(cfg: CompareConfig, data: HeldOut, runs: dict[str, Path], results: dict, info: dict) -> None:
     """Sample and score every concept system into `results` / `info`."""
     for s in cfg.concept:
-        groups, seconds, meta = concept_samples(runs[s.name] / "checkpoints" / "best.ckpt", data.problems, cfg,
+        # concept models get each prompt as the sentences training split it into (a line-structured prompt is
+        # not re-split); the token model reads the same problem rendered as text, as it was trained
+        groups, seconds, meta = concept_samples(runs[s.name] / "checkpoints" / "best.ckpt", data.prompts, cfg,
                                                 s.sampling, cfg.show_progress, s.name)
-        results[s.name] = summarize(groups, data.golds, data.refs, seconds)
+        results[s.name] = summarize(groups, data.golds, data.refs, seconds, data.hops)
         info[s.name] = {"config": s.config, "sampling": s.sampling.kwargs(), **meta,
                         "load_avg_1min": os.getloadavg()[0]}  # other processes slow every system: recorded
 
 
 def run_token(cfg: CompareConfig, data: HeldOut, run: Path, results: dict, info: dict) -> dict[str, list]:
-    """Sample and score the token GPT and its Soft Thinking mode; forking tokens against the GPT's threshold.
+    """Sample and score the token baseline and its Soft Thinking mode; forking tokens against the baseline's
+    threshold.
     Returns each system's per-token entropies (for the histogram)."""
     from lcm.encoders import SentenceTransformerEncoder
     from lcm.token_model import TokenLM
@@ -94,7 +101,7 @@ def run_token(cfg: CompareConfig, data: HeldOut, run: Path, results: dict, info:
     for name, soft in ((TOKEN, False), (SOFT, True)):
         groups[name], seconds = token_samples(model, data.problems, cfg, encoder, soft=soft, show=cfg.show_progress,
                                               label=name)
-        results[name] = summarize(groups[name], data.golds, data.refs, seconds)
+        results[name] = summarize(groups[name], data.golds, data.refs, seconds, data.hops)
         extra = {"soft_thinking": vars(cfg.soft_thinking), "deterministic": True} if soft else {}
         info[name] = {**token_info, **extra, "load_avg_1min": os.getloadavg()[0]}
     entropies = {name: np.concatenate([s.entropies for g in gs for s in g]) for name, gs in groups.items()}

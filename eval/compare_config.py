@@ -40,7 +40,7 @@ class ConceptSystem:
 
 @dataclass
 class TokenSystem:
-    config: str  # training config of the token GPT
+    config: str  # training config of the token baseline
     temperature: float = 1.0
     top_p: float = 0.95
     max_new_tokens: int = 256

@@ -35,6 +35,18 @@ def answers_match(pred: str | None, gold: str) -> bool:
         return p.lower() == g.lower()
 
 
+def bootstrap_ci(values, level: float = 0.95, resamples: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap confidence interval of the mean of `values` (one per problem: problems are the unit
+    that is resampled, so k samples of one problem never count as k independent draws)."""
+    x = np.asarray(values, dtype=np.float64)
+    if not len(x):
+        return float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    means = x[rng.integers(0, len(x), size=(resamples, len(x)))].mean(1)
+    tail = (1.0 - level) / 2
+    return float(np.quantile(means, tail)), float(np.quantile(means, 1.0 - tail))
+
+
 def pass_at_k(n: int, c: int, k: int) -> float:
     """Unbiased pass@k from n samples of which c are correct: 1 - C(n-c, k) / C(n, k)."""
     if not 0 <= c <= n or not 1 <= k <= n:

@@ -7,6 +7,8 @@ import numpy as np
 
 from lcm.io import atomic_path, write_json
 
+TOKEN, SOFT = "token Llama", "Soft Thinking"  # the report's names of the token baseline and its Soft Thinking mode
+
 
 def write_report(out: Path, report: dict, histograms: dict[str, list[float]]) -> None:
     """metrics.json (strict JSON), the plots and report.md into `out`."""
@@ -28,10 +30,12 @@ def finite_or_null(obj):
     return obj
 
 
-COLUMNS = (("accuracy", "acc", ".3f"), ("pass_at_k", "pass@k", ".3f"), ("answered", "answered", ".3f"),
+COLUMNS = (("accuracy", "acc [95% CI]", ".3f"), ("pass_at_k", "pass@k", ".3f"), ("answered", "answered", ".3f"),
            ("stop_end_of_text", "stop: end", ".2f"), ("stop_repetition", "stop: repeat", ".2f"),
            ("stop_max_steps", "stop: max", ".2f"), ("rouge_l", "ROUGE-L", ".3f"),
            ("forking_share", "forking share", ".3f"), ("entropy_mean", "mean H", ".3f"),
+           ("step_entropy", "H/step", ".3f"), ("effective_rank_step_states", "ER step states", ".2f"),
+           ("erv_step_states", "ERV", ".3f"),
            ("effective_rank_hidden", "ER hidden", ".2f"), ("effective_rank_steps", "ER steps", ".2f"),
            ("distinct_2", "distinct-2", ".3f"), ("self_bleu", "self-BLEU", ".1f"), ("vendi", "Vendi", ".2f"),
            ("steps_per_solution", "steps", ".1f"), ("seconds_per_problem", "s/problem", ".3f"),
@@ -42,12 +46,20 @@ COLUMNS = (("accuracy", "acc", ".3f"), ("pass_at_k", "pass@k", ".3f"), ("answere
            ("soft_token_share", "soft share", ".2f"))
 
 
+def cell(r: dict, key: str, fmt: str) -> str:
+    """One table cell: the value (accuracy with its bootstrap CI when there is one), or n/a."""
+    value = r.get(key)
+    if not (isinstance(value, float) and np.isfinite(value)):
+        return "n/a"
+    ci = r.get(f"{key}_ci")
+    return f"{value:{fmt}} [{ci[0]:.2f}, {ci[1]:.2f}]" if ci and None not in ci else f"{value:{fmt}}"
+
+
 def table(report: dict) -> list[str]:
     head = "| system | params | " + " | ".join(c[1] for c in COLUMNS) + " |"
     lines = [head, "|" + "---|" * (len(COLUMNS) + 2)]
     for name, r in report["results"].items():
-        cells = [f"{r[key]:{fmt}}" if isinstance(r.get(key), float) and np.isfinite(r[key]) else "n/a"
-                 for key, _, fmt in COLUMNS]
+        cells = [cell(r, key, fmt) for key, _, fmt in COLUMNS]
         lines.append(f"| {name} | {report['systems'][name]['params'] / 1e6:.2f}M | " + " | ".join(cells) + " |")
     return lines
 
@@ -59,36 +71,44 @@ def markdown(report: dict) -> str:
              f"{report['problems']} held-out problems, k = {k} samples per problem, seed {report['seed']}, "
              f"device {report['device']}." + (f" Chance accuracy (majority answer): {chance:.3f}." if chance else ""),
              "", *table(report), "",
-             "- acc: mean over all samples (unbiased pass@1); pass@k with the unbiased estimator over k samples.",
+             "- acc: mean over all samples (unbiased pass@1), with a 95% percentile-bootstrap CI over problems; "
+             "pass@k with the unbiased estimator over k samples.",
              "- answered: share of samples with an answer line (`#### ...`). stop: end / repeat / max: shares of "
              "samples that stopped at end-of-text (token models: <eos>), on a repeated step, or at the step cap "
              "(token models: max_new_tokens).",
              "- Soft Thinking is deterministic: one sample per problem, so its pass@k is its pass@1 and it has no "
              "diversity columns.",
-             "- forking share: share of generated tokens at or above the token GPT's 80th-percentile entropy "
-             f"({r['token GPT']['forking_threshold']:.3f} nats). Concept models have no token softmax in the "
-             "reasoning loop: n/a.",
+             f"- forking share: share of generated tokens at or above one fixed threshold, the {TOKEN}'s "
+             f"80th-percentile entropy ({r[TOKEN]['forking_threshold']:.3f} nats). Concept models have no token "
+             "softmax in the reasoning loop: n/a.",
+             "- H/step: entropy per reasoning step in nats -- concept models: the step policy softmax(cos/tau) over "
+             "the sentence bank at each prediction (tau fitted on validation); token models: the sum of token "
+             "entropies over each line. ER step states / ERV: effective rank (and VERL's ERV) of one state per step "
+             "(a concept model's state per prediction; a token model's state at each line's last token): matched "
+             "units.",
              "- ER hidden: effective rank of the final-layer states over one solution's generated positions (tokens "
-             "for the GPT, concepts for concept models -- different position counts, see hidden_positions); "
+             "for the token model, concepts for concept models -- different position counts, see hidden_positions); "
              "ER steps: of the step-embedding trajectory.",
              "- distinct-2: unique / total bigrams pooled over the k solutions of a problem; self-BLEU 0-100 (lower "
              "= more diverse); Vendi of the k solutions' mean step embeddings, unit-normalized and centred (1 to k - 1).",
              "- Time: the k samples of a problem run as one batch on the same device (Soft Thinking: one sample, "
              "batch 1); s/correct = wall time per correct sample. fwd/step: main-network evaluations per reasoning "
-             "step -- one new position per token for the GPT (KV cache), the whole concept sequence per call for "
+             "step -- one new position per token for the token model (KV cache), the whole concept sequence per call for "
              "concept models (no KV cache); denoiser/step: the diffusion model's DDIM denoiser passes (CFG doubles "
              "the rows). Retrieval and the encoder are in the wall time, not in the counts.",
              "- soft share: share of Soft Thinking tokens produced as probability-weighted embeddings before a cold "
              "stop.", ""]
-    for name in ("token GPT", "Soft Thinking"):
+    for name in (TOKEN, SOFT):
         top = ", ".join(f"{t} ({c})" for t, c in r[name]["top_forking_tokens"])
         lines.append(f"Top forking tokens, {name}: {top}")
     curve = report["entropy_curve"]
     if "fit" in curve:
         f = curve["fit"]
-        lines += ["", f"Entropy-performance curve over {len(curve['points'])} token-GPT checkpoints: "
-                      f"R = -{f['a']:.4f}·exp(H) + {f['b']:.4f}, R² = {f['r2']:.3f}."]
-    lines += ["", "Plots: entropy_histogram.png, accuracy_vs_samples.png, diversity.png, entropy_curve.png", ""]
+        bound = " (a held at its bound 0: no relation of this form)" if f.get("a_at_bound") else ""
+        lines += ["", f"Entropy-performance curve over {len(curve['points'])} {TOKEN} checkpoints: "
+                      f"R = -{f['a']:.4f}·exp(H) + {f['b']:.4f}, R² = {f['r2']:.3f}{bound}."]
+    lines += ["", "Plots: entropy_histogram.png, accuracy_vs_samples.png, accuracy_vs_hops.png (tasks with a hop "
+                  "count), diversity.png, entropy_curve.png", ""]
     return "\n".join(lines)
 
 
@@ -101,6 +121,7 @@ def plots(out: Path, report: dict, histograms: dict[str, list[float]]) -> None:
 
     for name, draw, size in (("entropy_histogram", entropy_histogram, (6, 3.5)),
                              ("accuracy_vs_samples", accuracy_vs_samples, (6, 3.5)),
+                             ("accuracy_vs_hops", accuracy_vs_hops, (6, 3.5)),
                              ("diversity", diversity_bars, (7, 3.5)), ("entropy_curve", entropy_curve_plot, (5, 3.5))):
         fig, ax = plt.subplots(figsize=size)
         if draw(ax, report, histograms):
@@ -113,8 +134,8 @@ def plots(out: Path, report: dict, histograms: dict[str, list[float]]) -> None:
 def entropy_histogram(ax, report: dict, histograms: dict[str, list[float]]) -> bool:
     for name, h in histograms.items():
         ax.hist(h, bins=50, alpha=0.6, label=name, density=True)
-    ax.axvline(report["results"]["token GPT"]["forking_threshold"], color="k", ls="--",
-               label="80th percentile (token GPT)")
+    ax.axvline(report["results"][TOKEN]["forking_threshold"], color="k", ls="--",
+               label=f"80th percentile ({TOKEN})")
     ax.set_xlabel("token entropy (nats)")
     ax.set_ylabel("density")
     return True
@@ -128,6 +149,18 @@ def accuracy_vs_samples(ax, report: dict, _histograms) -> bool:
     ax.set_xlabel("samples k")
     ax.set_ylabel("pass@k")
     return True
+
+
+def accuracy_vs_hops(ax, report: dict, _histograms) -> bool:
+    """Accuracy per hop count for every system (tasks whose problems record their hops, e.g. Forks)."""
+    res = {n: r["accuracy_by_hops"] for n, r in report["results"].items() if r.get("accuracy_by_hops")}
+    for name, by in res.items():
+        ax.plot([int(h) for h in by], list(by.values()), marker="o", label=name)
+    if res and report["chance_accuracy"]:
+        ax.axhline(report["chance_accuracy"], color="grey", ls=":", label="chance")
+    ax.set_xlabel("hops")
+    ax.set_ylabel("accuracy")
+    return bool(res)
 
 
 def diversity_bars(ax, report: dict, _histograms) -> bool:

@@ -68,17 +68,17 @@ def concept_sample(g, model) -> Sample:
                   forward_passes=g.calls, stop_reason=g.stop_reason, step_entropies=list(g.entropies) or None)
 
 
-def concept_samples(ckpt: Path, problems: list[str], cfg: CompareConfig, sampling: Sampling, show: bool,
-                    label: str) -> tuple[list[list[Sample]], float, dict]:
-    """k samples per problem from a concept checkpoint; the seconds time generation only (not the read-back of
-    hidden states and step embeddings)."""
+def concept_samples(ckpt: Path, problems: list[str] | list[list[str]], cfg: CompareConfig, sampling: Sampling,
+                    show: bool, label: str) -> tuple[list[list[Sample]], float, dict]:
+    """k samples per problem (its text, or its prompt sentences) from a concept checkpoint; the seconds time
+    generation only (not the read-back of hidden states and step embeddings)."""
     from lcm.generate import ConceptGenerator
 
     gen = ConceptGenerator.from_checkpoint(ckpt, device=cfg.device)
     kw = sampling.kwargs()
 
-    def sample(i: int, problem: str) -> list:
-        group = gen.generate(problem, num_samples=cfg.k, seed=cfg.seed + i, max_steps=cfg.max_steps, **kw)
+    def sample(i: int, problem) -> list:
+        group = gen.generate([problem], num_samples=cfg.k, seed=cfg.seed + i, max_steps=cfg.max_steps, **kw)[0]
         return [group] if cfg.k == 1 else group
 
     generations, seconds = timed_per_problem(problems, label, show, sample)

@@ -27,18 +27,21 @@ def ratio(total: float, count: float) -> float:
     return total / count if count else NAN
 
 
-def summarize(groups: list[list[Sample]], golds: list[str], refs: list[str], seconds: float) -> dict:
-    """Accuracy, pass@k, text quality, representation rank, diversity and cost of one system."""
+def summarize(groups: list[list[Sample]], golds: list[str], refs: list[str], seconds: float,
+              hops: list[int] | None = None) -> dict:
+    """Accuracy (with a bootstrap CI over problems, and per hop count when `hops` gives each problem's),
+    pass@k, text quality, representation rank on matched units, step entropy, diversity and cost of one system."""
     k = len(groups[0])
     samples = [s for group in groups for s in group]
-    acc = accuracy(groups, golds)
+    acc = accuracy(groups, golds, hops)
     n_correct = acc.pop("n_correct")
     out = {**acc, **outcomes(samples), **cost(groups, seconds), "seconds_per_correct_sample": ratio(seconds, n_correct),
            "rouge_l": float(np.mean([rm.rouge_l(s.text, refs[i // k]) for i, s in enumerate(samples)])),
            "effective_rank_hidden": mean_or_nan([rm.effective_rank(s.hidden) for s in samples if len(s.hidden) >= 2]),
            "hidden_positions": float(np.mean([len(s.hidden) for s in samples])),
            "effective_rank_steps": mean_or_nan([rm.effective_rank(s.step_emb) for s in samples
-                                                if len(s.step_emb) >= 2])}
+                                                if len(s.step_emb) >= 2]),
+           **step_units(samples)}
     if k > 1:
         out.update(diversity(groups))
     if samples[0].entropies is not None:
@@ -48,13 +51,41 @@ def summarize(groups: list[list[Sample]], golds: list[str], refs: list[str], sec
     return out
 
 
-def accuracy(groups: list[list[Sample]], golds: list[str]) -> dict:
-    """Mean exact-match accuracy over all samples and the unbiased pass@j curve for j = 1..k."""
+def accuracy(groups: list[list[Sample]], golds: list[str], hops: list[int] | None = None) -> dict:
+    """Mean exact-match accuracy over all samples, its 95% bootstrap CI over problems, per hop count (when given),
+    and the unbiased pass@j curve for j = 1..k."""
     k = len(groups[0])
     correct = [[rm.answers_match(rm.parse_answer(s.text), g) for s in group] for group, g in zip(groups, golds)]
+    per_problem = [float(np.mean(c)) for c in correct]
     pass_curve = [float(np.mean([rm.pass_at_k(k, sum(c), j) for c in correct])) for j in range(1, k + 1)]
-    return {"accuracy": float(np.mean(correct)), "pass_at_k": pass_curve[-1], "pass_curve": pass_curve, "k": k,
-            "n_correct": int(np.sum(correct))}
+    out = {"accuracy": float(np.mean(correct)), "accuracy_ci": list(rm.bootstrap_ci(per_problem)),
+           "pass_at_k": pass_curve[-1], "pass_curve": pass_curve, "k": k, "n_correct": int(np.sum(correct)),
+           "per_problem_accuracy": per_problem}
+    if hops is not None:
+        by = {}
+        for h, a in zip(hops, per_problem):
+            by.setdefault(int(h), []).append(a)
+        out["accuracy_by_hops"] = {str(h): float(np.mean(v)) for h, v in sorted(by.items())}
+    return out
+
+
+def step_units(samples: list[Sample]) -> dict:
+    """Entropy and effective rank on matched units, one per reasoning step: concept models' step-policy entropy
+    per prediction and one state per concept; token models' line entropy (token entropies summed over a line) and
+    the state at each line's last token (`reasoning_metrics.line_entropies`, `step_boundary_states`). Nats per
+    step; ER and ERV (VERL) per solution, averaged."""
+    entropies, states = [], []
+    for s in samples:
+        if s.entropies is not None and s.token_texts is not None:  # a token model
+            entropies += rm.line_entropies(s.entropies, s.token_texts).tolist()
+            states.append(rm.step_boundary_states(s.hidden, s.token_texts))
+        else:
+            entropies += list(s.step_entropies or [])
+            states.append(s.hidden)
+    ranks = [rm.effective_rank(h) for h in states if len(h) >= 2]
+    erv = [rm.effective_rank_dynamics(h)[0] for h in states if len(h) >= 3]
+    return {"step_entropy": mean_or_nan(entropies), "effective_rank_step_states": mean_or_nan(ranks),
+            "erv_step_states": mean_or_nan(erv), "step_states": float(np.mean([len(h) for h in states]))}
 
 
 def outcomes(samples: list[Sample]) -> dict:

@@ -33,24 +33,31 @@ def test_compare_pipeline_smoke(tmp_path, monkeypatch, capsys):
     assert code == 0, err
     report = json.loads((tmp_path / "report" / "metrics.json").read_text())
     res = report["results"]
-    assert set(res) == {"Base-LCM + planning", "Diffusion + planning", "token GPT", "Soft Thinking"}
+    assert set(res) == {"Base-LCM + planning", "Diffusion + planning", "token Llama", "Soft Thinking"}
     for name, r in res.items():
         assert 0 <= r["accuracy"] <= r["pass_at_k"] <= 1 and len(r["pass_curve"]) == r["k"]
         assert r["seconds_per_problem"] > 0 and r["forward_passes_per_problem"] > 0
     assert res["Soft Thinking"]["k"] == 1 and "distinct_2" not in res["Soft Thinking"]
-    assert 0 <= res["token GPT"]["forking_share"] <= 1 and res["token GPT"]["entropy_mean"] > 0
+    assert 0 <= res["token Llama"]["forking_share"] <= 1 and res["token Llama"]["entropy_mean"] > 0
     assert "forking_share" not in res["Base-LCM + planning"]  # no token softmax in the concept loop
-    assert res["token GPT"]["time_per_step_vs_token"] == pytest.approx(1.0)
+    assert res["token Llama"]["time_per_step_vs_token"] == pytest.approx(1.0)
     assert report["systems"]["Diffusion + planning"]["denoiser_evals_per_call"] == 8  # 4 DDIM steps x CFG
     assert report["chance_accuracy"] is not None  # True / False answers
     assert len(report["entropy_curve"]["points"]) == 3 and "fit" in report["entropy_curve"]  # epochs 2, 4, 6
     assert 0 <= res["Soft Thinking"]["soft_token_share"] <= 1
     assert res["Diffusion + planning"]["denoiser_evals_per_step"] == pytest.approx(
         8 * res["Diffusion + planning"]["forward_passes_per_step"])
-    for png in ("entropy_histogram", "accuracy_vs_samples", "diversity", "entropy_curve"):
+    for name, r in res.items():  # a CI over problems around every accuracy; accuracy per hop count (logic chains)
+        lo, hi = r["accuracy_ci"]
+        assert 0 <= lo <= r["accuracy"] <= hi <= 1 and len(r["per_problem_accuracy"]) == report["problems"]
+        assert set(r["accuracy_by_hops"]) <= {"2", "3", "4"}
+    for name in ("token Llama", "Base-LCM + planning"):  # entropy per step on matched units, both kinds of model
+        assert res[name]["step_entropy"] >= 0 and res[name]["step_states"] >= 1
+    assert res["Diffusion + planning"]["step_entropy"] is None  # a sampler has no step policy: n/a
+    for png in ("entropy_histogram", "accuracy_vs_samples", "accuracy_vs_hops", "diversity", "entropy_curve"):
         assert (tmp_path / "report" / f"{png}.png").read_bytes()[:4] == b"\x89PNG"
     md = (tmp_path / "report" / "report.md").read_text()
-    assert "| token GPT |" in md and "Soft Thinking" in md
+    assert "| token Llama |" in md and "Soft Thinking" in md
 
 
 def test_compare_config_values_arrive(tmp_path):

@@ -79,6 +79,7 @@ class LogicChains(CorpusSource):
     def documents(self, max_chars: int) -> Iterator[Document]:
         for i in range(self.n):
             rng = random.Random(f"{self.seed}:{i}")
-            prompt, paragraphs, answer = logic_problem(rng, rng.randint(self.min_hops, self.max_hops))
+            hops = rng.randint(self.min_hops, self.max_hops)
+            prompt, paragraphs, answer = logic_problem(rng, hops)
             yield Document(prompt=cap_all(prompt, max_chars), paragraphs=[cap_all(p, max_chars) for p in paragraphs],
-                           answer=answer, meta={"source": "logic_chains", "index": i})
+                           answer=answer, meta={"source": "logic_chains", "index": i, "hops": hops})
