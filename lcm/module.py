@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict
+from typing import NamedTuple
 
 import lightning as L
 import numpy as np
@@ -21,6 +22,15 @@ from lcm.plan_vectors import planner_name
 from lcm.retrieval import unit_rows
 from lcm.sampling import BaseLCMSampling, randn_like
 from lcm.step_policy import cosines, fit_temperature, step_entropy, step_nll
+
+
+class Candidates(NamedTuple):
+    """The retrieval candidates of a split, as validation searches them."""
+
+    index: object  # faiss IndexFlatIP over their unit vectors
+    rows: np.ndarray  # (N,) their table rows, sorted
+    vectors: np.ndarray  # (N, D) raw
+    boundary: np.ndarray  # (N,) bool: the end-of-text or break sentence (never a step's read-out)
 
 
 def target_mask(types: torch.Tensor, doc: torch.Tensor | None = None) -> torch.Tensor:
@@ -240,7 +250,7 @@ class ConceptLM(CompileOnFit, DataConsumer, L.LightningModule):
         scores = next_step_scores(pred_raw, gold, prev, self.mean_target)  # each (N,)
         index = self._retrieval_index(split)
         if index is not None:
-            hit = retrieval_hits(*index[:2], pred_raw.cpu().numpy(), batch["ids"][:, 1:][mask].cpu().numpy())
+            hit = retrieval_hits(index.index, index.rows, pred_raw.cpu().numpy(), batch["ids"][:, 1:][mask].cpu().numpy())
             scores["retrieval_acc"] = torch.from_numpy(hit).to(pred.device).float()
             if self.has_step_policy:
                 self._held_out.setdefault(split, []).append((pred_raw.cpu(), batch["ids"][:, 1:][mask].cpu()))
@@ -289,12 +299,11 @@ class ConceptLM(CompileOnFit, DataConsumer, L.LightningModule):
         index = self._retrieval_index(split)
         if index is None:
             return torch.zeros(len(pred_raw), device=pred_raw.device)
-        faiss_index, _, _, boundary = index
-        scores, top = faiss_index.search(unit_rows(pred_raw.cpu().numpy()), 3)  # (N, 3): at most 2 are boundaries
-        scores = np.where(boundary[top], -2.0, scores).max(1)
+        scores, top = index.index.search(unit_rows(pred_raw.cpu().numpy()), 3)  # (N, 3): at most 2 are boundaries
+        scores = np.where(index.boundary[top], -2.0, scores).max(1)
         return torch.from_numpy(scores).to(pred_raw.device, torch.float32)
 
-    def _retrieval_index(self, split: str):
+    def _retrieval_index(self, split: str) -> "Candidates | None":
         """Flat IP index over the data's retrieval candidates for `split` (every target sentence of `split`,
         training targets up to `data.val_retrieval_max`); rebuilt per run, cached per split."""
         if self.data is None:
@@ -309,7 +318,7 @@ class ConceptLM(CompileOnFit, DataConsumer, L.LightningModule):
             for vec in (self.eot_embedding, self.break_embedding):
                 if bool(vec.any()):
                     boundary |= unit_rows(vectors) @ unit_rows(vec.cpu().numpy()[None])[0] > 1 - 1e-4
-            self._val_index = (split, (index, rows, vectors, boundary))
+            self._val_index = (split, Candidates(index, rows, vectors, boundary))
         return self._val_index[1]
 
     def on_validation_epoch_end(self) -> None:
@@ -327,10 +336,9 @@ class ConceptLM(CompileOnFit, DataConsumer, L.LightningModule):
         index = self._retrieval_index(split) if held else None
         if index is None:
             return
-        _, rows, vectors, _ = index
         pred = torch.cat([h[0] for h in held])  # (N, D) raw
-        gold = torch.from_numpy(np.searchsorted(rows, torch.cat([h[1] for h in held]).numpy()))  # (N,)
-        cand = torch.from_numpy(vectors).float()
+        gold = torch.from_numpy(np.searchsorted(index.rows, torch.cat([h[1] for h in held]).numpy()))  # (N,)
+        cand = torch.from_numpy(index.vectors).float()
         if fit or not torch.isfinite(self.step_tau):
             pick = torch.randperm(len(pred), generator=torch.Generator().manual_seed(0))[: self.STEP_POLICY_FIT_MAX]
             self.step_tau.fill_(fit_temperature(pred[pick], cand, gold[pick]))

@@ -57,8 +57,8 @@ def test_a_concept_model_fits_from_the_handed_over_object_alone():
     model.attach_data(data)
     assert bool(model.normalizer.fitted) and torch.equal(model.eot_embedding, torch.from_numpy(data.eot_vector))
     assert model.meta == data.meta() and model.meta["corpus"] == "abc" and model.meta["prompt_format"] == "lines"
-    index, rows = model._retrieval_index("val")
-    assert index.ntotal == 5 and list(rows) == list(range(5))
+    candidates = model._retrieval_index("val")
+    assert candidates.index.ntotal == 5 and list(candidates.rows) == list(range(5))
     import copy
 
     assert copy.deepcopy(model).data is data  # a weight-averaging copy of the model does not copy the data
