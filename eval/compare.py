@@ -14,7 +14,7 @@ metrics of one system), `report` (markdown and plots); this module runs them in 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -66,7 +66,8 @@ def held_out(cfg: CompareConfig) -> HeldOut:
 
 
 def train_all(cfg: CompareConfig) -> dict[str, Path]:
-    """`lcm fit` every system that has no finished run yet (before any sampling); {system name: run folder}."""
+    """`lcm fit` every system with `cfg.seed` that has no finished run yet (before any sampling);
+    {system name: run folder}."""
     from lcm.eval.planning_ablation import train_run
 
     root = Path(cfg.runs_dir) / cfg.name
@@ -87,10 +88,11 @@ def run_concepts(cfg: CompareConfig, data: HeldOut, runs: dict[str, Path], resul
                         "load_avg_1min": os.getloadavg()[0]}  # other processes slow every system: recorded
 
 
-def run_token(cfg: CompareConfig, data: HeldOut, run: Path, results: dict, info: dict) -> dict[str, list]:
-    """Sample and score the token baseline and its Soft Thinking mode; forking tokens against the baseline's
-    threshold.
-    Returns each system's per-token entropies (for the histogram)."""
+def run_token(cfg: CompareConfig, data: HeldOut, run: Path, results: dict, info: dict,
+              threshold: float | None = None) -> tuple[dict[str, list], float]:
+    """Sample and score the token baseline and its Soft Thinking mode; forking tokens against one fixed threshold
+    (given, or this run's 80th-percentile entropy of the sampled baseline). Returns each system's per-token
+    entropies (for the histogram) and the threshold."""
     from lcm.encoders import SentenceTransformerEncoder
     from lcm.token_model import TokenLM
 
@@ -105,27 +107,70 @@ def run_token(cfg: CompareConfig, data: HeldOut, run: Path, results: dict, info:
         extra = {"soft_thinking": vars(cfg.soft_thinking), "deterministic": True} if soft else {}
         info[name] = {**token_info, **extra, "load_avg_1min": os.getloadavg()[0]}
     entropies = {name: np.concatenate([s.entropies for g in gs for s in g]) for name, gs in groups.items()}
-    threshold = rm.entropy_threshold(entropies[TOKEN])
+    threshold = rm.entropy_threshold(entropies[TOKEN]) if threshold is None else threshold
     for name, gs in groups.items():
         token_entropy_stats(results[name], gs, threshold)
-    return {name: e.tolist() for name, e in entropies.items()}
+    return {name: e.tolist() for name, e in entropies.items()}, threshold
 
 
-def run_compare(cfg: CompareConfig) -> dict:
-    """Train what is missing, sample and score every system, write metrics.json, report.md and plots."""
-    data = held_out(cfg)
+def run_seed(cfg: CompareConfig, data: HeldOut, threshold: float | None) -> tuple[dict, dict, dict, float, Path]:
+    """Train (what is missing), sample and score every system with `cfg.seed`: (results, info, histograms,
+    forking threshold, the token run)."""
     runs = train_all(cfg)
     results, info = {}, {}
     run_concepts(cfg, data, runs, results, info)
-    histograms = run_token(cfg, data, runs[TOKEN], results, info)
-    n = cfg.curve_problems
-    curve = entropy_curve(runs[TOKEN], data.problems[:n], data.golds[:n], cfg, cfg.show_progress)
+    histograms, threshold = run_token(cfg, data, runs[TOKEN], results, info, threshold)
     relative_cost(results, {s.name: info[s.name]["denoiser_evals_per_call"] for s in cfg.concept}, TOKEN)
-    report = {"name": cfg.name, "problems": len(data.problems), "k": cfg.k, "seed": cfg.seed, "device": cfg.device,
-              "systems": info, "results": results, "entropy_curve": curve,
-              "chance_accuracy": chance_accuracy(data.golds)}
-    write_report(Path(cfg.out_dir), report, histograms)
+    return results, info, histograms, threshold, runs[TOKEN]
+
+
+def run_compare(cfg: CompareConfig) -> dict:
+    """Train what is missing, sample and score every system for every seed, write metrics.json, report.md and
+    plots. Several seeds: each system's numbers are means over seeds (`by_seed` keeps each), its accuracy CI is
+    bootstrapped over problems on the per-problem accuracy averaged over seeds, and the forking threshold is the
+    first seed's (one fixed threshold)."""
+    data = held_out(cfg)
+    seeds = cfg.seeds or [cfg.seed]
+    by_seed, threshold = {}, None
+    for seed in seeds:
+        by_seed[seed], info, histograms, threshold, token_run = run_seed(replace(cfg, seed=seed), data, threshold)
+        if seed == seeds[0]:
+            first_histograms, first_token_run = histograms, token_run
+    n = cfg.curve_problems
+    curve = entropy_curve(first_token_run, data.problems[:n], data.golds[:n], replace(cfg, seed=seeds[0]),
+                          cfg.show_progress)
+    results = by_seed[seeds[0]] if len(seeds) == 1 else aggregate_seeds(by_seed)
+    report = {"name": cfg.name, "problems": len(data.problems), "k": cfg.k, "seed": seeds[0], "seeds": seeds,
+              "device": cfg.device, "systems": info, "results": results, "entropy_curve": curve,
+              "chance_accuracy": chance_accuracy(data.golds), "forking_threshold": threshold}
+    if len(seeds) > 1:
+        report["by_seed"] = {str(s): r for s, r in by_seed.items()}
+    write_report(Path(cfg.out_dir), report, first_histograms)
     return report
+
+
+def aggregate_seeds(by_seed: dict[int, dict]) -> dict:
+    """{seed: {system: metrics}} -> {system: metrics}: numbers averaged over seeds, `accuracy_std` across seeds,
+    `accuracy_seeds`, and the accuracy CI bootstrapped over problems (each problem's accuracy averaged over seeds)."""
+    seeds = list(by_seed)
+    out = {}
+    for name in by_seed[seeds[0]]:
+        runs = [by_seed[s][name] for s in seeds]
+        merged = {k: v for k, v in runs[0].items()}  # lists and strings (e.g. top forking tokens): the first seed's
+        for key, value in runs[0].items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                values = np.array([r[key] for r in runs], dtype=np.float64)
+                merged[key] = float(values[np.isfinite(values)].mean()) if np.isfinite(values).any() else float("nan")
+        accs = [r["accuracy"] for r in runs]
+        per_problem = np.mean([r["per_problem_accuracy"] for r in runs], axis=0)
+        merged.update(accuracy_seeds=accs, accuracy_std=float(np.std(accs, ddof=1)),
+                      per_problem_accuracy=per_problem.tolist(), accuracy_ci=list(rm.bootstrap_ci(per_problem)),
+                      pass_curve=np.mean([r["pass_curve"] for r in runs], axis=0).tolist())
+        if "accuracy_by_hops" in runs[0]:
+            merged["accuracy_by_hops"] = {h: float(np.mean([r["accuracy_by_hops"][h] for r in runs]))
+                                          for h in runs[0]["accuracy_by_hops"]}
+        out[name] = merged
+    return out
 
 
 def main(argv: list[str] | None = None) -> None:

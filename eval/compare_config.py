@@ -66,7 +66,8 @@ class CompareConfig:
     problems: PositiveInt = 100  # held-out test problems (the first n of the shared test split)
     k: PositiveInt = 8  # samples per problem (pass@k, diversity)
     max_steps: int = 24  # concept steps per solution (plans included)
-    seed: int = 0  # training and sampling seed
+    seed: int = 0  # training and sampling seed (of a one-seed comparison)
+    seeds: list[int] | None = None  # several seeds: every system trained and sampled once per seed (overrides seed)
     device: str = "cpu"
     runs_dir: str = "runs/compare"
     train_overrides: list[str] = field(default_factory=list)  # appended to every `lcm fit` (e.g. a GPU size)
@@ -101,4 +102,6 @@ def load_config(argv: list[str] | None = None) -> CompareConfig:
     cfg.show_progress = cfg.show_progress and not no_progress
     if not cfg.concept:
         raise LCMError("compare config: `concept` lists no concept systems")
+    if cfg.seeds is not None and (not cfg.seeds or len(set(cfg.seeds)) != len(cfg.seeds)):
+        raise LCMError(f"compare config: seeds must be distinct and not empty, got {cfg.seeds}")
     return cfg

@@ -51,8 +51,9 @@ def cell(r: dict, key: str, fmt: str) -> str:
     value = r.get(key)
     if not (isinstance(value, float) and np.isfinite(value)):
         return "n/a"
-    ci = r.get(f"{key}_ci")
-    return f"{value:{fmt}} [{ci[0]:.2f}, {ci[1]:.2f}]" if ci and None not in ci else f"{value:{fmt}}"
+    ci, std = r.get(f"{key}_ci"), r.get(f"{key}_std")
+    text = f"{value:{fmt}}" + (f" ± {std:{fmt}}" if isinstance(std, float) and np.isfinite(std) else "")
+    return text + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci and None not in ci else "")
 
 
 def table(report: dict) -> list[str]:
@@ -68,8 +69,11 @@ def markdown(report: dict) -> str:
     r, k = report["results"], report["k"]
     chance = report["chance_accuracy"]
     lines = [f"# Concept vs token: {report['name']}", "",
-             f"{report['problems']} held-out problems, k = {k} samples per problem, seed {report['seed']}, "
-             f"device {report['device']}." + (f" Chance accuracy (majority answer): {chance:.3f}." if chance else ""),
+             f"{report['problems']} held-out problems, k = {k} samples per problem, "
+             + (f"seeds {', '.join(map(str, report['seeds']))} (every number a mean over seeds; acc ± its std over "
+                "seeds; per-seed results in metrics.json `by_seed`), " if len(report.get("seeds", [])) > 1
+                else f"seed {report['seed']}, ")
+             + f"device {report['device']}." + (f" Chance accuracy (majority answer): {chance:.3f}." if chance else ""),
              "", *table(report), "",
              "- acc: mean over all samples (unbiased pass@1), with a 95% percentile-bootstrap CI over problems; "
              "pass@k with the unbiased estimator over k samples.",

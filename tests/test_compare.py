@@ -95,3 +95,30 @@ def test_compare_cli_errors(tmp_path, capsys):
     assert code == 2 and err.startswith("error: usage: lcm eval")
     code, err = run_lcm(["eval", "compare", "-c", str(tmp_path / "missing.yaml")], capsys)
     assert code == 2 and "missing.yaml" in err and "Traceback" not in err
+
+
+def test_several_seeds_are_averaged_with_their_spread_and_a_ci_over_problems():
+    from lcm.eval.compare import aggregate_seeds
+
+    def run(acc, per_problem, h):
+        return {"sys": {"accuracy": acc, "per_problem_accuracy": per_problem, "pass_curve": [acc, acc + 0.1],
+                        "accuracy_by_hops": {"2": h}, "rouge_l": float("nan"), "k": 2, "top_forking_tokens": [["a", 1]]}}
+
+    out = aggregate_seeds({0: run(0.5, [1.0, 0.0], 0.2), 1: run(0.25, [0.5, 0.0], 0.4), 2: run(0.0, [0.0, 0.0], 0.6)})
+    r = out["sys"]
+    assert r["accuracy"] == pytest.approx(0.25) and r["accuracy_seeds"] == [0.5, 0.25, 0.0]
+    assert r["accuracy_std"] == pytest.approx(0.25)  # sample std over seeds
+    assert r["per_problem_accuracy"] == pytest.approx([0.5, 0.0]) and r["pass_curve"] == pytest.approx([0.25, 0.35])
+    lo, hi = r["accuracy_ci"]
+    assert 0.0 <= lo <= 0.25 <= hi <= 0.5  # bootstrap over the 2 problems' seed-averaged accuracies
+    assert r["accuracy_by_hops"] == {"2": pytest.approx(0.4)} and r["top_forking_tokens"] == [["a", 1]]
+    assert r["rouge_l"] != r["rouge_l"]  # n/a in every seed stays n/a
+
+
+def test_seeds_in_the_compare_config(tmp_path, capsys):
+    from lcm.eval.compare_config import load_config
+
+    path = tiny_config(tmp_path, seeds=[0, 1, 2])
+    assert load_config(["-c", path]).seeds == [0, 1, 2]
+    code, err = run_lcm(["eval", "compare", "-c", tiny_config(tmp_path, seeds=[1, 1])], capsys)
+    assert code == 2 and "seeds must be distinct" in err
