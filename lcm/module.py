@@ -60,6 +60,10 @@ class ConceptLM(CompileOnFit, DataConsumer, L.LightningModule):
         boundary_threshold: validation's boundary metrics classify each prediction as generation does (the
             largest cosine: end-of-text, break or the best other candidate); a number is also a floor on the
             boundary cosines, as generation's `eot_threshold` (None, default: no floor).
+        init_from: a local Hugging Face Llama folder (or a hub name when online) whose decoder layers start the
+            trunk (`lcm.llama_weights`: the trunk is Llama's decoder stack; `arch` must have its shape, e.g. from
+            `lcm.llama_weights.trunk_arch`). Applied when a fresh model is attached to its data (never over a
+            resumed checkpoint's weights); the input and output projections start at random.
         contrastive: an InfoNCE term beside (or instead of) the MSE (`lcm.contrastive.Contrastive`); None = MSE
             only. Validation loss (and so `best.ckpt`) is the same objective.
         compile: `torch.compile` the network when `fit` starts (in place, `nn.Module.compile`: parameter names
@@ -74,7 +78,7 @@ class ConceptLM(CompileOnFit, DataConsumer, L.LightningModule):
 
     def __init__(self, arch: LCMConfig = LCMConfig(), optim: OptimConfig = OptimConfig(),
                  loss_weights: dict[str, float] | None = None, boundary_threshold: float | None = None, compile: bool = False,
-                 contrastive: Contrastive | None = None):
+                 contrastive: Contrastive | None = None, init_from: str | None = None):
         super().__init__()
         if isinstance(arch, dict):  # from a checkpoint's hyperparameters
             arch = LCMConfig(**arch)
@@ -84,7 +88,9 @@ class ConceptLM(CompileOnFit, DataConsumer, L.LightningModule):
                                    "loss_weights": dict(loss_weights or {}), "boundary_threshold": boundary_threshold,
                                    "compile": bool(compile), **self.extra_hparams(),
                                    # absent = MSE only: an MSE model's checkpoint keeps the hparams it always had
-                                   **({"contrastive": self.contrastive.hparams()} if self.contrastive else {})})
+                                   **({"contrastive": self.contrastive.hparams()} if self.contrastive else {}),
+                                   **({"init_from": init_from} if init_from else {})})
+        self.init_from = init_from
         unknown = set(loss_weights or {}) - {TYPE_NAMES[t] for t in TARGET_TYPES}
         if unknown:
             raise LCMError(f"loss_weights has unknown position types {sorted(unknown)}; use step, eot, plan, break")
@@ -127,6 +133,12 @@ class ConceptLM(CompileOnFit, DataConsumer, L.LightningModule):
             self._negatives = (torch.from_numpy(rows).long(), torch.from_numpy(vectors).float())
         if bool(self.normalizer.fitted):
             return
+        if self.init_from:  # a fresh model: its trunk starts from a pretrained Llama's decoder layers
+            from lcm.llama_weights import init_trunk_from_llama
+
+            if not isinstance(self.net, BaseLCM):
+                raise LCMError(f"init_from starts a Base-LCM trunk; {type(self).__name__} has no such trunk")
+            init_trunk_from_llama(self.net, self.init_from)
         targets = torch.from_numpy(data.fit_targets())
         self.normalizer.fit(targets)
         self.mean_target.copy_(targets.mean(0))

@@ -163,3 +163,30 @@ def test_lcm_predict_writes_the_predictions(trained_run, tmp_path):
     assert n > 0 and got["pred"].shape == (n, 384) and got["gold_row"].shape == got["type"].shape == (n,)
     assert set(np.unique(got["type"])) <= {1, 2}  # steps and end-of-text: the targets, never the prompt
     assert 0.3 < float(got["cosine"].mean()) <= 1.0
+
+
+def test_a_fresh_concept_trunk_starts_from_a_llama_folder_and_a_resumed_one_does_not(tmp_path):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from lcm.errors import LCMError
+    from lcm.llama_weights import trunk_arch
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=40, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+                      num_key_value_heads=2, rms_norm_eps=1e-5, max_position_embeddings=16)
+    llama = LlamaForCausalLM(cfg)
+    with torch.no_grad():
+        llama.model.norm.weight.fill_(0.5)  # a value a random init never has
+    llama.save_pretrained(tmp_path / "llama")
+    arch = trunk_arch(cfg, embed_dim=8, max_seq_len=8)
+    model = ConceptLM(arch, init_from=str(tmp_path / "llama"))
+    assert model.hparams["init_from"] == str(tmp_path / "llama")
+    model.attach_data(_concept_data())
+    assert torch.equal(model.net.norm.weight, torch.full((16,), 0.5))
+    down = llama.model.layers[0].mlp.down_proj.weight
+    assert torch.equal(model.net.blocks[0].mlp.down.weight, down)
+    resumed = ConceptLM(arch, init_from=str(tmp_path / "nowhere"))  # a checkpoint's fitted normalizer: no copy
+    resumed.normalizer.fitted.fill_(True)
+    resumed.attach_data(_concept_data())
+    with pytest.raises(LCMError):
+        ConceptLM(arch, init_from=str(tmp_path / "nowhere")).attach_data(_concept_data())
