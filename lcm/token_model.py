@@ -12,10 +12,14 @@ positions. `save_pretrained` writes a folder that plain transformers loads (`Aut
 
 Generation (`TokenLM.generate`) runs the k samples of a problem as one batch with the model's KV cache:
 - mode "sample": temperature and nucleus (top-p) sampling; "greedy": argmax.
-- mode "soft" (Soft Thinking, Zhang et al. 2025): each next input (`inputs_embeds`) is the
-  probability-weighted token embedding (top-k 30, top-p 0.95, renormalized) instead of one token; the text
-  shown is the argmax token. When the entropy stays below `cold_stop_entropy` for `cold_stop_patience` tokens
-  in a row, the row stops thinking softly and finishes with discrete (greedy) tokens. Deterministic.
+- mode "soft" (Soft Thinking, Zhang et al. 2025), as the official code runs it (`SoftThinking`: its defaults and
+  their sources): while a row thinks, its next input (`inputs_embeds`) is a *concept token*, the
+  probability-weighted embedding of the top `max_topk` tokens of softmax(logits / T) after top-k, top-p and min-p
+  filtering; the token shown is the concept token's heaviest. Thinking ends when the text reaches `think_end` (the
+  official `</think>`; here the answer line's `####`), or by a *cold stop*: after `cold_stop_patience` tokens in a
+  row of entropy (at T) below `cold_stop_entropy`, `think_end` is written in place of the next token. After
+  thinking, tokens are sampled discretely (after-thinking top-k / top-p / min-p, seeded). Optional Gumbel or
+  Dirichlet noise on the concept token (Wu et al. 2025) makes the thinking sample too.
 Each sample records per-token entropy (temperature 1), the final-layer hidden states (after the final norm),
 and the network evaluations it cost.
 """
@@ -54,18 +58,154 @@ class TokenSample:
     hidden: np.ndarray  # (n, d) final-layer hidden state that produced each token
     forward_passes: int  # network evaluations: the prompt prefill + one per generated token after the first
     stop_reason: Literal["eos", "max_tokens"] = "eos"
-    soft_tokens: int = 0  # Soft Thinking: tokens produced in soft mode (before a cold stop)
+    soft_tokens: int = 0  # Soft Thinking: tokens chosen as a concept token's heaviest (the thinking length)
     token_texts: list[str] = field(default_factory=list)  # (n,) each generated token as text, "<eos>" included
 
 
-def nucleus(probs: torch.Tensor, top_p: float = 1.0, top_k: int = 0) -> torch.Tensor:
-    """Keep the most likely tokens up to cumulative mass `top_p` (and at most `top_k`), renormalized. (B, V)"""
+def filter_probs(probs: torch.Tensor, top_k: int = 0, top_p: float = 1.0, min_p: float = 0.0) -> torch.Tensor:
+    """The official Soft Thinking sampler's filters, in its order (`top_k_renorm_prob`, `top_p_renorm_prob`, then
+    min-p): keep the `top_k` most likely tokens (0: all), then the fewest of those whose renormalized mass reaches
+    `top_p`, then those at least `min_p` x the most likely one; renormalized. (B, V) -> (B, V)"""
     sorted_p, order = probs.sort(dim=-1, descending=True)
-    keep = sorted_p.cumsum(-1) - sorted_p < top_p  # the first token is always kept
     if top_k > 0:
-        keep[:, top_k:] = False
-    kept = torch.zeros_like(probs).scatter(-1, order, sorted_p * keep)
-    return kept / kept.sum(-1, keepdim=True)
+        sorted_p = torch.cat([sorted_p[:, :top_k], torch.zeros_like(sorted_p[:, top_k:])], dim=-1)
+    sorted_p = sorted_p / sorted_p.sum(-1, keepdim=True)
+    keep = sorted_p.cumsum(-1) - sorted_p < top_p  # the first token is always kept
+    keep &= sorted_p >= min_p * sorted_p[:, :1]  # min-p compares with the top probability: renormalizing keeps it
+    kept = sorted_p * keep
+    return torch.zeros_like(probs).scatter(-1, order, kept / kept.sum(-1, keepdim=True))
+
+
+@dataclass(frozen=True)
+class SoftThinking:
+    """Soft Thinking settings, at the defaults of the official code (github.com/eric-ai-lab/Soft-Thinking @ b97407c:
+    readme.md "Hyperparameter Search", scripts/st/qwq32b_st_math.sh; the sampling itself in
+    sglang_soft_thinking_pkg/python/sglang/srt/layers/sampler.py and managers/schedule_batch.py `update_topk_info`).
+    The noise settings follow the follow-up that found plain Soft Thinking single-threaded (Wu et al. 2025,
+    arXiv 2508.03440; github.com/WJMacro/Randomized-Soft-Thinking scripts/st/st_with_{gumbel,dirichlet}.sh)."""
+
+    max_topk: int = 10  # tokens mixed into a concept token (--max_topk 10)
+    temperature: float = 0.6  # --temperature 0.6; the official sampler applies it after thinking too
+    top_k: int = 30  # --top_k 30: filter before the concept token is cut to max_topk (0: off)
+    top_p: float = 0.95  # --top_p 0.95
+    min_p: float = 0.001  # --min_p 0.001: drop tokens below min_p x the top probability
+    after_thinking_top_k: int = 30  # --after_thinking_top_k 30: discrete sampling once thinking has ended
+    after_thinking_top_p: float = 0.95  # --after_thinking_top_p 0.95
+    after_thinking_min_p: float = 0.0  # --after_thinking_min_p 0.0
+    cold_stop_entropy: float = 0.01  # --early_stopping_entropy_threshold 0.01 (nats at `temperature`; 0: off)
+    cold_stop_patience: int = 256  # --early_stopping_length_threshold 256 low-entropy tokens in a row
+    think_end: str = "####"  # --think_end_str "</think>"; our models have no think tags: the answer line's marker
+    noise: Literal["none", "gumbel", "dirichlet"] = "none"  # the official flags --add_noise_{gumbel_softmax,dirichlet}
+    gumbel_temperature: float = 0.5  # --gumbel_softmax_temperature 0.5 (official readme; follow-up: 0.5 on AIME)
+    dirichlet_alpha: float = 4.0  # --dirichlet_alpha 4.0 (follow-up's script; official argparse default 1.0)
+
+    def __post_init__(self):
+        bad = [name for name, ok in (
+            ("max_topk", self.max_topk >= 1), ("temperature", self.temperature > 0), ("top_k", self.top_k >= 0),
+            ("top_p", 0 < self.top_p <= 1), ("min_p", 0 <= self.min_p <= 1),
+            ("after_thinking_top_k", self.after_thinking_top_k >= 0),
+            ("after_thinking_top_p", 0 < self.after_thinking_top_p <= 1),
+            ("after_thinking_min_p", 0 <= self.after_thinking_min_p <= 1), ("cold_stop_entropy", self.cold_stop_entropy >= 0),
+            ("cold_stop_patience", self.cold_stop_patience >= 1), ("think_end", bool(self.think_end)),
+            ("noise", self.noise in ("none", "gumbel", "dirichlet")), ("gumbel_temperature", self.gumbel_temperature > 0),
+            ("dirichlet_alpha", self.dirichlet_alpha > 0)) if not ok]
+        if bad:
+            raise LCMError(f"bad Soft Thinking settings: {', '.join(f'{b}={getattr(self, b)!r}' for b in bad)}")
+
+
+def concept_token(probs: torch.Tensor, soft: SoftThinking, gen: torch.Generator | None = None,
+                  rng: np.random.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Filtered probabilities (B, V) -> a concept token: weights (B, K) summing to 1, heaviest first, and their token
+    ids (B, K), K = `max_topk`. As the official sampler: Dirichlet noise (concentration alpha x p) on the kept
+    tokens, then the top `max_topk` renormalized, then Gumbel noise: softmax((log w + g) / tau), re-sorted."""
+    n = min(probs.shape[-1], max(soft.top_k or probs.shape[-1], soft.max_topk))
+    w, ids = probs.topk(n, dim=-1)  # (B, n): the kept support (at most top_k tokens) in front
+    if soft.noise == "dirichlet":  # Gamma(0) draws are 0: filtered-out tokens stay out
+        g = torch.from_numpy((rng or np.random.default_rng()).gamma(w.double().cpu().numpy() * soft.dirichlet_alpha))
+        w = g.to(w) / g.sum(-1, keepdim=True).to(w)
+        w, pick = w.topk(min(soft.max_topk, n), dim=-1)
+        ids = ids.gather(-1, pick)
+    w, ids = w[:, : soft.max_topk], ids[:, : soft.max_topk]
+    w = w / w.sum(-1, keepdim=True)
+    if soft.noise == "gumbel":
+        gumbel = -torch.empty_like(w).exponential_(generator=gen).log()  # ~ Gumbel(0, 1)
+        w, order = torch.softmax((w.log() + gumbel) / soft.gumbel_temperature, dim=-1).sort(-1, descending=True)
+        ids = ids.gather(-1, order)
+    return w, ids
+
+
+class SoftThinker:
+    """The per-row state of Soft Thinking in one `TokenLM.generate` batch: which rows still think, their low-entropy
+    streaks, the `think_end` tokens a cold stop still has to write, each row's text (to see `think_end`), and this
+    step's concept tokens."""
+
+    def __init__(self, tokenizer, soft: SoftThinking, k: int, device: torch.device, seed: int | None):
+        self.s, self.tok = soft, tokenizer
+        self.thinking = torch.ones(k, dtype=torch.bool, device=device)
+        self.calm = torch.zeros(k, dtype=torch.long, device=device)  # low-entropy tokens in a row
+        self.produced = torch.zeros(k, dtype=torch.long, device=device)  # tokens chosen as a concept token's heaviest
+        self.chosen = torch.zeros_like(self.thinking)  # this step's token is a concept token's heaviest
+        self.active = True  # some row still thinks (host-side: skips the concept token once none does)
+        self.texts = [""] * k
+        self.forced: list[list[int]] = [[] for _ in range(k)]
+        self.rng = np.random.default_rng(seed)  # Dirichlet draws (numpy: torch has no seeded gamma sampler)
+        self.mix: tuple[torch.Tensor, torch.Tensor] | None = None  # weights, ids (k, max_topk)
+
+    def next_tokens(self, logits: torch.Tensor, gen: torch.Generator | None) -> torch.Tensor:
+        """logits (k, V) -> the tokens shown (k,): the concept token's heaviest while a row thinks, a cold stop's
+        `think_end`, or a discrete sample after thinking."""
+        s = self.s
+        probs = torch.softmax(logits / s.temperature, dim=-1)  # (k, V)
+        after = filter_probs(probs, s.after_thinking_top_k, s.after_thinking_top_p, s.after_thinking_min_p)
+        nxt = torch.multinomial(after, 1, generator=gen)[:, 0]
+        if self.active:
+            self.mix = concept_token(filter_probs(probs, s.top_k, s.top_p, s.min_p), s, gen, self.rng)
+            nxt = torch.where(self.thinking, self.mix[1][:, 0], nxt)
+        if s.cold_stop_entropy > 0:  # the official entropy: at the sampling temperature, before any filter
+            calm = token_entropy(logits / s.temperature) < s.cold_stop_entropy
+            self.calm = torch.where(calm & self.thinking, self.calm + 1, torch.zeros_like(self.calm))
+        stop = self.thinking & (self.calm >= s.cold_stop_patience)
+        self.chosen = self.thinking & ~stop
+        self.thinking = self.thinking & ~stop
+        return self._force(nxt, stop.nonzero().flatten().tolist())
+
+    def _force(self, nxt: torch.Tensor, cold: list[int]) -> torch.Tensor:
+        """A cold stop writes `think_end` in place of the row's next tokens (official: `</think>` replaces the
+        token), on a new line as the answer line needs."""
+        for r in cold:
+            text = self.s.think_end if not self.texts[r] or self.texts[r].endswith("\n") else "\n" + self.s.think_end
+            self.forced[r] = self.tok(text, add_special_tokens=False)["input_ids"]
+        if not any(self.forced):
+            return nxt
+        ids = nxt.tolist()
+        for r, queue in enumerate(self.forced):
+            if queue:
+                ids[r] = queue.pop(0)
+        return torch.tensor(ids, dtype=nxt.dtype, device=nxt.device)
+
+    def record(self, nxt: torch.Tensor, live: torch.Tensor) -> None:
+        """Count this step's concept tokens; a row whose text now holds `think_end` stops thinking (the token that
+        completes it goes back in discretely, as the official one-hot `</think>`)."""
+        self.produced += (self.chosen & live).long()
+        if not self.active:
+            return
+        end, ended = self.s.think_end, []
+        for r, piece in enumerate(self.tok.batch_decode(nxt[:, None].tolist(), skip_special_tokens=True)):
+            self.texts[r] += piece
+            if end in self.texts[r][-(len(piece) + len(end)):]:
+                ended.append(r)
+        if ended:
+            self.thinking[ended] = False
+        self.thinking &= live & (nxt != self.tok.eos_token_id)  # a finished row thinks no more
+        self.active = bool(self.thinking.any())
+
+    def inputs(self, emb: torch.nn.Embedding, discrete: torch.Tensor) -> torch.Tensor:
+        """The next inputs (k, d): the concept token sum_i w_i e(id_i) for thinking rows, `discrete` for the others."""
+        if self.mix is None or not bool(self.thinking.any()):
+            return discrete
+        w, ids = self.mix
+        mix = (w[..., None] * emb(ids).float()).sum(1)  # (k, K, 1) * (k, K, d) -> (k, d)
+        return torch.where(self.thinking[:, None], mix.to(discrete.dtype), discrete)
 
 
 # ---- the network ---------------------------------------------------------------------------------------------
@@ -335,7 +475,9 @@ class TokenLM(CompileOnFit, TokenizerInCheckpoint, DataConsumer, L.LightningModu
         cache.batch_repeat_interleave(k)  # every sample continues the same prompt
         return cache, h.expand(k, -1)
 
-    def _check_settings(self, mode: str, num_samples: int, temperature: float, top_p: float) -> None:
+    def _check_settings(self, mode: str, num_samples: int, temperature: float, top_p: float, soft) -> None:
+        if not isinstance(soft, SoftThinking):
+            raise LCMError(f"soft must be a lcm.token_model.SoftThinking, not {type(soft).__name__}")
         if self.tokenizer is None:
             raise LCMError("the token model has no tokenizer: train it with `lcm fit` or load a checkpoint")
         if mode not in ("sample", "greedy", "soft") or num_samples < 1 or temperature <= 0 or not 0 < top_p <= 1:
@@ -345,45 +487,47 @@ class TokenLM(CompileOnFit, TokenizerInCheckpoint, DataConsumer, L.LightningModu
     @torch.no_grad()
     def generate(self, prompt: str, num_samples: int = 1, mode: Literal["sample", "greedy", "soft"] = "sample",
                  temperature: float = 1.0, top_p: float = 1.0, max_new_tokens: int = 256, seed: int | None = None,
-                 soft_top_k: int = 30, soft_top_p: float = 0.95, cold_stop_entropy: float = 0.01,
-                 cold_stop_patience: int = 16) -> list[TokenSample]:
-        """k = `num_samples` solutions of one problem, generated as one batch (one forward per token)."""
-        self._check_settings(mode, num_samples, temperature, top_p)
+                 soft: SoftThinking = SoftThinking()) -> list[TokenSample]:
+        """k = `num_samples` solutions of one problem, generated as one batch (one forward per token). `temperature`
+        and `top_p` are mode "sample"'s; mode "soft" takes every setting from `soft`. `seed` makes sampling, noise
+        and the after-thinking draws reproducible."""
+        self._check_settings(mode, num_samples, temperature, top_p, soft)
         k, dev, ids = num_samples, self.device, self.prompt_ids(prompt)
         budget = min(max_new_tokens, self.context - len(ids))
         if budget < 1:
             raise LCMError(f"prompt of {len(ids)} tokens fills the model's context ({self.context})")
         gen = torch.Generator(device=dev).manual_seed(seed) if seed is not None else None
         emb, head, eos = self.net.get_input_embeddings(), self.net.get_output_embeddings(), self.tokenizer.eos_token_id
+        thinker = SoftThinker(self.tokenizer, soft, k, dev, seed) if mode == "soft" else None
         cache, h = self._prefill(ids, k)
         out_ids, ents, hids = [], [], []
         done = torch.zeros(k, dtype=torch.bool, device=dev)
         steps = torch.zeros(k, dtype=torch.long, device=dev)  # tokens generated per row, eos included
-        soft = torch.full((k,), mode == "soft", device=dev)
-        soft_tokens = torch.zeros(k, dtype=torch.long, device=dev)
-        calm = torch.zeros(k, dtype=torch.long, device=dev)  # consecutive low-entropy tokens
         for t in range(budget):
             logits = head(h).float()  # (k, V)
-            entropy = token_entropy(logits)  # (k,)
-            probs = torch.softmax(logits / temperature, dim=-1)
-            nxt = torch.multinomial(nucleus(probs, top_p), 1, generator=gen)[:, 0] if mode == "sample" else logits.argmax(-1)
+            if thinker is not None:
+                nxt = thinker.next_tokens(logits, gen)
+            elif mode == "sample":
+                probs = filter_probs(torch.softmax(logits / temperature, dim=-1), top_p=top_p)
+                nxt = torch.multinomial(probs, 1, generator=gen)[:, 0]
+            else:
+                nxt = logits.argmax(-1)
             nxt = torch.where(done, torch.full_like(nxt, eos), nxt)
             out_ids.append(nxt)
-            ents.append(entropy)
+            ents.append(token_entropy(logits))
             hids.append(h.float())
             live = ~done
             steps += live.long()
-            soft_tokens += (live & soft).long()
+            if thinker is not None:
+                thinker.record(nxt, live)
             done = done | (nxt == eos)
             if bool(done.all()) or t == budget - 1:  # no forward pass for a token that is never produced
                 break
             inp = emb(nxt)  # (k, d)
-            if mode == "soft":
-                calm = torch.where(entropy < cold_stop_entropy, calm + 1, torch.zeros_like(calm))
-                soft = soft & (calm < cold_stop_patience)  # cold stop: finish with discrete tokens
-                mix = nucleus(probs, soft_top_p, soft_top_k) @ emb.weight.float()  # (k, d) concept token
-                inp = torch.where(soft[:, None], mix.to(inp.dtype), inp)
+            if thinker is not None:
+                inp = thinker.inputs(emb, inp)
             h = self._forward_cached(cache, inputs_embeds=inp[:, None])
+        soft_tokens = thinker.produced if thinker is not None else torch.zeros_like(steps)
         return self._samples(torch.stack(out_ids, 1), torch.stack(ents, 1), torch.stack(hids, 1), steps, soft_tokens)
 
     def _samples(self, ids: torch.Tensor, ents: torch.Tensor, hids: torch.Tensor, steps: torch.Tensor,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import shutil
 
 import lightning as L
+import numpy as np
 import pytest
 import torch
 from torch.utils.data import DataLoader
@@ -15,11 +16,12 @@ from lcm.handoff import TextData
 from lcm.llama_weights import check_compatible, copy_llama_into_trunk, init_trunk_from_llama, trunk_arch
 from lcm.model import BaseLCM, LCMConfig
 from lcm.optim import OptimConfig
-from lcm.token_model import TokenLM, llama_config
+from lcm.token_model import SoftThinker, SoftThinking, TokenLM, concept_token, filter_probs, llama_config
 from lcm.tokenizer import SentenceTokenizer, fast_from_record, fast_record
 
 ARCH = LCMConfig(embed_dim=16, d_model=32, n_layer=2, n_head=2, max_seq_len=64, dropout=0.0)
 PROMPT = "Ann has 3 pens and buys 4 more. How many pens?"
+END = "Answer:"  # the fixture's answer line begins with it (the project's datasets: `####`)
 
 
 def problems(n: int = 64) -> list[dict[str, str]]:
@@ -50,7 +52,8 @@ def generations(model: TokenLM) -> list[tuple]:
     """Every mode's output on one prompt, exactly (ids, entropies rounded, soft token counts)."""
     out = []
     for kw in ({"mode": "greedy"}, {"mode": "sample", "num_samples": 3, "seed": 7, "temperature": 1.5},
-               {"mode": "soft", "soft_top_k": 5}):
+               {"mode": "soft", "seed": 1, "soft": SoftThinking(max_topk=5, think_end=END)},
+               {"mode": "soft", "num_samples": 2, "seed": 1, "soft": SoftThinking(think_end=END, noise="dirichlet")}):
         for s in model.generate(PROMPT, max_new_tokens=16, **kw):
             out.append((s.token_ids, s.text, s.entropies.round(4).tolist(), s.soft_tokens, s.stop_reason))
     return out
@@ -130,16 +133,81 @@ def test_kv_cache_generation_equals_recomputing_the_whole_sequence(trained):
         ids.append(nxt)
 
 
-def test_soft_thinking_feeds_probability_weighted_embeddings(trained):
+# the official sampler's filters on a hand-made distribution (sums to 1)
+P = torch.tensor([[0.409, 0.25, 0.15, 0.10, 0.06, 0.03, 0.0009, 0.0001]])
+
+
+def kept(probs: torch.Tensor) -> list[float]:
+    return [round(float(x), 4) for x in probs[0] if x > 0]
+
+
+def test_filters_keep_top_k_then_top_p_of_the_rest_then_min_p_renormalized():
+    assert kept(filter_probs(P, top_k=3)) == [round(x / 0.809, 4) for x in (0.409, 0.25, 0.15)]
+    assert kept(filter_probs(P, top_p=0.6)) == [round(x / 0.659, 4) for x in (0.409, 0.25)]
+    # top-p reads the top-3 renormalized (0.506, 0.309, 0.185): two reach 0.8; on the raw mass three would be needed
+    assert kept(filter_probs(P, top_k=3, top_p=0.8)) == [round(x / 0.659, 4) for x in (0.409, 0.25)]
+    assert kept(filter_probs(P, min_p=0.01)) == [round(x / 0.999, 4) for x in P[0, :6].tolist()]  # < 0.00409 dropped
+    assert kept(filter_probs(P)) == [round(x, 4) for x in P[0].tolist()]
+
+
+def test_a_concept_token_is_the_renormalized_top_max_topk_at_the_temperature(trained):
+    w, ids = concept_token(filter_probs(P, min_p=0.01), SoftThinking(max_topk=4))
+    assert ids.tolist() == [[0, 1, 2, 3]] and torch.allclose(w, P[:, :4] / 0.909, atol=1e-6)
     model, _ = trained
-    greedy = model.generate(PROMPT, mode="greedy", max_new_tokens=12)[0]
-    one_hot = model.generate(PROMPT, mode="soft", soft_top_k=1, max_new_tokens=12)[0]
-    assert one_hot.token_ids == greedy.token_ids and one_hot.soft_tokens == len(greedy.entropies)
-    assert abs(one_hot.hidden - greedy.hidden).max() < 1e-4  # a one-hot mix is the argmax token's embedding
-    mixed = model.generate(PROMPT, mode="soft", soft_top_k=50, soft_top_p=1.0, temperature=3.0, max_new_tokens=12)[0]
-    assert abs(mixed.hidden[1:2] - greedy.hidden[1:2]).max() > 1e-3  # the second state already saw a mixture
-    cold = model.generate(PROMPT, mode="soft", cold_stop_entropy=100.0, cold_stop_patience=2, max_new_tokens=12)[0]
-    assert cold.soft_tokens == 2 < len(cold.entropies)  # cold stop after two calm tokens: the rest are discrete
+    soft = SoftThinking(temperature=0.5, max_topk=2, top_k=0, top_p=1.0, min_p=0.0)
+    thinker = SoftThinker(model.tokenizer, soft, 1, torch.device("cpu"), seed=0)
+    assert thinker.next_tokens(P.log(), None).tolist() == [0]  # the token shown: the concept token's heaviest
+    w, ids = thinker.mix
+    squared = P[0, :2] ** 2  # softmax(log p / 0.5) is proportional to p^2
+    assert ids.tolist() == [[0, 1]] and torch.allclose(w[0], squared / squared.sum(), atol=1e-6)
+    with pytest.raises(LCMError, match=r"bad Soft Thinking settings: min_p=2.0, noise='beam'"):
+        SoftThinking(min_p=2.0, noise="beam")
+
+
+def test_soft_thinking_without_noise_one_hot_or_peaked_is_greedy(trained):
+    model, _ = trained
+    greedy = model.generate(PROMPT, mode="greedy", max_new_tokens=16)[0]
+    thought = len(greedy.text[: greedy.text.index(END) + len(END)])  # characters up to the end of thinking
+    for soft in (SoftThinking(max_topk=1, after_thinking_top_k=1, think_end=END),  # one-hot concept tokens
+                 SoftThinking(temperature=1e-3, after_thinking_top_k=1, think_end=END)):  # peaked ones
+        s = model.generate(PROMPT, mode="soft", max_new_tokens=16, seed=0, soft=soft)[0]
+        assert s.token_ids == greedy.token_ids and abs(s.hidden - greedy.hidden).max() < 1e-4
+        assert len("".join(s.token_texts[: s.soft_tokens])) == thought  # thinking ended with the answer marker
+    mixed = SoftThinking(temperature=3.0, top_k=0, top_p=1.0, min_p=0.0, max_topk=50, think_end=END)
+    s = model.generate(PROMPT, mode="soft", max_new_tokens=16, seed=0, soft=mixed)[0]
+    assert abs(s.hidden[1:2] - greedy.hidden[1:2]).max() > 1e-3  # the second state already saw a mixture
+
+
+@pytest.mark.parametrize("patience", [1, 4])
+def test_cold_stop_writes_the_think_end_after_the_patience(trained, patience):
+    model, _ = trained
+    calm = SoftThinking(think_end=END, cold_stop_entropy=100.0, cold_stop_patience=patience)  # every token is calm
+    s = model.generate(PROMPT, mode="soft", max_new_tokens=16, seed=0, soft=calm)[0]
+    assert s.soft_tokens == patience - 1  # the patience-th calm token is replaced by the think end
+    head = "".join(s.token_texts[: patience - 1])
+    assert s.text.startswith(head + ("\n" if head else "") + END)  # the answer line begins at once
+    never = model.generate(PROMPT, mode="soft", max_new_tokens=16, seed=0, soft=SoftThinking(
+        think_end=END, cold_stop_entropy=0.0, cold_stop_patience=patience))[0]  # entropy 0 turns it off
+    assert never.soft_tokens > patience
+
+
+@pytest.mark.parametrize("noise", ["gumbel", "dirichlet"])
+def test_noisy_soft_thinking_samples_reproducibly_by_seed(trained, noise):
+    model, _ = trained
+    soft = SoftThinking(think_end=END, noise=noise)
+    a, b, c = (model.generate(PROMPT, mode="soft", num_samples=3, max_new_tokens=16, seed=seed, soft=soft)
+               for seed in (5, 5, 6))
+    assert [s.text for s in a] == [s.text for s in b]
+    assert all((x.hidden == y.hidden).all() for x, y in zip(a, b))
+    n = min(x.soft_tokens for x in (*a, *c))  # the thinking part: after it, even plain Soft Thinking samples
+    assert n >= 2
+    states = lambda samples: torch.tensor(np.stack([x.hidden[:n] for x in samples]))  # noqa: E731 (3, n, d)
+    assert (states(a)[0] - states(a)[1:]).abs().amax() > 1e-3  # the rows of one call differ
+    assert (states(a) - states(c)).abs().amax() > 1e-3  # and another seed differs
+    plain = model.generate(PROMPT, mode="soft", num_samples=2, max_new_tokens=16, seed=5, soft=SoftThinking(think_end=END))
+    assert (plain[0].hidden[: plain[0].soft_tokens] == plain[1].hidden[: plain[1].soft_tokens]).all()  # no noise: one thought
+    with pytest.raises(LCMError, match="soft must be a lcm.token_model.SoftThinking"):
+        model.generate(PROMPT, mode="soft", soft={"max_topk": 3})
 
 
 # ---- checkpoints and folders -------------------------------------------------------------------------------
