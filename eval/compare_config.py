@@ -14,6 +14,7 @@ from jsonargparse import ActionConfigFile, ArgumentParser
 from jsonargparse.typing import PositiveInt
 
 from lcm.errors import LCMError
+from lcm.token_model import SoftThinking
 
 
 @dataclass
@@ -47,14 +48,6 @@ class TokenSystem:
 
 
 @dataclass
-class SoftThinking:
-    top_k: int = 30
-    top_p: float = 0.95
-    cold_stop_entropy: float = 0.01
-    cold_stop_patience: int = 16
-
-
-@dataclass
 class CompareConfig:
     """One comparison: systems, held-out problems, samples per problem, where the report goes."""
 
@@ -62,6 +55,8 @@ class CompareConfig:
     out_dir: str
     concept: list[ConceptSystem]
     token: TokenSystem
+    # the settings object `TokenLM.generate` takes, defined once in lcm.token_model: each default is the official Soft
+    # Thinking code's and names its source; `noise` / `gumbel_temperature` / `dirichlet_alpha`: the noisy variant's
     soft_thinking: SoftThinking = field(default_factory=SoftThinking)
     problems: PositiveInt = 100  # held-out test problems (the first n of the shared test split)
     k: PositiveInt = 8  # samples per problem (pass@k, diversity)

@@ -7,12 +7,13 @@ for the entropy-performance curve.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Literal
 
 import numpy as np
 
+from lcm.errors import LCMError
 from lcm.eval import reasoning_metrics as rm
 from lcm.eval.compare_config import CompareConfig, Sampling
 from lcm.progress import progress_bar
@@ -90,12 +91,26 @@ def concept_samples(ckpt: Path, problems: list[str] | list[list[str]], cfg: Comp
                           "denoiser_evals_per_call": model.denoiser_evals(**kw)}
 
 
-def token_keywords(cfg: CompareConfig, soft: bool) -> dict:
+TokenRun = Literal["sample", "greedy", "soft", "soft_noisy"]  # the token model's rows of a comparison
+
+
+def token_keywords(cfg: CompareConfig, soft: bool = False, mode: TokenRun | None = None) -> dict:
+    """The keywords of `TokenLM.generate` for one token-model row: "sample" (k samples at the token config's
+    temperature / top-p), "greedy" (one argmax solution), "soft" (Soft Thinking at `cfg.soft_thinking` without noise:
+    one solution, as the official evaluation runs it), "soft_noisy" (k samples, the concept token perturbed by
+    `soft_thinking.noise`; Gumbel unless the config names Dirichlet, as the follow-up found Gumbel-Softmax the better
+    randomness). `soft` is the older switch (True: "soft")."""
+    mode = mode or ("soft" if soft else "sample")
     t, st = cfg.token, cfg.soft_thinking
-    if soft:
-        return dict(mode="soft", num_samples=1, soft_top_k=st.top_k, soft_top_p=st.top_p,
-                    cold_stop_entropy=st.cold_stop_entropy, cold_stop_patience=st.cold_stop_patience)
-    return dict(mode="sample", num_samples=cfg.k, temperature=t.temperature, top_p=t.top_p)
+    if mode == "sample":
+        return dict(mode="sample", num_samples=cfg.k, temperature=t.temperature, top_p=t.top_p)
+    if mode == "greedy":
+        return dict(mode="greedy", num_samples=1)
+    if mode == "soft":
+        return dict(mode="soft", num_samples=1, soft=replace(st, noise="none"))
+    if mode == "soft_noisy":
+        return dict(mode="soft", num_samples=cfg.k, soft=st if st.noise != "none" else replace(st, noise="gumbel"))
+    raise LCMError(f"token run mode {mode!r} is none of sample, greedy, soft, soft_noisy")
 
 
 def token_samples(model, problems: list[str], cfg: CompareConfig, encoder, soft: bool, show: bool,

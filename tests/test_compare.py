@@ -63,14 +63,40 @@ def test_compare_pipeline_smoke(tmp_path, monkeypatch, capsys):
 def test_compare_config_values_arrive(tmp_path):
     from lcm.eval.compare_config import load_config
 
-    path = tiny_config(tmp_path, k=3, soft_thinking={"top_k": 7, "cold_stop_patience": 2})
-    cfg = load_config(["-c", path, "--problems", "5", "--no-progress"])
+    written = {"max_topk": 7, "min_p": 0.002, "cold_stop_patience": 2, "think_end": "Answer:", "noise": "dirichlet"}
+    path = tiny_config(tmp_path, k=3, soft_thinking=written)
+    cfg = load_config(["-c", path, "--problems", "5", "--no-progress", "--soft_thinking.dirichlet_alpha", "2.5"])
     assert cfg.k == 3 and cfg.problems == 5 and not cfg.show_progress and cfg.train_overrides == TINY
-    assert cfg.soft_thinking.top_k == 7 and cfg.soft_thinking.cold_stop_patience == 2
-    assert cfg.soft_thinking.top_p == 0.95 and cfg.token.max_new_tokens == 24  # defaults and written values
+    st = cfg.soft_thinking
+    assert (st.max_topk, st.min_p, st.cold_stop_patience, st.think_end, st.noise, st.dirichlet_alpha) == (
+        7, 0.002, 2, "Answer:", "dirichlet", 2.5)
+    assert (st.temperature, st.top_k, st.top_p, st.cold_stop_entropy) == (0.6, 30, 0.95, 0.01)  # official defaults
+    assert cfg.token.max_new_tokens == 24
+    soft_thinking_keywords_reach_generate(cfg)
     base, diffusion = cfg.concept
     assert base.sampling.kwargs() == {"noise": 0.5} and diffusion.sampling.ddim_steps == 4
     assert diffusion.sampling.kwargs() == {"ddim_steps": 4}
+
+
+def soft_thinking_keywords_reach_generate(cfg) -> None:
+    """Each token row's keywords, as `token_samples` passes them, run `TokenLM.generate` (a tiny untrained model)."""
+    from dataclasses import replace
+
+    from lcm.eval.sampling_runs import token_keywords
+    from lcm.handoff import TextData
+    from lcm.model import LCMConfig
+    from lcm.token_model import TokenLM
+
+    rows = {mode: token_keywords(cfg, mode=mode) for mode in ("sample", "greedy", "soft", "soft_noisy")}
+    assert rows["greedy"] == {"mode": "greedy", "num_samples": 1} and token_keywords(cfg, True) == rows["soft"]
+    assert rows["soft"]["soft"] == replace(cfg.soft_thinking, noise="none") and rows["soft"]["num_samples"] == 1
+    assert rows["soft_noisy"]["soft"] == cfg.soft_thinking and rows["soft_noisy"]["num_samples"] == cfg.k
+    plain = replace(cfg, soft_thinking=replace(cfg.soft_thinking, noise="none"))
+    assert token_keywords(plain, mode="soft_noisy")["soft"].noise == "gumbel"  # the noisy row always has noise
+    model = TokenLM(arch=LCMConfig(d_model=16, n_layer=1, n_head=2, max_seq_len=32), vocab_size=300)
+    model.attach_data(TextData("tiny", lambda: ["Ann has 3 pens.", "3 + 4 = 7", "Answer: 7"] * 5))
+    for mode, kw in rows.items():
+        assert len(model.eval().generate("Ann has 3 pens.", max_new_tokens=3, seed=0, **kw)) == kw["num_samples"], mode
 
 
 @pytest.mark.parametrize("yaml_text, message", [
