@@ -14,7 +14,7 @@ metrics of one system), `report` (markdown and plots); this module runs them in 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -22,8 +22,8 @@ import numpy as np
 from lcm.errors import LCMError
 from lcm.eval import reasoning_metrics as rm
 from lcm.eval.compare_config import CompareConfig, load_config
-from lcm.eval.report import SOFT, TOKEN, table, write_report
-from lcm.eval.sampling_runs import concept_samples, entropy_curve, token_samples
+from lcm.eval.report import TOKEN, TOKEN_ROWS, table, write_report
+from lcm.eval.sampling_runs import concept_samples, entropy_curve, token_keywords, token_samples
 from lcm.eval.scoring import chance_accuracy, relative_cost, summarize, token_entropy_stats
 
 __all__ = ["CompareConfig", "HeldOut", "main", "run_compare"]
@@ -90,22 +90,24 @@ def run_concepts(cfg: CompareConfig, data: HeldOut, runs: dict[str, Path], resul
 
 def run_token(cfg: CompareConfig, data: HeldOut, run: Path, results: dict, info: dict,
               threshold: float | None = None) -> tuple[dict[str, list], float]:
-    """Sample and score the token baseline and its Soft Thinking mode; forking tokens against one fixed threshold
-    (given, or this run's 80th-percentile entropy of the sampled baseline). Returns each system's per-token
+    """Sample and score the token baseline's rows (`TOKEN_ROWS`: sampled, greedy, Soft Thinking at the official
+    defaults, Soft Thinking with noise); forking tokens against one fixed threshold (given, or this run's
+    80th-percentile entropy of the sampled baseline). Returns each system's per-token
     entropies (for the histogram) and the threshold."""
     from lcm.encoders import SentenceTransformerEncoder
     from lcm.token_model import TokenLM
 
     model = TokenLM.from_checkpoint(run / "checkpoints" / "best.ckpt", device=cfg.device)
     encoder, groups = SentenceTransformerEncoder(), {}
-    token_info = {"config": cfg.token.config, "params": model.num_params(), "temperature": cfg.token.temperature,
-                  "top_p": cfg.token.top_p}
-    for name, soft in ((TOKEN, False), (SOFT, True)):
-        groups[name], seconds = token_samples(model, data.problems, cfg, encoder, soft=soft, show=cfg.show_progress,
+    token_info = {"config": cfg.token.config, "params": model.num_params()}
+    for name, mode in TOKEN_ROWS.items():
+        groups[name], seconds = token_samples(model, data.problems, cfg, encoder, mode=mode, show=cfg.show_progress,
                                               label=name)
         results[name] = summarize(groups[name], data.golds, data.refs, seconds, data.hops)
-        extra = {"soft_thinking": vars(cfg.soft_thinking), "deterministic": True} if soft else {}
-        info[name] = {**token_info, **extra, "load_avg_1min": os.getloadavg()[0]}
+        settings = token_keywords(cfg, mode=mode)
+        if "soft" in settings:
+            settings["soft"] = asdict(settings["soft"])  # what this row used, noise included
+        info[name] = {**token_info, "generate": settings, "load_avg_1min": os.getloadavg()[0]}
     entropies = {name: np.concatenate([s.entropies for g in gs for s in g]) for name, gs in groups.items()}
     threshold = rm.entropy_threshold(entropies[TOKEN]) if threshold is None else threshold
     for name, gs in groups.items():

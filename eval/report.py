@@ -7,7 +7,9 @@ import numpy as np
 
 from lcm.io import atomic_path, write_json
 
-TOKEN, SOFT = "token Llama", "Soft Thinking"  # the report's names of the token baseline and its Soft Thinking mode
+# the report's names of the token baseline's rows: sampled, greedy, Soft Thinking, Soft Thinking with noise
+TOKEN, GREEDY, SOFT, SOFT_NOISY = "token Llama", "token Llama (greedy)", "Soft Thinking", "Soft Thinking + noise"
+TOKEN_ROWS = {TOKEN: "sample", GREEDY: "greedy", SOFT: "soft", SOFT_NOISY: "soft_noisy"}
 
 
 def write_report(out: Path, report: dict, histograms: dict[str, list[float]]) -> None:
@@ -80,8 +82,9 @@ def markdown(report: dict) -> str:
              "- answered: share of samples with an answer line (`#### ...`). stop: end / repeat / max: shares of "
              "samples that stopped at end-of-text (token models: <eos>), on a repeated step, or at the step cap "
              "(token models: max_new_tokens).",
-             "- Soft Thinking is deterministic: one sample per problem, so its pass@k is its pass@1 and it has no "
-             "diversity columns.",
+             f"- {GREEDY} and {SOFT} (the official code's defaults, no noise: its evaluation draws one sample) give "
+             f"one solution per problem, so their pass@k is their pass@1 and they have no diversity columns; "
+             f"{SOFT_NOISY} perturbs the concept token (Gumbel-softmax by default) and draws k.",
              f"- forking share: share of generated tokens at or above one fixed threshold, the {TOKEN}'s "
              f"80th-percentile entropy ({r[TOKEN]['forking_threshold']:.3f} nats). Concept models have no token "
              "softmax in the reasoning loop: n/a.",
@@ -102,7 +105,7 @@ def markdown(report: dict) -> str:
              "the rows). Retrieval and the encoder are in the wall time, not in the counts.",
              "- soft share: share of Soft Thinking tokens produced as probability-weighted embeddings before a cold "
              "stop.", ""]
-    for name in (TOKEN, SOFT):
+    for name in (n for n in TOKEN_ROWS if n in r):
         top = ", ".join(f"{t} ({c})" for t, c in r[name]["top_forking_tokens"])
         lines.append(f"Top forking tokens, {name}: {top}")
     curve = report["entropy_curve"]

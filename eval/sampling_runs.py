@@ -113,12 +113,13 @@ def token_keywords(cfg: CompareConfig, soft: bool = False, mode: TokenRun | None
     raise LCMError(f"token run mode {mode!r} is none of sample, greedy, soft, soft_noisy")
 
 
-def token_samples(model, problems: list[str], cfg: CompareConfig, encoder, soft: bool, show: bool,
+def token_samples(model, problems: list[str], cfg: CompareConfig, encoder, mode: TokenRun, show: bool,
                   label: str) -> tuple[list[list[Sample]], float]:
-    """k samples per problem from the token baseline (Soft Thinking: one, it is deterministic)."""
+    """The token baseline's solutions per problem in one of `token_keywords`' modes: k sampled ("sample",
+    "soft_noisy") or one ("greedy", "soft")."""
     from lcm.train.token_data import solution_steps
 
-    kw = token_keywords(cfg, soft)
+    kw = token_keywords(cfg, mode=mode)
     groups, seconds = timed_per_problem(problems, label, show, lambda i, problem: model.generate(
         problem, max_new_tokens=cfg.token.max_new_tokens, seed=cfg.seed + i, **kw))
     out = [[Sample(text="\n".join(solution_steps(s.text)), steps=solution_steps(s.text), step_emb=None,

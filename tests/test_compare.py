@@ -33,7 +33,10 @@ def test_compare_pipeline_smoke(tmp_path, monkeypatch, capsys):
     assert code == 0, err
     report = json.loads((tmp_path / "report" / "metrics.json").read_text())
     res = report["results"]
-    assert set(res) == {"Base-LCM + planning", "Diffusion + planning", "token Llama", "Soft Thinking"}
+    assert set(res) == {"Base-LCM + planning", "Diffusion + planning", "token Llama", "token Llama (greedy)",
+                        "Soft Thinking", "Soft Thinking + noise"}
+    assert res["token Llama (greedy)"]["k"] == 1 and res["Soft Thinking + noise"]["k"] == 2
+    assert report["systems"]["Soft Thinking + noise"]["generate"]["soft"]["noise"] == "gumbel"
     for name, r in res.items():
         assert 0 <= r["accuracy"] <= r["pass_at_k"] <= 1 and len(r["pass_curve"]) == r["k"]
         assert r["seconds_per_problem"] > 0 and r["forward_passes_per_problem"] > 0
