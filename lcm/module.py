@@ -21,7 +21,7 @@ from lcm.optim import OptimConfig, adamw_warmup_cosine
 from lcm.plan_vectors import planner_name
 from lcm.retrieval import unit_rows
 from lcm.sampling import BaseLCMSampling, randn_like
-from lcm.step_policy import cosines, fit_temperature, step_entropy, step_nll
+from lcm.step_policy import fit_temperature, step_entropy, step_nll
 
 
 class Candidates(NamedTuple):
@@ -75,6 +75,7 @@ class ConceptLM(CompileOnFit, DataConsumer, L.LightningModule):
     sampling_settings = BaseLCMSampling  # per-call options of generation: noise
     has_step_policy = True  # one deterministic prediction per step: a categorical policy over a bank (lcm.step_policy)
     STEP_POLICY_FIT_MAX = 1024  # held-out predictions that fit tau (seeded sample): bounds the epoch-end cost
+    STEP_POLICY_EVAL_MAX = 4096  # ... and that its NLL and entropy are averaged over (the same seeded order)
 
     def __init__(self, arch: LCMConfig = LCMConfig(), optim: OptimConfig = OptimConfig(),
                  loss_weights: dict[str, float] | None = None, boundary_threshold: float | None = None, compile: bool = False,
@@ -343,7 +344,7 @@ class ConceptLM(CompileOnFit, DataConsumer, L.LightningModule):
         """The step policy on the held-out predictions of the epoch: softmax(cos(pred, z) / tau) over the
         retrieval candidates. Validation fits tau by NLL (on a seeded sample of at most STEP_POLICY_FIT_MAX
         predictions) and keeps it in `step_tau`; test reuses it. Logs tau, the gold NLL and the mean entropy
-        (nats per step)."""
+        (nats per step) over at most STEP_POLICY_EVAL_MAX predictions (a superset of the fitting sample)."""
         held = self._held_out.pop(split, [])
         index = self._retrieval_index(split) if held else None
         if index is None:
@@ -351,12 +352,14 @@ class ConceptLM(CompileOnFit, DataConsumer, L.LightningModule):
         pred = torch.cat([h[0] for h in held])  # (N, D) raw
         gold = torch.from_numpy(np.searchsorted(index.rows, torch.cat([h[1] for h in held]).numpy()))  # (N,)
         cand = torch.from_numpy(index.vectors).float()
+        order = torch.randperm(len(pred), generator=torch.Generator().manual_seed(0))
         if fit or not torch.isfinite(self.step_tau):
-            pick = torch.randperm(len(pred), generator=torch.Generator().manual_seed(0))[: self.STEP_POLICY_FIT_MAX]
+            pick = order[: self.STEP_POLICY_FIT_MAX]
             self.step_tau.fill_(fit_temperature(pred[pick], cand, gold[pick]))
         tau = float(self.step_tau)
-        nll = step_nll(cosines(pred, cand), gold, tau)
-        entropy = float(step_entropy(pred, cand, tau).mean())
+        pick = order[: self.STEP_POLICY_EVAL_MAX]
+        nll = step_nll(pred[pick], cand, gold[pick], tau)
+        entropy = float(step_entropy(pred[pick], cand, tau).mean())
         for name, value in (("step_tau", tau), ("step_nll", nll), ("step_entropy", entropy)):
             self.log(f"{split}/{name}", value, sync_dist=True)
 

@@ -26,8 +26,10 @@ def test_fitted_tau_recovers_the_temperature_that_generated_the_data():
     gold = torch.multinomial(torch.softmax(cosines(pred, bank) / true_tau, -1), 1, generator=gen).squeeze(1)
     tau = fit_temperature(pred, bank, gold)
     assert tau == pytest.approx(true_tau, rel=0.1)
-    cos = cosines(pred, bank)
-    assert step_nll(cos, gold, tau) <= min(step_nll(cos, gold, t) for t in (tau * 0.7, tau * 1.4))
+    assert step_nll(pred, bank, gold, tau) <= min(step_nll(pred, bank, gold, t) for t in (tau * 0.7, tau * 1.4))
+    cos = cosines(pred, bank) / tau  # chunked NLL = the NLL of the whole matrix
+    whole = float((torch.logsumexp(cos, -1) - cos.gather(1, gold[:, None]).squeeze(1)).mean())
+    assert step_nll(pred, bank, gold, tau, chunk=7) == pytest.approx(whole, rel=1e-5)
 
 
 def test_a_gold_that_is_always_nearest_pushes_tau_to_its_floor():
