@@ -96,11 +96,19 @@ def problem_of(doc: Document) -> Problem:
     return Problem(doc.prompt[:-2], doc.prompt[-2], doc.prompt[-1], doc.answer)
 
 
+@dataclass
+class Walk:
+    """One walk: the facts it visited, in order (the answer-bearing fact it reads last), and its answer."""
+
+    facts: list[str]
+    answer: str | None
+
+
 def walk(p: Problem, fact_vecs: np.ndarray, start_vec: np.ndarray, readings: list[str | None], variant: str,
-         budget: int) -> str | None:
-    """The follower's answer to one problem (the walk of the module docstring). fact_vecs: (F, D) unit rows."""
+         budget: int) -> Walk:
+    """The follower's walk on one problem (see the module docstring). fact_vecs: (F, D) unit rows."""
     visited = np.zeros(len(p.facts), dtype=bool)
-    trail, last = [start_vec], p.start
+    trail, last, path = [start_vec], p.start, []
     for _ in range(min(budget, len(p.facts))):
         allowed = ~visited
         if variant == "word":
@@ -112,10 +120,14 @@ def walk(p: Problem, fact_vecs: np.ndarray, start_vec: np.ndarray, readings: lis
         i = int(np.argmax(scores))
         visited[i], last = True, p.facts[i]
         trail.append(fact_vecs[i])
+        path.append(p.facts[i])
         if readings[i] is not None:
-            return readings[i]
+            return Walk(path, readings[i])
     bearing = [i for i, r in enumerate(readings) if r is not None]
-    return readings[max(bearing, key=lambda i: float(fact_vecs[i] @ trail[-1]))] if bearing else None
+    if not bearing:
+        return Walk(path, None)
+    i = max(bearing, key=lambda i: float(fact_vecs[i] @ trail[-1]))  # out of budget: the closest answer
+    return Walk(path + [p.facts[i]], readings[i])
 
 
 def heuristics(problems: list[Problem], readings: list[list[str | None]]) -> dict[str, np.ndarray]:
@@ -138,23 +150,33 @@ def bootstrap_ci(scores: np.ndarray, n_boot: int = 2000, seed: int = 0) -> tuple
     return float(lo), float(hi)
 
 
-def follower_scores(docs: list[Document], embed: Callable[[list[str]], np.ndarray],
-                    budget: int | None = None) -> dict[str, np.ndarray]:
-    """Per-problem 0/1 scores of every follower variant and heuristic on `docs`.
+def read_problems(docs: list[Document]) -> tuple[list[Problem], list[list[str | None]]]:
+    """Each document as the follower sees it, and the answer each of its facts gives (None: bears none)."""
+    problems = [problem_of(d) for d in docs]
+    reader = AnswerReader([p.gold for p in problems])
+    return problems, [[reader.read(f, p.question) for f in p.facts] for p in problems]
+
+
+def follower_walks(docs: list[Document], embed: Callable[[list[str]], np.ndarray], variants=VARIANTS,
+                   budget: int | None = None) -> dict[str, list[Walk]]:
+    """{variant: one walk per document} on `docs` (one `embed` call for all their sentences).
 
     embed: texts -> (N, D) embeddings (the frozen encoder, e.g. through `EmbeddingCache.get`).
     budget: most steps of a walk (default: as many as the problem has facts)."""
-    problems = [problem_of(d) for d in docs]
-    reader = AnswerReader([p.gold for p in problems])
-    readings = [[reader.read(f, p.question) for f in p.facts] for p in problems]
+    problems, readings = read_problems(docs)
     texts = sorted({t for p in problems for t in (*p.facts, p.start)})
     row = {t: i for i, t in enumerate(texts)}
     vecs = unit_rows(np.asarray(embed(texts), dtype=np.float32))
-    scores = {}
-    for variant in VARIANTS:
-        answers = [walk(p, vecs[[row[f] for f in p.facts]], vecs[row[p.start]], rs, variant,
-                        budget or len(p.facts)) for p, rs in zip(problems, readings)]
-        scores[f"follower ({variant})"] = np.array([a == p.gold for a, p in zip(answers, problems)], dtype=float)
+    return {variant: [walk(p, vecs[[row[f] for f in p.facts]], vecs[row[p.start]], rs, variant,
+                           budget or len(p.facts)) for p, rs in zip(problems, readings)] for variant in variants}
+
+
+def follower_scores(docs: list[Document], embed: Callable[[list[str]], np.ndarray],
+                    budget: int | None = None) -> dict[str, np.ndarray]:
+    """Per-problem 0/1 scores of every follower variant and heuristic on `docs` (arguments: `follower_walks`)."""
+    problems, readings = read_problems(docs)
+    scores = {f"follower ({variant})": np.array([w.answer == p.gold for w, p in zip(walks, problems)], dtype=float)
+              for variant, walks in follower_walks(docs, embed, budget=budget).items()}
     return scores | heuristics(problems, readings)
 
 
