@@ -121,26 +121,23 @@ def score_lines(model: TokenLM, cache, first: torch.Tensor, bank: LineBank, room
 
     cache: the prefix's KV cache (left untouched); first: (V,) log-probs of the token after the prefix;
     room: token positions left in the context after the prefix."""
-    eos, nl = model.tokenizer.eos_token_id, bank.newline
-    out = [torch.empty(0)] * 3
-    calls = 0
+    eos, nl, dev = model.tokenizer.eos_token_id, bank.newline, first.device
+    parts = []  # per batch: (scores, ends, breaks)
     for lo in range(0, len(bank.texts), batch_size):
-        n = bank.lengths[lo: lo + batch_size]  # (B,)
-        ids = bank.ids[lo: lo + batch_size, : int(n.max()) + 1]  # (B, T) line, "\n", padding
+        n = bank.lengths[lo: lo + batch_size].to(dev)  # (B,)
+        ids = bank.ids[lo: lo + batch_size, : int(n.max()) + 1].to(dev)  # (B, T) line, "\n", padding
         c = copy.deepcopy(cache)
         c.batch_repeat_interleave(len(n))  # every row continues the same prefix
-        logp = torch.log_softmax(model.net.get_output_embeddings()(forward(model, c, ids)).float(), -1).cpu()  # (B, T, V)
-        calls += 1
-        rows = torch.arange(len(n))
+        logp = torch.log_softmax(model.net.get_output_embeddings()(forward(model, c, ids)).float(), -1)  # (B, T, V)
+        rows = torch.arange(len(n), device=dev)
         inner = logp[:, :-1].gather(-1, ids[:, 1:, None])[..., 0]  # (B, T-1): log p(token j+1 | ..., token j)
-        inner = inner.masked_fill(torch.arange(ids.shape[1] - 1) >= (n - 1)[:, None], 0.0).sum(1)  # within the line
+        within = torch.arange(ids.shape[1] - 1, device=dev) < (n - 1)[:, None]  # token j+1 is in the line
         last = logp[rows, n - 1]  # (B, V) the token after the line
-        score = first[ids[:, 0]] + inner + torch.logaddexp(last[:, nl], last[:, eos])
+        score = first[ids[:, 0]] + inner.masked_fill(~within, 0.0).sum(1) + torch.logaddexp(last[:, nl], last[:, eos])
         score = score.masked_fill(n + 1 > room, -torch.inf)  # the line and its end must fit the context
         breaks = logp[rows, n].argmax(-1) == nl  # after the line's "\n"
-        for i, part in enumerate((score, last[:, eos] > last[:, nl], breaks)):
-            out[i] = torch.cat([out[i], part])
-    return LineScores(out[0], out[1], out[2], calls)
+        parts.append((score.cpu(), (last[:, eos] > last[:, nl]).cpu(), breaks.cpu()))
+    return LineScores(*(torch.cat(column) for column in zip(*parts)), calls=len(parts))
 
 
 def policy_entropy(scores: torch.Tensor) -> float:
@@ -162,7 +159,7 @@ def bank_restricted_solution(model: TokenLM, prompt: str, bank: LineBank, max_st
     h = forward(model, cache, torch.tensor([ids]))[0, -1]  # (d,) the state that predicts the first line
     calls, steps, states, entropies, reason = 1, [], [], [], "max_steps"
     while len(steps) < max_steps:
-        s = score_lines(model, cache, torch.log_softmax(head(h).float(), -1).cpu(), bank, room, batch_size)
+        s = score_lines(model, cache, torch.log_softmax(head(h).float(), -1), bank, room, batch_size)
         calls += s.calls
         best = int(s.scores.argmax())
         if s.scores[best] == -torch.inf:  # no line fits in the context: the token model's max_tokens
