@@ -22,7 +22,7 @@ import numpy as np
 from lcm.errors import LCMError
 from lcm.eval import reasoning_metrics as rm
 from lcm.eval.compare_config import CompareConfig, load_config
-from lcm.eval.report import TOKEN, TOKEN_ROWS, table, write_report
+from lcm.eval.report import BANK_RESTRICTED, FOLLOWER, TOKEN, TOKEN_ROWS, table, write_report
 from lcm.eval.sampling_runs import concept_samples, entropy_curve, token_keywords, token_samples
 from lcm.eval.scoring import chance_accuracy, relative_cost, summarize, token_entropy_stats
 
@@ -38,6 +38,7 @@ class HeldOut:
     refs: list[str]
     prompts: list[list[str]] | None = None  # each problem's prompt sentences as training split them
     hops: list[int] | None = None  # each problem's hop count, for tasks that record one (Forks, LogicChains)
+    docs: list | None = None  # the held-out documents themselves (the follower reads their facts)
 
 
 def test_documents(config: str, cfg: CompareConfig) -> list:
@@ -62,7 +63,7 @@ def held_out(cfg: CompareConfig) -> HeldOut:
             raise LCMError(f"{s.config} and {cfg.token.config} hold out different problems: use one data source")
     hops = [d.meta["hops"] for d in docs] if all("hops" in d.meta for d in docs) else None
     return HeldOut(problems, [d.answer for d in docs], [render_solution(d) for d in docs],
-                   prompts=[list(d.prompt) for d in docs], hops=hops)
+                   prompts=[list(d.prompt) for d in docs], hops=hops, docs=docs)
 
 
 def train_all(cfg: CompareConfig) -> dict[str, Path]:
@@ -115,6 +116,38 @@ def run_token(cfg: CompareConfig, data: HeldOut, run: Path, results: dict, info:
     return {name: e.tolist() for name, e in entropies.items()}, threshold
 
 
+FOLLOWER_SOURCES = {"forks", "logic_chains"}  # tasks whose prompts are facts + a question the follower can walk
+
+
+def run_follower(data: HeldOut, results: dict, info: dict) -> None:
+    """Control (i): the zero-parameter encoder follower on the held-out problems."""
+    from lcm.encoders import SentenceTransformerEncoder
+    from lcm.eval.controls import follower_samples
+
+    groups, seconds = follower_samples(data.docs, SentenceTransformerEncoder())
+    results[FOLLOWER] = summarize(groups, data.golds, data.refs, seconds, data.hops)
+    info[FOLLOWER] = {"params": 0, "control": "lcm.eval.controls.follower_samples (cosine walk)"}
+
+
+def run_bank_restricted(cfg: CompareConfig, data: HeldOut, runs: dict[str, Path], results: dict, info: dict) -> None:
+    """Control (ii): the token model choosing each line from the first concept system's bank (its best line by
+    log-likelihood), on the first `controls.bank_problems` problems."""
+    from lcm.encoders import SentenceTransformerEncoder
+    from lcm.eval.controls import bank_restricted_samples
+    from lcm.generate import ConceptGenerator
+    from lcm.token_model import TokenLM
+
+    n = min(cfg.controls.bank_problems, len(data.problems))
+    gen = ConceptGenerator.from_checkpoint(runs[cfg.concept[0].name] / "checkpoints" / "best.ckpt")
+    model = TokenLM.from_checkpoint(runs[TOKEN] / "checkpoints" / "best.ckpt", device=cfg.device)
+    groups, seconds = bank_restricted_samples(model, data.problems[:n], gen.bank.texts, gen.eot_text, cfg.max_steps,
+                                              encoder=SentenceTransformerEncoder(), show=cfg.show_progress,
+                                              label=BANK_RESTRICTED)
+    results[BANK_RESTRICTED] = summarize(groups, data.golds[:n], data.refs[:n], seconds,
+                                         data.hops[:n] if data.hops else None)
+    info[BANK_RESTRICTED] = {"params": model.num_params(), "problems": n, "bank": f"{cfg.concept[0].name}'s"}
+
+
 def run_seed(cfg: CompareConfig, data: HeldOut, threshold: float | None) -> tuple[dict, dict, dict, float, Path]:
     """Train (what is missing), sample and score every system with `cfg.seed`: (results, info, histograms,
     forking threshold, the token run)."""
@@ -122,6 +155,8 @@ def run_seed(cfg: CompareConfig, data: HeldOut, threshold: float | None) -> tupl
     results, info = {}, {}
     run_concepts(cfg, data, runs, results, info)
     histograms, threshold = run_token(cfg, data, runs[TOKEN], results, info, threshold)
+    if cfg.controls.bank_restricted:
+        run_bank_restricted(cfg, data, runs, results, info)
     relative_cost(results, {s.name: info[s.name]["denoiser_evals_per_call"] for s in cfg.concept}, TOKEN)
     return results, info, histograms, threshold, runs[TOKEN]
 
@@ -142,6 +177,8 @@ def run_compare(cfg: CompareConfig) -> dict:
     curve = entropy_curve(first_token_run, data.problems[:n], data.golds[:n], replace(cfg, seed=seeds[0]),
                           cfg.show_progress)
     results = by_seed[seeds[0]] if len(seeds) == 1 else aggregate_seeds(by_seed)
+    if cfg.controls.follower and FOLLOWER_SOURCES & {d.meta.get("source") for d in data.docs}:
+        run_follower(data, results, info)  # no training, no seed: one row
     report = {"name": cfg.name, "problems": len(data.problems), "k": cfg.k, "seed": seeds[0], "seeds": seeds,
               "device": cfg.device, "systems": info, "results": results, "entropy_curve": curve,
               "chance_accuracy": chance_accuracy(data.golds), "forking_threshold": threshold}

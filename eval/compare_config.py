@@ -48,6 +48,15 @@ class TokenSystem:
 
 
 @dataclass
+class Controls:
+    """Zero-parameter and closed-set controls, as rows of the table (`lcm.eval.controls`)."""
+
+    follower: bool = True  # the encoder follower (tasks with facts and a question: forks, logic chains)
+    bank_restricted: bool = False  # the token model choosing each line from the concept model's bank (costly)
+    bank_problems: PositiveInt = 20  # ... on the first n problems only (every step scores every bank line)
+
+
+@dataclass
 class CompareConfig:
     """One comparison: systems, held-out problems, samples per problem, where the report goes."""
 
@@ -58,6 +67,7 @@ class CompareConfig:
     # the settings object `TokenLM.generate` takes, defined once in lcm.token_model: each default is the official Soft
     # Thinking code's and names its source; `noise` / `gumbel_temperature` / `dirichlet_alpha`: the noisy variant's
     soft_thinking: SoftThinking = field(default_factory=SoftThinking)
+    controls: Controls = field(default_factory=Controls)
     problems: PositiveInt = 100  # held-out test problems (the first n of the shared test split)
     k: PositiveInt = 8  # samples per problem (pass@k, diversity)
     max_steps: int = 24  # concept steps per solution (plans included)

@@ -10,6 +10,8 @@ from lcm.io import atomic_path, write_json
 # the report's names of the token baseline's rows: sampled, greedy, Soft Thinking, Soft Thinking with noise
 TOKEN, GREEDY, SOFT, SOFT_NOISY = "token Llama", "token Llama (greedy)", "Soft Thinking", "Soft Thinking + noise"
 TOKEN_ROWS = {TOKEN: "sample", GREEDY: "greedy", SOFT: "soft", SOFT_NOISY: "soft_noisy"}
+# the controls' rows (`lcm.eval.controls`)
+FOLLOWER, BANK_RESTRICTED = "encoder follower (0 parameters)", "token Llama restricted to the bank"
 
 
 def write_report(out: Path, report: dict, histograms: dict[str, list[float]]) -> None:
@@ -79,6 +81,11 @@ def markdown(report: dict) -> str:
              "", *table(report), "",
              "- acc: mean over all samples (unbiased pass@1), with a 95% percentile-bootstrap CI over problems; "
              "pass@k with the unbiased estimator over k samples.",
+             f"- Controls: {FOLLOWER} walks the prompt from the entity's fact to the fact closest in the frozen "
+             "encoder's space, never revisiting, and answers from the first answer-bearing fact (no trained "
+             f"parameter: a result it matches is not a result); {BANK_RESTRICTED} takes, at each step, the line of "
+             "the first concept system's bank with the highest log-likelihood under the token model (the same closed "
+             "set as retrieval; on the first `controls.bank_problems` problems only: it scores every bank line).",
              "- answered: share of samples with an answer line (`#### ...`). stop: end / repeat / max: shares of "
              "samples that stopped at end-of-text (token models: <eos>), on a repeated step, or at the step cap "
              "(token models: max_new_tokens).",

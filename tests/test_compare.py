@@ -29,12 +29,17 @@ def tiny_config(work, **extra) -> str:
 @pytest.mark.timeout(300)
 def test_compare_pipeline_smoke(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)  # embedding cache of the training configs lands here
-    code, err = run_lcm(["eval", "compare", "-c", tiny_config(tmp_path)], capsys)
+    config = tiny_config(tmp_path, controls={"bank_restricted": True, "bank_problems": 2})
+    code, err = run_lcm(["eval", "compare", "-c", config], capsys)
     assert code == 0, err
     report = json.loads((tmp_path / "report" / "metrics.json").read_text())
     res = report["results"]
+    controls = {"encoder follower (0 parameters)", "token Llama restricted to the bank"}
     assert set(res) == {"Base-LCM + planning", "Diffusion + planning", "token Llama", "token Llama (greedy)",
-                        "Soft Thinking", "Soft Thinking + noise"}
+                        "Soft Thinking", "Soft Thinking + noise"} | controls
+    assert len(res["token Llama restricted to the bank"]["per_problem_accuracy"]) == 2  # bank_problems
+    assert report["systems"]["encoder follower (0 parameters)"]["params"] == 0
+    res = {k: v for k, v in res.items() if k not in controls}
     assert res["token Llama (greedy)"]["k"] == 1 and res["Soft Thinking + noise"]["k"] == 2
     assert report["systems"]["Soft Thinking + noise"]["generate"]["soft"]["noise"] == "gumbel"
     for name, r in res.items():
