@@ -6,20 +6,18 @@ from __future__ import annotations
 import math
 import re
 
-import lightning as L
 import numpy as np
 import pytest
 import torch
-from torch.utils.data import DataLoader
+
+from conftest import train_tiny_token_model
 
 from lcm.errors import LCMError
 from lcm.eval import reasoning_metrics as rm
 from lcm.eval.controls import bank_restricted_samples, follower_samples
 from lcm.eval.follower import follower_scores
 from lcm.eval.scoring import summarize
-from lcm.handoff import TextData
 from lcm.model import LCMConfig
-from lcm.optim import OptimConfig
 from lcm.token_model import TokenLM
 from lcm.train import LogicChains
 from lcm.train.documents import Document
@@ -86,10 +84,6 @@ def problems(n: int = 64) -> list[dict[str, str]]:
             for a, b in ((i % 9 + 1, i // 9 % 7 + 1) for i in range(n))]
 
 
-def collate(rows: list[dict]) -> dict[str, list[str]]:
-    return {"prompt": [r["prompt"] for r in rows], "solution": [r["solution"] for r in rows]}
-
-
 @pytest.fixture(scope="module")
 def trained():
     """A tiny real TokenLM trained for 100 steps by Lightning (it learns the format: an equation, a blank line, the
@@ -97,13 +91,8 @@ def trained():
     model this small runs 20x slower on two."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    torch.manual_seed(0)
     data = problems()
-    model = TokenLM(arch=ARCH, vocab_size=300, optim=OptimConfig(lr=5e-3, warmup_steps=10, weight_decay=0.0))
-    model.attach_data(TextData("sums", lambda: [t for r in data for t in r.values()]))
-    trainer = L.Trainer(max_steps=100, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False, accelerator="cpu")
-    trainer.fit(model, DataLoader(data, batch_size=16, shuffle=True, collate_fn=collate))
+    model, _ = train_tiny_token_model(data, ARCH, steps=100, name="sums")
     bank = sorted({line for r in data for line in r["solution"].splitlines() if line} | {EOT})
     yield model.eval(), bank
     torch.set_num_threads(threads)

@@ -11,11 +11,12 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
+from conftest import train_tiny_token_model
+
 from lcm.errors import LCMError
 from lcm.handoff import TextData
 from lcm.llama_weights import check_compatible, copy_llama_into_trunk, init_trunk_from_llama, trunk_arch
 from lcm.model import BaseLCM, LCMConfig
-from lcm.optim import OptimConfig
 from lcm.token_model import SoftThinker, SoftThinking, TokenLM, concept_token, filter_probs, llama_config
 from lcm.tokenizer import SentenceTokenizer, fast_from_record, fast_record
 
@@ -36,13 +37,7 @@ def collate(rows: list[dict]) -> dict[str, list[str]]:
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A tiny real TokenLM trained for 120 steps by Lightning (it learns the format), and its checkpoint."""
-    torch.manual_seed(0)
-    data = problems()
-    model = TokenLM(arch=ARCH, vocab_size=300, optim=OptimConfig(lr=5e-3, warmup_steps=10, weight_decay=0.0))
-    model.attach_data(TextData("arithmetic", lambda: [t for r in data for t in r.values()]))
-    trainer = L.Trainer(max_steps=120, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False, accelerator="cpu")
-    trainer.fit(model, DataLoader(data, batch_size=16, shuffle=True, collate_fn=collate))
+    model, trainer = train_tiny_token_model(problems(), ARCH, steps=120, name="arithmetic")
     ckpt = tmp_path_factory.mktemp("token") / "last.ckpt"
     trainer.save_checkpoint(ckpt)
     return model.eval(), ckpt
