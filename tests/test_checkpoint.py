@@ -7,7 +7,6 @@ from dataclasses import dataclass
 import lightning as L
 import pytest
 import torch
-
 from conftest import CONFIGS, run_lcm
 
 from lcm.checkpoint import load_checkpoint, model_from_checkpoint

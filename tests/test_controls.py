@@ -9,7 +9,6 @@ import re
 import numpy as np
 import pytest
 import torch
-
 from conftest import train_tiny_token_model
 
 from lcm.errors import LCMError

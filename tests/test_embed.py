@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import CONFIGS, run_lcm
+
 from lcm.encoders import EmbeddingCache
 from lcm.encoders.cache import plan_batches
 

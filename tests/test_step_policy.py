@@ -65,8 +65,8 @@ def test_generation_reports_the_step_policy_entropy_of_every_prediction(trained_
 
 def test_validation_boundaries_are_the_closest_kind_as_in_generation():
     from lcm.concepts import ConceptType
-    from lcm.module import ConceptLM
     from lcm.model import LCMConfig
+    from lcm.module import ConceptLM
 
     model = ConceptLM(LCMConfig(embed_dim=4, d_model=8, n_layer=1, n_head=2))
     model.eot_embedding.copy_(torch.tensor([1.0, 0.0, 0.0, 0.0]))

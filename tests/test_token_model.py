@@ -9,9 +9,8 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
-from torch.utils.data import DataLoader
-
 from conftest import train_tiny_token_model
+from torch.utils.data import DataLoader
 
 from lcm.errors import LCMError
 from lcm.handoff import TextData

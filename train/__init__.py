@@ -7,5 +7,5 @@ from lcm.train.logic import LogicChains
 from lcm.train.sentences import SentenceDataModule
 from lcm.train.token_data import TokenDataModule
 
-__all__ = ["ConceptDataModule", "CorpusSource", "DatasetSource", "Document", "Forks", "GsmSymbolic", "LogicChains", "SentenceDataModule",
-           "TokenDataModule"]
+__all__ = ["ConceptDataModule", "CorpusSource", "DatasetSource", "Document", "Forks", "GsmSymbolic", "LogicChains",
+           "SentenceDataModule", "TokenDataModule"]
