@@ -34,6 +34,7 @@ from typing import Callable
 import numpy as np
 
 from lcm.errors import LCMError
+from lcm.eval import reasoning_metrics as rm
 from lcm.retrieval import unit_rows
 from lcm.train.documents import Document
 
@@ -143,13 +144,6 @@ def heuristics(problems: list[Problem], readings: list[list[str | None]]) -> dic
     }
 
 
-def bootstrap_ci(scores: np.ndarray, n_boot: int = 2000, seed: int = 0) -> tuple[float, float]:
-    """95% percentile bootstrap interval of the mean over problems."""
-    idx = np.random.default_rng(seed).integers(0, len(scores), (n_boot, len(scores)))
-    lo, hi = np.percentile(scores[idx].mean(1), [2.5, 97.5])
-    return float(lo), float(hi)
-
-
 def read_problems(docs: list[Document]) -> tuple[list[Problem], list[list[str | None]]]:
     """Each document as the follower sees it, and the answer each of its facts gives (None: bears none)."""
     problems = [problem_of(d) for d in docs]
@@ -194,7 +188,7 @@ def report(docs: list[Document], scores: dict[str, np.ndarray], title: str) -> s
     options = {d.answer for d in docs}
     lines = [f"{title}: {len(docs)} problems, {len(options)} answer options, chance {1 / len(options):.3f}"]
     for name, s in scores.items():
-        lo, hi = bootstrap_ci(s)
+        lo, hi = rm.bootstrap_ci(s)
         lines.append(f"  {name:<28} {s.mean():.3f}  95% CI [{lo:.3f}, {hi:.3f}]")
     hops = by_hops(docs, scores["follower (cosine)"])
     if hops:
