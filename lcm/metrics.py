@@ -22,14 +22,17 @@ def next_step_scores(pred: torch.Tensor, gold: torch.Tensor, prev: torch.Tensor,
     }
 
 
-def retrieval_hits(index, rows: np.ndarray, pred: np.ndarray, gold_rows: np.ndarray) -> np.ndarray:
+def retrieval_hits(index, rows: np.ndarray, pred: np.ndarray, gold_rows: np.ndarray,
+                   top: np.ndarray | None = None) -> np.ndarray:
     """Contrastive / retrieval accuracy per position: is the faiss top-1 of the prediction the gold sentence?
 
     index: faiss inner-product index over unit vectors of `rows` (table row ids); pred: (N, D); gold_rows: (N,).
+    top: (N, k >= 1) ids the caller already searched for `pred` (then `index` is not searched again).
     """
     from lcm.retrieval import unit_rows
 
-    _, top = index.search(unit_rows(pred), 1)
+    if top is None:
+        _, top = index.search(unit_rows(pred), 1)
     return rows[top[:, 0]] == gold_rows
 
 

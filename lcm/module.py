@@ -21,7 +21,7 @@ from lcm.optim import OptimConfig, adamw_warmup_cosine
 from lcm.plan_vectors import planner_name
 from lcm.retrieval import unit_rows
 from lcm.sampling import BaseLCMSampling, randn_like
-from lcm.step_policy import fit_temperature, step_entropy, step_nll
+from lcm.step_policy import fit_temperature, step_nll_entropy
 
 
 class Candidates(NamedTuple):
@@ -262,8 +262,10 @@ class ConceptLM(CompileOnFit, DataConsumer, L.LightningModule):
         pred_raw = self.normalizer.denormalize(pred)
         scores = next_step_scores(pred_raw, gold, prev, self.mean_target)  # each (N,)
         index = self._retrieval_index(split)
+        found = None  # (scores, ids) (N, 3): the top-1 for retrieval accuracy, the best non-boundary for boundaries
         if index is not None:
-            hit = retrieval_hits(index.index, index.rows, pred_raw.cpu().numpy(), batch["ids"][:, 1:][mask].cpu().numpy())
+            found = index.index.search(unit_rows(pred_raw.cpu().numpy()), 3)  # at most 2 are boundary sentences
+            hit = retrieval_hits(index.index, index.rows, None, batch["ids"][:, 1:][mask].cpu().numpy(), top=found[1])
             scores["retrieval_acc"] = torch.from_numpy(hit).to(pred.device).float()
             if self.has_step_policy:
                 self._held_out.setdefault(split, []).append((pred_raw.cpu(), batch["ids"][:, 1:][mask].cpu()))
@@ -276,22 +278,21 @@ class ConceptLM(CompileOnFit, DataConsumer, L.LightningModule):
             if sel.any():
                 metrics |= {f"{TYPE_NAMES[t]}_{k}": (v[sel].mean(), int(sel.sum())) for k, v in scores.items()
                             if t == ConceptType.STEP or not k.startswith("cosine_")}
-        metrics |= self._boundary_metrics(pred_raw, gold_types, split)
+        metrics |= self._boundary_metrics(pred_raw, gold_types, self._best_step_cos(pred_raw, index, found))
         for k, (v, count) in metrics.items():
             self.log(f"{split}/{k}", v, batch_size=count, on_epoch=True, sync_dist=True,
                      prog_bar=k in ("loss", "step_cosine"))
 
-    def _boundary_metrics(self, pred_raw: torch.Tensor, gold_types: torch.Tensor, split: str) -> dict:
+    def _boundary_metrics(self, pred_raw: torch.Tensor, gold_types: torch.Tensor, step_cos: torch.Tensor) -> dict:
         """Would generation end the paragraph / the text here? Each prediction is classified as generation does
         (`lcm.generation_step.StepRule`): end-of-text, break (planning) or continue by the largest of its cosines
         to the end-of-text concept, the break concept and the best retrieval candidate that is neither (without
         data: the best is taken as 0); `boundary_threshold`, if set, is a floor on the boundary cosines.
-        Compared with the gold type."""
+        `step_cos` (N,): `_best_step_cos`. Compared with the gold type."""
         eot_cos = F.cosine_similarity(pred_raw, self.eot_embedding.expand_as(pred_raw), dim=-1)  # (N,)
         brk_cos = F.cosine_similarity(pred_raw, self.break_embedding.expand_as(pred_raw), dim=-1)
         if not bool(self.meta.get("planning")):
             brk_cos = torch.full_like(brk_cos, -2.0)  # no break without planning
-        step_cos = self._best_step_cos(pred_raw, split)
         floor = self.hparams.boundary_threshold
         if floor is not None:
             eot_cos = torch.where(eot_cos >= floor, eot_cos, torch.full_like(eot_cos, -2.0))
@@ -306,13 +307,13 @@ class ConceptLM(CompileOnFit, DataConsumer, L.LightningModule):
                 out[f"{name}_recall"] = (hit[gold].float().mean(), int(gold.sum()))
         return out
 
-    def _best_step_cos(self, pred_raw: torch.Tensor, split: str) -> torch.Tensor:
+    @staticmethod
+    def _best_step_cos(pred_raw: torch.Tensor, index: "Candidates | None", found) -> torch.Tensor:
         """(N,) cosine of each prediction's best retrieval candidate that is not the end-of-text or break
-        sentence (zeros without data)."""
-        index = self._retrieval_index(split)
+        sentence, from the (scores, ids) top-3 search of `index` (zeros without data)."""
         if index is None:
             return torch.zeros(len(pred_raw), device=pred_raw.device)
-        scores, top = index.index.search(unit_rows(pred_raw.cpu().numpy()), 3)  # (N, 3): at most 2 are boundaries
+        scores, top = found
         scores = np.where(index.boundary[top], -2.0, scores).max(1)
         return torch.from_numpy(scores).to(pred_raw.device, torch.float32)
 
@@ -326,11 +327,12 @@ class ConceptLM(CompileOnFit, DataConsumer, L.LightningModule):
 
             rows, vectors = self.data.retrieval_candidates(split)
             index = faiss.IndexFlatIP(self.arch.embed_dim)
-            index.add(unit_rows(vectors))
+            unit = unit_rows(vectors)
+            index.add(unit)
             boundary = np.zeros(len(rows), dtype=bool)  # candidates that are the end-of-text or break sentence
             for vec in (self.eot_embedding, self.break_embedding):
                 if bool(vec.any()):
-                    boundary |= unit_rows(vectors) @ unit_rows(vec.cpu().numpy()[None])[0] > 1 - 1e-4
+                    boundary |= unit @ unit_rows(vec.cpu().numpy()[None])[0] > 1 - 1e-4
             self._val_index = (split, Candidates(index, rows, vectors, boundary))
         return self._val_index[1]
 
@@ -358,8 +360,7 @@ class ConceptLM(CompileOnFit, DataConsumer, L.LightningModule):
             self.step_tau.fill_(fit_temperature(pred[pick], cand, gold[pick]))
         tau = float(self.step_tau)
         pick = order[: self.STEP_POLICY_EVAL_MAX]
-        nll = step_nll(pred[pick], cand, gold[pick], tau)
-        entropy = float(step_entropy(pred[pick], cand, tau).mean())
+        nll, entropy = step_nll_entropy(pred[pick], cand, gold[pick], tau)
         for name, value in (("step_tau", tau), ("step_nll", nll), ("step_entropy", entropy)):
             self.log(f"{split}/{name}", value, sync_dist=True)
 

@@ -39,15 +39,22 @@ def step_entropy(pred: torch.Tensor, bank: torch.Tensor, tau: float, chunk: int 
     return torch.cat(out) if out else torch.zeros(0)
 
 
-def step_nll(pred: torch.Tensor, candidates: torch.Tensor, gold: torch.Tensor, tau: float, chunk: int = 1024) -> float:
-    """Mean negative log-likelihood (nats) of the gold candidates under temperature `tau`: pred (n, D),
-    candidates (N, D), gold (n,) each row's gold index (chunked over predictions: never an n x N matrix)."""
-    total = 0.0
+def step_nll_entropy(pred: torch.Tensor, candidates: torch.Tensor, gold: torch.Tensor, tau: float,
+                     chunk: int = 1024) -> tuple[float, float]:
+    """(mean NLL of the gold candidates, mean entropy), both in nats, under temperature `tau`: pred (n, D),
+    candidates (N, D), gold (n,) each row's gold index. One pass, chunked over predictions: never an n x N matrix."""
+    nll = entropy = 0.0
     for start in range(0, len(pred), chunk):
-        logits = cosines(pred[start:start + chunk], candidates) / tau  # (c, N)
-        g = gold[start:start + chunk].long()
-        total += float((torch.logsumexp(logits, -1) - logits.gather(1, g[:, None]).squeeze(1)).sum())
-    return total / max(len(pred), 1)
+        logp = step_log_probs(pred[start:start + chunk], candidates, tau)  # (c, N)
+        nll -= float(logp.gather(1, gold[start:start + chunk].long()[:, None]).sum())
+        entropy -= float((logp.exp() * logp).sum())
+    n = max(len(pred), 1)
+    return nll / n, entropy / n
+
+
+def step_nll(pred: torch.Tensor, candidates: torch.Tensor, gold: torch.Tensor, tau: float, chunk: int = 1024) -> float:
+    """Mean negative log-likelihood (nats) of the gold candidates under temperature `tau` (`step_nll_entropy`)."""
+    return step_nll_entropy(pred, candidates, gold, tau, chunk)[0]
 
 
 def fit_temperature(pred: torch.Tensor, candidates: torch.Tensor, gold: torch.Tensor, iters: int = 32) -> float:

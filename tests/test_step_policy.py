@@ -72,5 +72,17 @@ def test_validation_boundaries_are_the_closest_kind_as_in_generation():
     model.eot_embedding.copy_(torch.tensor([1.0, 0.0, 0.0, 0.0]))
     pred = torch.tensor([[0.6, 0.8, 0.0, 0.0], [-0.6, 0.8, 0.0, 0.0]])  # cos to end-of-text 0.6 and -0.6
     gold = torch.tensor([int(ConceptType.EOT), int(ConceptType.STEP)])
-    out = model._boundary_metrics(pred, gold, "val")  # no data: the best other candidate counts as cosine 0
+    out = model._boundary_metrics(pred, gold, model._best_step_cos(pred, None, None))  # no data: best other cosine 0
     assert float(out["boundary_acc"][0]) == 1.0 and float(out["eot_recall"][0]) == 1.0  # 0.6 < 0.9 used to miss it
+
+
+def test_nll_and_entropy_in_one_pass_equal_the_separate_ones():
+    from lcm.step_policy import step_nll_entropy
+
+    gen = torch.Generator().manual_seed(1)
+    pred, bank = torch.randn(50, 8, generator=gen), torch.randn(20, 8, generator=gen)
+    gold = torch.randint(20, (50,), generator=gen)
+    nll, entropy = step_nll_entropy(pred, bank, gold, 0.3, chunk=7)
+    logp = step_log_probs(pred, bank, 0.3)
+    assert nll == pytest.approx(float(-logp.gather(1, gold[:, None]).mean()), rel=1e-5)
+    assert entropy == pytest.approx(float(step_entropy(pred, bank, 0.3).mean()), rel=1e-5)
