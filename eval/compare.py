@@ -41,25 +41,26 @@ class HeldOut:
     docs: list | None = None  # the held-out documents themselves (the follower reads their facts)
 
 
-def test_documents(config: str, cfg: CompareConfig) -> list:
-    """The first `cfg.problems` held-out test documents of a training config's data."""
+def test_documents(config: str, overrides: list[str], n: int) -> list:
+    """The first n held-out test documents of a training config's data (with `overrides`), exactly as `lcm fit`
+    splits them."""
     from lcm.train.cli import make_cli
 
-    return make_cli(["-c", config, *cfg.train_overrides], run=False).datamodule.documents("test")[: cfg.problems]
+    return make_cli(["-c", config, *overrides], run=False).datamodule.documents("test")[:n]
 
 
 def held_out(cfg: CompareConfig) -> HeldOut:
     """The token config's held-out problems; every concept config must hold out the same ones."""
     from lcm.train.token_data import render_solution
 
-    docs = test_documents(cfg.token.config, cfg)
+    docs = test_documents(cfg.token.config, cfg.train_overrides, cfg.problems)
     if not docs:
         raise LCMError(f"{cfg.token.config} holds out no test problems; raise data test_fraction or add documents")
     if any(d.answer is None for d in docs):
         raise LCMError("held-out documents without an answer: accuracy needs a `#### answer` per problem")
     problems = [d.prompt_text for d in docs]
     for s in cfg.concept:
-        if [d.prompt_text for d in test_documents(s.config, cfg)] != problems:
+        if [d.prompt_text for d in test_documents(s.config, cfg.train_overrides, cfg.problems)] != problems:
             raise LCMError(f"{s.config} and {cfg.token.config} hold out different problems: use one data source")
     hops = [d.meta["hops"] for d in docs] if all("hops" in d.meta for d in docs) else None
     return HeldOut(problems, [d.answer for d in docs], [render_solution(d) for d in docs],
@@ -200,10 +201,7 @@ def aggregate_seeds(by_seed: dict[int, dict]) -> dict:
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 values = np.array([r[key] for r in runs], dtype=np.float64)
                 merged[key] = float(values[np.isfinite(values)].mean()) if np.isfinite(values).any() else float("nan")
-        accs = [r["accuracy"] for r in runs]
-        per_problem = np.mean([r["per_problem_accuracy"] for r in runs], axis=0)
-        merged.update(accuracy_seeds=accs, accuracy_std=float(np.std(accs, ddof=1)),
-                      per_problem_accuracy=per_problem.tolist(), accuracy_ci=list(rm.bootstrap_ci(per_problem)),
+        merged.update(rm.over_seeds([r["accuracy"] for r in runs], [r["per_problem_accuracy"] for r in runs]),
                       pass_curve=np.mean([r["pass_curve"] for r in runs], axis=0).tolist())
         if "accuracy_by_hops" in runs[0]:
             merged["accuracy_by_hops"] = {h: float(np.mean([r["accuracy_by_hops"][h] for r in runs]))

@@ -23,14 +23,6 @@ CONFIGS = {"MSE": "train/configs/forks.yaml", "MSE + InfoNCE": "train/configs/fo
 VALIDATION = ("val/step_retrieval_acc", "val/step_cosine", "val/step_entropy", "val/loss")
 
 
-def held_out(config: str, n: int, overrides: list[str]) -> list:
-    """The first n held-out test documents, exactly as `lcm fit` splits them."""
-    from lcm.train.cli import make_cli
-
-    cli = make_cli(["-c", config, *overrides, "--data.init_args.show_progress", "false"], run=False)
-    return cli.datamodule.documents("test")[:n]
-
-
 def answer_scores(ckpt: Path, docs: list, max_steps: int) -> dict:
     """Greedy generations for `docs` (their prompt sentences) -> per-problem correctness, answered rate, stops."""
     from lcm.generate import ConceptGenerator
@@ -53,10 +45,7 @@ def follower_control(docs: list) -> np.ndarray:
 
 def summarize(rows: list[dict]) -> dict:
     """Seeds -> mean ± std of accuracy (and the rest), with a bootstrap CI over problems (seed-averaged)."""
-    accs = [float(np.mean(r["correct"])) for r in rows]
-    per_problem = np.mean([r["correct"] for r in rows], axis=0)
-    out = {"accuracy": float(np.mean(accs)), "accuracy_std": float(np.std(accs, ddof=1)) if len(accs) > 1 else 0.0,
-           "accuracy_ci": list(rm.bootstrap_ci(per_problem)), "accuracy_seeds": accs}
+    out = rm.over_seeds([float(np.mean(r["correct"])) for r in rows], [r["correct"] for r in rows])
     for key in ("answered", "stop_end_of_text", "steps", *VALIDATION):
         vals = [r[key] for r in rows if key in r]
         out[key] = float(np.mean(vals)) if vals else float("nan")
@@ -64,6 +53,7 @@ def summarize(rows: list[dict]) -> dict:
 
 
 def main() -> None:
+    from lcm.eval.compare import test_documents
     from lcm.eval.planning_ablation import last_validation, train_run
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -74,7 +64,7 @@ def main() -> None:
     p.add_argument("--overrides", nargs=argparse.REMAINDER, default=[], help="appended to every `lcm fit`")
     p.add_argument("--out", type=Path, default=Path("runs/objective_ablation/results.json"))
     args = p.parse_args()
-    docs = held_out(CONFIGS["MSE"], args.problems, args.overrides)
+    docs = test_documents(CONFIGS["MSE"], args.overrides, args.problems)
     runs: dict[str, list[dict]] = {name: [] for name in CONFIGS}
     for seed in args.seeds:
         for name, config in CONFIGS.items():

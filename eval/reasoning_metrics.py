@@ -47,6 +47,15 @@ def bootstrap_ci(values, level: float = 0.95, resamples: int = 2000, seed: int =
     return float(np.quantile(means, tail)), float(np.quantile(means, 1.0 - tail))
 
 
+def over_seeds(accuracies: list[float], per_problem: list[list[float]]) -> dict:
+    """One system's accuracy over seeds: the mean, `accuracy_std` (sample std; 0 for one seed), the seeds' own
+    values, each problem's accuracy averaged over seeds, and the bootstrap CI over problems on those."""
+    problems = np.mean(np.asarray(per_problem, dtype=np.float64), axis=0)
+    return {"accuracy": float(np.mean(accuracies)), "accuracy_seeds": list(accuracies),
+            "accuracy_std": float(np.std(accuracies, ddof=1)) if len(accuracies) > 1 else 0.0,
+            "per_problem_accuracy": problems.tolist(), "accuracy_ci": list(bootstrap_ci(problems))}
+
+
 def pass_at_k(n: int, c: int, k: int) -> float:
     """Unbiased pass@k from n samples of which c are correct: 1 - C(n-c, k) / C(n, k)."""
     if not 0 <= c <= n or not 1 <= k <= n:
