@@ -22,6 +22,7 @@ import numpy as np
 from lcm.errors import LCMError
 from lcm.eval import reasoning_metrics as rm
 from lcm.eval.compare_config import CompareConfig, load_config
+from lcm.eval.lr_sweep import lr_override, sweep, validation_curve
 from lcm.eval.report import BANK_RESTRICTED, FOLLOWER, TOKEN, TOKEN_ROWS, table, write_report
 from lcm.eval.sampling_runs import concept_samples, entropy_curve, token_keywords, token_samples
 from lcm.eval.scoring import chance_accuracy, relative_cost, summarize, token_entropy_stats
@@ -67,15 +68,20 @@ def held_out(cfg: CompareConfig) -> HeldOut:
                    prompts=[list(d.prompt) for d in docs], hops=hops, docs=docs)
 
 
-def train_all(cfg: CompareConfig) -> dict[str, Path]:
-    """`lcm fit` every system with `cfg.seed` that has no finished run yet (before any sampling);
-    {system name: run folder}."""
+def training_configs(cfg: CompareConfig) -> dict[str, str]:
+    """{system name: its `lcm fit` config}: every concept system and the token baseline."""
+    return {**{s.name: s.config for s in cfg.concept}, TOKEN: cfg.token.config}
+
+
+def train_all(cfg: CompareConfig, lrs: dict[str, float] | None = None) -> dict[str, Path]:
+    """`lcm fit` every system with `cfg.seed` that has no finished run yet (before any sampling), at its chosen
+    learning rate when there was a sweep (`lrs`); {system name: run folder}."""
     from lcm.eval.planning_ablation import train_run
 
     root = Path(cfg.runs_dir) / cfg.name
-    configs = {**{s.name: s.config for s in cfg.concept}, TOKEN: cfg.token.config}
-    return {name: train_run(config, cfg.seed, root, label=name, overrides=cfg.train_overrides)
-            for name, config in configs.items()}
+    return {name: train_run(config, cfg.seed, root, label=name,
+                            overrides=[*cfg.train_overrides, *(lr_override(lrs[name]) if lrs else [])])
+            for name, config in training_configs(cfg).items()}
 
 
 def run_concepts(cfg: CompareConfig, data: HeldOut, runs: dict[str, Path], results: dict, info: dict) -> None:
@@ -149,17 +155,33 @@ def run_bank_restricted(cfg: CompareConfig, data: HeldOut, runs: dict[str, Path]
     info[BANK_RESTRICTED] = {"params": model.num_params(), "problems": n, "bank": f"{cfg.concept[0].name}'s"}
 
 
-def run_seed(cfg: CompareConfig, data: HeldOut, threshold: float | None) -> tuple[dict, dict, dict, float, Path]:
+def run_seed(cfg: CompareConfig, data: HeldOut, threshold: float | None,
+             lrs: dict[str, float] | None = None) -> tuple[dict, dict, dict, float, dict[str, Path]]:
     """Train (what is missing), sample and score every system with `cfg.seed`: (results, info, histograms,
-    forking threshold, the token run)."""
-    runs = train_all(cfg)
+    forking threshold, the run folders)."""
+    runs = train_all(cfg, lrs)
     results, info = {}, {}
     run_concepts(cfg, data, runs, results, info)
     histograms, threshold = run_token(cfg, data, runs[TOKEN], results, info, threshold)
     if cfg.controls.bank_restricted:
         run_bank_restricted(cfg, data, runs, results, info)
     relative_cost(results, {s.name: info[s.name]["denoiser_evals_per_call"] for s in cfg.concept}, TOKEN)
-    return results, info, histograms, threshold, runs[TOKEN]
+    training_flops(results, runs)
+    return results, info, histograms, threshold, runs
+
+
+def training_flops(results: dict, runs: dict[str, Path]) -> None:
+    """Each system's training FLOPs from its run's training_cost.json (`lcm.train.cost`: trunk, and for concept
+    systems the frozen encoder's passes over the corpus): `train_flops`, `train_flops_encoder`. The token
+    baseline's rows (greedy, Soft Thinking, the bank-restricted control) share its run."""
+    import json
+
+    for name, run in runs.items():
+        cost = json.loads((run / "training_cost.json").read_text())
+        rows = [r for r in results if r in TOKEN_ROWS or r == BANK_RESTRICTED] if name == TOKEN else [name]
+        for row in rows:
+            results[row]["train_flops"] = float(cost["total_flops"])
+            results[row]["train_flops_encoder"] = float(cost.get("encoder_flops") or 0.0)
 
 
 def run_compare(cfg: CompareConfig) -> dict:
@@ -169,13 +191,16 @@ def run_compare(cfg: CompareConfig) -> dict:
     first seed's (one fixed threshold)."""
     data = held_out(cfg)
     seeds = cfg.seeds or [cfg.seed]
+    swept = (sweep(training_configs(cfg), cfg.lr_sweep, seeds[0], Path(cfg.runs_dir) / cfg.name, cfg.train_overrides)
+             if cfg.lr_sweep else None)
+    lrs = {name: s["chosen"] for name, s in swept.items()} if swept else None
     by_seed, threshold = {}, None
     for seed in seeds:
-        by_seed[seed], info, histograms, threshold, token_run = run_seed(replace(cfg, seed=seed), data, threshold)
+        by_seed[seed], info, histograms, threshold, runs = run_seed(replace(cfg, seed=seed), data, threshold, lrs)
         if seed == seeds[0]:
-            first_histograms, first_token_run = histograms, token_run
+            first_histograms, first_runs = histograms, runs
     n = cfg.curve_problems
-    curve = entropy_curve(first_token_run, data.problems[:n], data.golds[:n], replace(cfg, seed=seeds[0]),
+    curve = entropy_curve(first_runs[TOKEN], data.problems[:n], data.golds[:n], replace(cfg, seed=seeds[0]),
                           cfg.show_progress)
     results = by_seed[seeds[0]] if len(seeds) == 1 else aggregate_seeds(by_seed)
     if cfg.controls.follower and FOLLOWER_SOURCES & {d.meta.get("source") for d in data.docs}:
@@ -185,6 +210,11 @@ def run_compare(cfg: CompareConfig) -> dict:
               "chance_accuracy": chance_accuracy(data.golds), "forking_threshold": threshold}
     if len(seeds) > 1:
         report["by_seed"] = {str(s): r for s, r in by_seed.items()}
+    report["validation_curves"] = {name: dict(zip(("step", "val_loss"), validation_curve(run / "metrics.csv")))
+                                   for name, run in first_runs.items()}  # the first seed's: trained to a plateau?
+    if swept:
+        report["lr_sweep"] = {name: {"val_loss": {f"{lr:g}": v for lr, v in s["val_loss"].items()},
+                                     "chosen": s["chosen"]} for name, s in swept.items()}
     write_report(Path(cfg.out_dir), report, first_histograms)
     return report
 

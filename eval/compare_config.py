@@ -76,6 +76,9 @@ class CompareConfig:
     device: str = "cpu"
     runs_dir: str = "runs/compare"
     train_overrides: list[str] = field(default_factory=list)  # appended to every `lcm fit` (e.g. a GPU size)
+    # learning rates tried per system on the first seed; each system keeps its lowest validation loss
+    # (`lcm.eval.lr_sweep`); None: every system at its config's learning rate
+    lr_sweep: list[float] | None = None
     curve_problems: int = 50  # problems per checkpoint for the entropy-performance curve (greedy)
     show_progress: bool = True
 
@@ -109,4 +112,7 @@ def load_config(argv: list[str] | None = None) -> CompareConfig:
         raise LCMError("compare config: `concept` lists no concept systems")
     if cfg.seeds is not None and (not cfg.seeds or len(set(cfg.seeds)) != len(cfg.seeds)):
         raise LCMError(f"compare config: seeds must be distinct and not empty, got {cfg.seeds}")
+    if cfg.lr_sweep is not None and (len(set(cfg.lr_sweep)) < 2 or min(cfg.lr_sweep) <= 0
+                                     or len(set(cfg.lr_sweep)) != len(cfg.lr_sweep)):
+        raise LCMError(f"compare config: lr_sweep needs at least 2 distinct positive learning rates, got {cfg.lr_sweep}")
     return cfg

@@ -30,9 +30,13 @@ def last_validation(metrics_csv: Path) -> dict[str, float]:
 
 
 def finished(run: Path) -> bool:
-    """The run validated its last epoch (last.ckpt alone is written after every epoch)."""
+    """The run's `fit` ended (it wrote training_cost.json, `lcm.train.cost`), or, for runs older than that file,
+    it validated its last epoch (last.ckpt alone is written after every epoch). The file is what tells a run
+    limited by `max_steps` (max_epochs -1) apart from an interrupted one."""
     import yaml
 
+    if (run / "training_cost.json").is_file() and (run / "checkpoints" / "last.ckpt").is_file():
+        return True
     try:
         max_epochs = yaml.safe_load(open(run / "config.yaml"))["trainer"]["max_epochs"]
         rows = [r for r in csv.DictReader(open(run / "metrics.csv")) if r.get("val/loss")]

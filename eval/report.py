@@ -47,7 +47,8 @@ COLUMNS = (("accuracy", "acc [95% CI]", ".3f"), ("pass_at_k", "pass@k", ".3f"), 
            ("seconds_per_step", "s/step", ".4f"), ("time_per_step_vs_token", "step time vs token", ".2f"),
            ("time_per_problem_vs_token", "problem time vs token", ".2f"),
            ("forward_passes_per_step", "fwd/step", ".1f"), ("denoiser_evals_per_step", "denoiser/step", ".0f"),
-           ("soft_token_share", "soft share", ".2f"))
+           ("soft_token_share", "soft share", ".2f"), ("train_flops", "train FLOPs", ".2e"),
+           ("train_flops_encoder", "of which encoder", ".2e"))
 
 
 def cell(r: dict, key: str, fmt: str) -> str:
@@ -111,7 +112,12 @@ def markdown(report: dict) -> str:
              "concept models (no KV cache); denoiser/step: the diffusion model's DDIM denoiser passes (CFG doubles "
              "the rows). Retrieval and the encoder are in the wall time, not in the counts.",
              "- soft share: share of Soft Thinking tokens produced as probability-weighted embeddings before a cold "
-             "stop.", ""]
+             "stop.",
+             "- train FLOPs: the run's training compute counted from the sequences it read (3x forward: 2 FLOPs per "
+             "matmul weight per position plus causal attention), the frozen encoder's forward passes over the "
+             "corpus's unique sentences included for concept systems (`of which encoder`); the token baseline's "
+             "rows share its run (`lcm.train.cost`).", ""]
+    lines += lr_sweep_lines(report)
     for name in (n for n in TOKEN_ROWS if n in r):
         top = ", ".join(f"{t} ({c})" for t, c in r[name]["top_forking_tokens"])
         lines.append(f"Top forking tokens, {name}: {top}")
@@ -122,8 +128,25 @@ def markdown(report: dict) -> str:
         lines += ["", f"Entropy-performance curve over {len(curve['points'])} {TOKEN} checkpoints: "
                       f"R = -{f['a']:.4f}·exp(H) + {f['b']:.4f}, R² = {f['r2']:.3f}{bound}."]
     lines += ["", "Plots: entropy_histogram.png, accuracy_vs_samples.png, accuracy_vs_hops.png (tasks with a hop "
-                  "count), diversity.png, entropy_curve.png", ""]
+                  "count), diversity.png, entropy_curve.png, validation_curves.png (the first seed's validation loss "
+                  "per system, relative to its first value: trained to a plateau?)", ""]
     return "\n".join(lines)
+
+
+def lr_sweep_lines(report: dict) -> list[str]:
+    """The learning-rate sweep as a table: each system's best validation loss per rate, and the rate it kept."""
+    sweep = report.get("lr_sweep")
+    if not sweep:
+        return []
+    values = list(next(iter(sweep.values()))["val_loss"])
+    lines = ["", "Learning rate per system: the lowest validation loss of the first seed's run at each rate, at the "
+                 "comparison's budget (each system's own objective: comparable across its rates, not across systems).",
+             "", "| system | " + " | ".join(f"lr {v}" for v in values) + " | chosen |",
+             "|" + "---|" * (len(values) + 2)]
+    for name, s in sweep.items():
+        cells = [f"{s['val_loss'][v]:.4f}" if np.isfinite(s["val_loss"][v]) else "n/a" for v in values]
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {s['chosen']:g} |")
+    return lines
 
 
 def plots(out: Path, report: dict, histograms: dict[str, list[float]]) -> None:
@@ -136,7 +159,8 @@ def plots(out: Path, report: dict, histograms: dict[str, list[float]]) -> None:
     for name, draw, size in (("entropy_histogram", entropy_histogram, (6, 3.5)),
                              ("accuracy_vs_samples", accuracy_vs_samples, (6, 3.5)),
                              ("accuracy_vs_hops", accuracy_vs_hops, (6, 3.5)),
-                             ("diversity", diversity_bars, (7, 3.5)), ("entropy_curve", entropy_curve_plot, (5, 3.5))):
+                             ("diversity", diversity_bars, (7, 3.5)), ("entropy_curve", entropy_curve_plot, (5, 3.5)),
+                             ("validation_curves", validation_curves_plot, (6, 3.5))):
         fig, ax = plt.subplots(figsize=size)
         if draw(ax, report, histograms):
             ax.legend()
@@ -175,6 +199,17 @@ def accuracy_vs_hops(ax, report: dict, _histograms) -> bool:
     ax.set_xlabel("hops")
     ax.set_ylabel("accuracy")
     return bool(res)
+
+
+def validation_curves_plot(ax, report: dict, _histograms) -> bool:
+    """Each system's validation loss over optimizer steps (first seed), divided by its first value: losses of
+    different objectives on one axis, each showing whether it still falls at the end of the budget."""
+    curves = {n: c for n, c in (report.get("validation_curves") or {}).items() if c.get("val_loss")}
+    for name, c in curves.items():
+        ax.plot(c["step"], np.asarray(c["val_loss"]) / c["val_loss"][0], marker=".", label=name)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("val loss / first val loss")
+    return bool(curves)
 
 
 def diversity_bars(ax, report: dict, _histograms) -> bool:

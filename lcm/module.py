@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from lcm.compile import CompileOnFit
-from lcm.concepts import TARGET_TYPES, TYPE_NAMES, ConceptType, layout_mismatch
+from lcm.concepts import PAD, TARGET_TYPES, TYPE_NAMES, ConceptType, layout_mismatch
 from lcm.contrastive import Contrastive, candidates, info_nce
 from lcm.errors import LCMError
 from lcm.handoff import ConceptData, DataConsumer, check_embed_dim, expect
@@ -224,6 +224,12 @@ class ConceptLM(CompileOnFit, DataConsumer, L.LightningModule):
         cand, gold = candidates(gold_ids, gold_vecs, bank_ids, bank_vecs)
         nce = info_nce(self.normalizer.denormalize(pred[mask].float()), cand, gold, c.temperature, w)
         return c.mse_weight * mse + c.weight * nce, {"mse": mse, "infonce": nce}
+
+    @staticmethod
+    def sequence_lengths(batch: dict) -> torch.Tensor:
+        """(B,) concepts each sequence of the batch feeds the model to predict its next one: its real length - 1
+        (padding excluded; what a training step costs, `lcm.train.cost`)."""
+        return ((batch["types"] != PAD).sum(1) - 1).clamp_min(0)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         pred, target, mask = self._predict(batch)

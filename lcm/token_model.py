@@ -428,6 +428,11 @@ class TokenLM(CompileOnFit, TokenizerInCheckpoint, DataConsumer, L.LightningModu
         """Mean cross-entropy over the masked positions, without a host-device sync (no boolean indexing)."""
         return F.cross_entropy(logits.flatten(0, 1).float(), target.masked_fill(~mask, -100).flatten(), ignore_index=-100)
 
+    def sequence_lengths(self, batch: dict) -> torch.Tensor:
+        """(B,) tokens each sequence of the batch feeds the model to predict its next one: its real length - 1
+        (padding excluded; `lcm.train.cost`)."""
+        return ((self._batch(batch)[0] != self.tokenizer.pad_token_id).sum(1) - 1).clamp_min(0)
+
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         logits, target, mask = self._logits(batch)
         loss = self._masked_ce(logits, target, mask)

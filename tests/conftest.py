@@ -62,7 +62,7 @@ def trained_run(tmp_path_factory):
     return fit_in(tmp_path_factory.mktemp("fit"), "quickstart.yaml", TINY_FIT)
 
 
-def train_tiny_token_model(rows: list[dict[str, str]], arch, steps: int, name: str):
+def train_tiny_token_model(rows: list[dict[str, str]], arch, steps: int, name: str, callbacks=()):
     """A tiny real TokenLM trained by Lightning for `steps` steps on `rows` ({"prompt", "solution"}), vocabulary
     300, from seed 0 (the token-model and controls tests learn a format this way)."""
     import lightning as L
@@ -77,7 +77,7 @@ def train_tiny_token_model(rows: list[dict[str, str]], arch, steps: int, name: s
     model = TokenLM(arch=arch, vocab_size=300, optim=OptimConfig(lr=5e-3, warmup_steps=10, weight_decay=0.0))
     model.attach_data(TextData(name, lambda: [t for r in rows for t in r.values()]))
     trainer = L.Trainer(max_steps=steps, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False, accelerator="cpu")
+                        enable_model_summary=False, accelerator="cpu", callbacks=list(callbacks))
     collate = lambda batch: {"prompt": [r["prompt"] for r in batch], "solution": [r["solution"] for r in batch]}  # noqa: E731
     trainer.fit(model, DataLoader(rows, batch_size=16, shuffle=True, collate_fn=collate))
     return model, trainer

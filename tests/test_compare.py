@@ -62,7 +62,17 @@ def test_compare_pipeline_smoke(tmp_path, monkeypatch, capsys):
     for name in ("token Llama", "Base-LCM + planning"):  # entropy per step on matched units, both kinds of model
         assert res[name]["step_entropy"] >= 0 and res[name]["step_states"] >= 1
     assert res["Diffusion + planning"]["step_entropy"] is None  # a sampler has no step policy: n/a
-    for png in ("entropy_histogram", "accuracy_vs_samples", "accuracy_vs_hops", "diversity", "entropy_curve"):
+    for name, r in report["results"].items():  # training compute: each system's run, the encoder in concept runs
+        if name == "encoder follower (0 parameters)":
+            continue
+        assert r["train_flops"] > 0 and (r["train_flops_encoder"] > 0) == (name in ("Base-LCM + planning",
+                                                                                       "Diffusion + planning"))
+    assert res["Soft Thinking"]["train_flops"] == res["token Llama"]["train_flops"]  # one run, several rows
+    curves = report["validation_curves"]
+    assert set(curves) == {"Base-LCM + planning", "Diffusion + planning", "token Llama"}
+    assert all(len(c["step"]) == len(c["val_loss"]) == 6 for c in curves.values())  # one per epoch
+    for png in ("entropy_histogram", "accuracy_vs_samples", "accuracy_vs_hops", "diversity", "entropy_curve",
+                "validation_curves"):
         assert (tmp_path / "report" / f"{png}.png").read_bytes()[:4] == b"\x89PNG"
     md = (tmp_path / "report" / "report.md").read_text()
     assert "| token Llama |" in md and "Soft Thinking" in md
@@ -114,6 +124,8 @@ def soft_thinking_keywords_reach_generate(cfg) -> None:
     ("concept: [{name: a, config: b, sampling: {diffusion_steps: 4}}]\n", "'diffusion_steps'"),  # now ddim_steps
     ("k: 0\n", '"k"'),
     ("concept: []\n", "no concept systems"),
+    ("lr_sweep: [0.001]\n", "lr_sweep needs at least 2"),
+    ("lr_sweep: [0.001, -0.01]\n", "lr_sweep needs at least 2"),
 ])
 def test_compare_config_errors_name_the_key(tmp_path, capsys, yaml_text, message):
     bad = tmp_path / "bad.yaml"
@@ -156,3 +168,30 @@ def test_seeds_in_the_compare_config(tmp_path, capsys):
     assert load_config(["-c", path]).seeds == [0, 1, 2]
     code, err = run_lcm(["eval", "compare", "-c", tiny_config(tmp_path, seeds=[1, 1])], capsys)
     assert code == 2 and "seeds must be distinct" in err
+
+
+def test_lr_sweep_trains_each_rate_and_keeps_the_lowest_validation_loss(tmp_path, monkeypatch):
+    """Two learning rates for one tiny concept system: each rate arrives in its run's saved config, the chosen
+    one has the lowest best val/loss, and a second sweep reuses the runs (no retraining)."""
+    from lcm.eval.lr_sweep import best_validation_loss, sweep
+
+    monkeypatch.chdir(tmp_path)
+    systems = {"Base-LCM": str(REPO / "train/configs/logic_planning.yaml")}
+    tiny = [*TINY[:-4], "--trainer.max_epochs", "2"]
+    out = sweep(systems, [3e-4, 3e-3], seed=0, root=tmp_path / "runs", overrides=tiny)["Base-LCM"]
+    for lr, run in out["runs"].items():
+        saved = yaml.safe_load((run / "config.yaml").read_text())
+        assert saved["model"]["init_args"]["optim"]["lr"] == lr
+        assert out["val_loss"][lr] == best_validation_loss(run)
+    assert out["chosen"] == min(out["val_loss"], key=out["val_loss"].get)
+    stamps = {lr: (run / "metrics.csv").stat().st_mtime_ns for lr, run in out["runs"].items()}
+    again = sweep(systems, [3e-4, 3e-3], seed=0, root=tmp_path / "runs", overrides=tiny)["Base-LCM"]
+    assert {lr: (run / "metrics.csv").stat().st_mtime_ns for lr, run in again["runs"].items()} == stamps
+
+
+def test_choose_prefers_finite_then_smaller():
+    from lcm.eval.lr_sweep import choose
+
+    assert choose({1e-3: 0.5, 3e-3: 0.4, 1e-2: float("nan")}) == 3e-3
+    assert choose({1e-3: 0.4, 3e-3: 0.4}) == 1e-3
+    assert choose({1e-3: float("nan"), 3e-3: float("nan")}) == 1e-3

@@ -16,6 +16,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lcm.checkpoint import load_checkpoint, upgrade_hparams
 from lcm.errors import LCMError
 from lcm.train.callbacks import BankWriter, PredictionWriter
+from lcm.train.cost import TrainingCost
 from lcm.train.run_folder import keep_metrics, resumed_version
 
 # Lightning's own aliases that are not file paths
@@ -121,6 +122,8 @@ class LCMCLI(LightningCLI):
         parser.add_lightning_class_args(BankWriter, "bank_writer")
         # `lcm predict` writes what the model's predict_step returns (predictions.npz in the run's folder)
         parser.add_lightning_class_args(PredictionWriter, "prediction_writer")
+        # every fit writes what it cost in FLOPs, the frozen encoder included (training_cost.json in the run folder)
+        parser.add_lightning_class_args(TrainingCost, "training_cost")
 
     def _prepare_subcommand_parser(self, klass: type, subcommand: str, **kwargs):
         """As Lightning's, with `weights_only: true` by default: the trainer restores --ckpt_path without
