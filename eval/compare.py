@@ -155,6 +155,32 @@ def run_bank_restricted(cfg: CompareConfig, data: HeldOut, runs: dict[str, Path]
     info[BANK_RESTRICTED] = {"params": model.num_params(), "problems": n, "bank": f"{cfg.concept[0].name}'s"}
 
 
+def run_decoder_readout(cfg: CompareConfig, data: HeldOut, runs: dict[str, Path], results: dict, info: dict) -> None:
+    """Control (iii): the first concept system read out by a trained sentence decoder (open vocabulary: it can
+    write a sentence no bank holds) instead of retrieval, at the same sampling settings."""
+    from lcm.decoder import SentenceDecoderLM
+    from lcm.decoding import GenerativeDecoder
+    from lcm.encoders import SentenceTransformerEncoder
+    from lcm.eval.planning_ablation import train_run
+
+    first = cfg.concept[0]
+    run = train_run(cfg.controls.decoder, cfg.seed, Path(cfg.runs_dir) / cfg.name, label="decoder",
+                    overrides=cfg.controls.decoder_overrides)
+    decoder = SentenceDecoderLM.from_checkpoint(run / "checkpoints" / "best.ckpt", device=cfg.device)
+    name = decoder_row(first.name)
+    groups, seconds, meta = concept_samples(runs[first.name] / "checkpoints" / "best.ckpt", data.prompts, cfg,
+                                            first.sampling, cfg.show_progress, name,
+                                            decoder=GenerativeDecoder(decoder, SentenceTransformerEncoder()))
+    results[name] = summarize(groups, data.golds, data.refs, seconds, data.hops)
+    info[name] = {**meta, "config": first.config, "decoder": cfg.controls.decoder,
+                  "decoder_params": sum(p.numel() for p in decoder.parameters()), "sampling": first.sampling.kwargs()}
+    runs[name] = run  # its training cost: the concept run's plus the decoder's (training_flops)
+
+
+def decoder_row(concept: str) -> str:
+    return f"{concept}, read out by the decoder"
+
+
 def run_seed(cfg: CompareConfig, data: HeldOut, threshold: float | None,
              lrs: dict[str, float] | None = None) -> tuple[dict, dict, dict, float, dict[str, Path]]:
     """Train (what is missing), sample and score every system with `cfg.seed`: (results, info, histograms,
@@ -165,23 +191,30 @@ def run_seed(cfg: CompareConfig, data: HeldOut, threshold: float | None,
     histograms, threshold = run_token(cfg, data, runs[TOKEN], results, info, threshold)
     if cfg.controls.bank_restricted:
         run_bank_restricted(cfg, data, runs, results, info)
+    if cfg.controls.decoder:
+        run_decoder_readout(cfg, data, runs, results, info)
     relative_cost(results, {s.name: info[s.name]["denoiser_evals_per_call"] for s in cfg.concept}, TOKEN)
-    training_flops(results, runs)
+    training_flops(cfg, results, runs)
     return results, info, histograms, threshold, runs
 
 
-def training_flops(results: dict, runs: dict[str, Path]) -> None:
+def training_flops(cfg: CompareConfig, results: dict, runs: dict[str, Path]) -> None:
     """Each system's training FLOPs from its run's training_cost.json (`lcm.train.cost`: trunk, and for concept
     systems the frozen encoder's passes over the corpus): `train_flops`, `train_flops_encoder`. The token
     baseline's rows (greedy, Soft Thinking, the bank-restricted control) share its run."""
     import json
 
+    def cost(run: Path) -> dict:
+        return json.loads((run / "training_cost.json").read_text())
+
     for name, run in runs.items():
-        cost = json.loads((run / "training_cost.json").read_text())
         rows = [r for r in results if r in TOKEN_ROWS or r == BANK_RESTRICTED] if name == TOKEN else [name]
+        total, encoder = cost(run)["total_flops"], cost(run).get("encoder_flops") or 0.0
+        if name not in training_configs(cfg):  # the decoder read-out: the concept run plus the decoder's training
+            first = cost(runs[cfg.concept[0].name])  # (the encoder's passes over the shared corpus counted once)
+            total, encoder = first["total_flops"] + cost(run)["trunk_train_flops"], first.get("encoder_flops") or 0.0
         for row in rows:
-            results[row]["train_flops"] = float(cost["total_flops"])
-            results[row]["train_flops_encoder"] = float(cost.get("encoder_flops") or 0.0)
+            results[row]["train_flops"], results[row]["train_flops_encoder"] = float(total), float(encoder)
 
 
 def run_compare(cfg: CompareConfig) -> dict:

@@ -54,6 +54,10 @@ class Controls:
     follower: bool = True  # the encoder follower (tasks with facts and a question: forks, logic chains)
     bank_restricted: bool = False  # the token model choosing each line from the concept model's bank (costly)
     bank_problems: PositiveInt = 20  # ... on the first n problems only (every step scores every bank line)
+    # (iii) the first concept system read out by a trained sentence decoder (open vocabulary) instead of retrieval:
+    # the decoder's training config (same data source as the concept systems), trained per seed with its own budget
+    decoder: str | None = None
+    decoder_overrides: list[str] = field(default_factory=list)  # appended to the decoder's `lcm fit`
 
 
 @dataclass

@@ -86,7 +86,10 @@ def markdown(report: dict) -> str:
              "encoder's space, never revisiting, and answers from the first answer-bearing fact (no trained "
              f"parameter: a result it matches is not a result); {BANK_RESTRICTED} takes, at each step, the line of "
              "the first concept system's bank with the highest log-likelihood under the token model (the same closed "
-             "set as retrieval; on the first `controls.bank_problems` problems only: it scores every bank line).",
+             "set as retrieval; on the first `controls.bank_problems` problems only: it scores every bank line); "
+             "`..., read out by the decoder` (with `controls.decoder`) is the first concept system with each step "
+             "written by a trained sentence decoder instead of retrieved (open vocabulary: a sentence no bank holds "
+             "can come out).",
              "- answered: share of samples with an answer line (`#### ...`). stop: end / repeat / max: shares of "
              "samples that stopped at end-of-text (token models: <eos>), on a repeated step, or at the step cap "
              "(token models: max_new_tokens).",

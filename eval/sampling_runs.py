@@ -70,12 +70,13 @@ def concept_sample(g, model) -> Sample:
 
 
 def concept_samples(ckpt: Path, problems: list[str] | list[list[str]], cfg: CompareConfig, sampling: Sampling,
-                    show: bool, label: str) -> tuple[list[list[Sample]], float, dict]:
-    """k samples per problem (its text, or its prompt sentences) from a concept checkpoint; the seconds time
-    generation only (not the read-back of hidden states and step embeddings)."""
+                    show: bool, label: str, decoder=None) -> tuple[list[list[Sample]], float, dict]:
+    """k samples per problem (its text, or its prompt sentences) from a concept checkpoint, read out by retrieval
+    or by `decoder` (a `ConceptDecoder`); the seconds time generation only (not the read-back of hidden states and
+    step embeddings)."""
     from lcm.generate import ConceptGenerator
 
-    gen = ConceptGenerator.from_checkpoint(ckpt, device=cfg.device)
+    gen = ConceptGenerator.from_checkpoint(ckpt, device=cfg.device, decoder=decoder)
     kw = sampling.kwargs()
 
     def sample(i: int, problem) -> list:

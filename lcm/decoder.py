@@ -251,6 +251,12 @@ class SentenceDecoderLM(TokenizerInCheckpoint, DataConsumer, L.LightningModule):
         acc = (logits.argmax(-1) == target)[keep].float().mean()
         return loss, acc, keep.sum(), truncated
 
+    def sequence_lengths(self, batch: dict) -> torch.Tensor:
+        """(B,) positions each sentence feeds the decoder: its prefix vectors, <bos> and its tokens (not <eos>, which
+        predicts nothing; `lcm.train.cost`)."""
+        tokens, _ = self._batch_tokens(batch["text"])
+        return self.net.n_prefix + (tokens != self.tokenizer.pad_id).sum(1) - 1
+
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         loss, acc, n, truncated = self._loss(batch)
         self.log("train/loss", loss, prog_bar=True, batch_size=int(n))

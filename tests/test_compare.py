@@ -26,19 +26,29 @@ def tiny_config(work, **extra) -> str:
     return str(path)
 
 
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(600)
 def test_compare_pipeline_smoke(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)  # embedding cache of the training configs lands here
-    config = tiny_config(tmp_path, controls={"bank_restricted": True, "bank_problems": 2})
+    decoder = ["--data.init_args.source.class_path", "lcm.train.LogicChains", "--data.init_args.source.init_args.n", "60",
+               "--model.init_args.arch.d_model", "32", "--model.init_args.arch.n_layer", "1",
+               "--model.init_args.vocab_size", "300", "--trainer.max_epochs", "1"]
+    config = tiny_config(tmp_path, controls={"bank_restricted": True, "bank_problems": 2,
+                                             "decoder": str(REPO / "train/configs/decoder_quickstart.yaml"),
+                                             "decoder_overrides": decoder})
     code, err = run_lcm(["eval", "compare", "-c", config], capsys)
     assert code == 0, err
     report = json.loads((tmp_path / "report" / "metrics.json").read_text())
     res = report["results"]
-    controls = {"encoder follower (0 parameters)", "token Llama restricted to the bank"}
+    controls = {"encoder follower (0 parameters)", "token Llama restricted to the bank",
+                "Base-LCM + planning, read out by the decoder"}
     assert set(res) == {"Base-LCM + planning", "Diffusion + planning", "token Llama", "token Llama (greedy)",
                         "Soft Thinking", "Soft Thinking + noise"} | controls
     assert len(res["token Llama restricted to the bank"]["per_problem_accuracy"]) == 2  # bank_problems
     assert report["systems"]["encoder follower (0 parameters)"]["params"] == 0
+    read_out = res["Base-LCM + planning, read out by the decoder"]  # the same model, steps written by the decoder
+    assert read_out["k"] == 2 and read_out["train_flops"] > res["Base-LCM + planning"]["train_flops"]
+    assert read_out["train_flops_encoder"] == res["Base-LCM + planning"]["train_flops_encoder"]
+    assert report["systems"]["Base-LCM + planning, read out by the decoder"]["decoder_params"] > 0
     res = {k: v for k, v in res.items() if k not in controls}
     assert res["token Llama (greedy)"]["k"] == 1 and res["Soft Thinking + noise"]["k"] == 2
     assert report["systems"]["Soft Thinking + noise"]["generate"]["soft"]["noise"] == "gumbel"
@@ -65,12 +75,12 @@ def test_compare_pipeline_smoke(tmp_path, monkeypatch, capsys):
     for name, r in report["results"].items():  # training compute: each system's run, the encoder in concept runs
         if name == "encoder follower (0 parameters)":
             continue
-        assert r["train_flops"] > 0 and (r["train_flops_encoder"] > 0) == (name in ("Base-LCM + planning",
-                                                                                       "Diffusion + planning"))
+        assert r["train_flops"] > 0 and (r["train_flops_encoder"] > 0) == ("LCM" in name)
     assert res["Soft Thinking"]["train_flops"] == res["token Llama"]["train_flops"]  # one run, several rows
     curves = report["validation_curves"]
-    assert set(curves) == {"Base-LCM + planning", "Diffusion + planning", "token Llama"}
-    assert all(len(c["step"]) == len(c["val_loss"]) == 6 for c in curves.values())  # one per epoch
+    assert set(curves) == {"Base-LCM + planning", "Diffusion + planning", "token Llama",
+                           "Base-LCM + planning, read out by the decoder"}  # the last: the decoder's own loss
+    assert all(len(c["step"]) == len(c["val_loss"]) == 6 for n, c in curves.items() if "decoder" not in n)
     for png in ("entropy_histogram", "accuracy_vs_samples", "accuracy_vs_hops", "diversity", "entropy_curve",
                 "validation_curves"):
         assert (tmp_path / "report" / f"{png}.png").read_bytes()[:4] == b"\x89PNG"

@@ -191,3 +191,62 @@ def test_follower_command_prints_accuracy_ci_and_chance(cache, capsys):
 def test_follower_command_rejects_a_bad_budget(capsys):
     code, err = run_lcm(["eval", "follower", "--budget", "0"], capsys)
     assert code == 2 and "error: --budget must be >= 1" in err
+
+
+def test_problem_sets_give_every_epoch_fresh_problems(encoder, tmp_path):
+    """Forks(problem_sets=3) through the concept data: epoch e trains on set e mod 3 only (the loader's sampler,
+    as Lightning drives it with set_epoch), every epoch has as many windows, the held-out problems are set 0's
+    and none of them (nor a later set's problem the split would hold out) is ever trained on."""
+    from lcm.train.datamodule import ConceptDataModule
+
+    dm = ConceptDataModule(Forks(n=30, seed=0, problem_sets=3), encoder=encoder, cache_dir=str(tmp_path / "c"),
+                           show_progress=False, batch_size=4, max_seq_len=96, val_fraction=0.2, test_fraction=0.2)
+    dm.setup("fit")
+    docs = dm.corpus.docs
+    assert {d.meta["problem_set"] for d in docs["val"] + docs["test"]} == {0}
+    assert dm.corpus.stats["held_out_later_sets"] > 0
+    held = {prompt_key(d) for d in docs["val"] + docs["test"]}
+    assert not held & {prompt_key(d) for d in docs["train"]}
+    train_sets = np.array([d.meta["problem_set"] for d in docs["train"]])
+    assert set(train_sets) == {0, 1, 2} and list(dm.corpus.train_sets) == list(train_sets)
+    first_ids = {tuple(dm.corpus.seqs["train"][i][0][:8]): s for i, s in enumerate(train_sets)}  # doc -> its set
+    loader = dm.train_dataloader()
+    per_epoch = []
+    for epoch in range(4):
+        loader.sampler.set_epoch(epoch)
+        seen = [first_ids[tuple(ids[:8].tolist())] for b in loader for ids in b["ids"]]
+        assert set(seen) == {epoch % 3}, epoch
+        per_epoch.append(len(seen))
+    assert len(set(per_epoch)) == 1 and per_epoch[0] == min(np.bincount(train_sets))
+
+
+def test_lightning_sets_the_problem_set_epoch_and_the_token_data_follows(tmp_path):
+    """Lightning calls set_epoch on the sampler before each epoch; the token baseline's loader reads the same
+    set per epoch (the same problem stream for every system)."""
+    import lightning as L
+    import torch
+
+    from lcm.train.token_data import TokenDataModule
+
+    dm = TokenDataModule(Forks(n=20, seed=0, problem_sets=2), batch_size=8)
+    loader = dm.train_dataloader()
+    sets = np.array([d.meta["problem_set"] for d in dm.documents("train")])
+    prompts = {d.prompt_text.replace(" ", ""): s for d, s in zip(dm.documents("train"), sets)}
+
+    class Probe(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(1))
+            self.seen = []
+
+        def training_step(self, batch, i):
+            self.seen += [(self.current_epoch, prompts[p.replace(" ", "")]) for p in batch["prompt"]]
+            return self.w.sum() * 0 + self.w.pow(2).sum()
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    probe = Probe()
+    L.Trainer(max_epochs=3, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+              enable_model_summary=False, accelerator="cpu").fit(probe, loader)
+    assert {e: {s for ep, s in probe.seen if ep == e} for e in range(3)} == {0: {0}, 1: {1}, 2: {0}}

@@ -47,8 +47,11 @@ def check_split_args(val_fraction: float, test_fraction: float, max_chars: int) 
 def load_documents(source: CorpusSource, max_chars: int, val_fraction: float, test_fraction: float,
                    split_seed: int) -> tuple[dict[str, list[Document]], dict]:
     """A source's usable documents by split (blank and repeated problems skipped, counted in the stats).
-    Every model -- concept, decoder, token baseline -- sees the same split of the same documents."""
-    stats = {"blank": 0, "duplicate": 0}
+    Every model -- concept, decoder, token baseline -- sees the same split of the same documents. Documents of a
+    later problem set (`meta["problem_set"]` > 0: fresh training problems for later epochs) are training-only:
+    the held-out problems are those of set 0, and a later one the split hash would hold out is dropped
+    (counted), so no held-out problem is ever trained on."""
+    stats = {"blank": 0, "duplicate": 0, "held_out_later_sets": 0}
     seen: set[str] = set()
     docs: dict[str, list[Document]] = {s: [] for s in SPLITS}
     for doc in source.documents(max_chars):
@@ -59,7 +62,11 @@ def load_documents(source: CorpusSource, max_chars: int, val_fraction: float, te
             stats["duplicate"] += 1
             continue
         seen.add(doc.prompt_text)
-        docs[split_of(doc, val_fraction, test_fraction, split_seed)].append(doc)
+        split = split_of(doc, val_fraction, test_fraction, split_seed)
+        if split != "train" and doc.meta.get("problem_set", 0) > 0:
+            stats["held_out_later_sets"] += 1
+            continue
+        docs[split].append(doc)
     if not docs["train"]:
         n = sum(len(d) for d in docs.values())
         raise LCMError(f"{source.describe()}: no usable training documents "
@@ -80,6 +87,7 @@ class Corpus:
     break_id: int = -1  # -1 without planning
     stats: dict = field(default_factory=dict)
     folder: Path | None = None  # the store
+    train_sets: np.ndarray | None = None  # (n_train_docs,) problem set of each training document (sources with sets)
 
     def vectors(self, rows) -> np.ndarray:
         """Table rows as float32, read with bounded resident memory (`Mapped.rows`). (N, D)"""
@@ -307,8 +315,10 @@ class ConceptDataModule(SplitLoaders, L.LightningDataModule):
         if "max_chars" in meta:  # generation must split prompts as the store's sentences were split
             self.max_chars = int(meta["max_chars"])
         self._store_prompt_format = meta.get("prompt_format", "sentences")
+        sets = np.asarray(meta["train_sets"]) if "train_sets" in meta else None
         return Corpus(texts=texts, table=table, docs={s: [] for s in SPLITS}, seqs=seqs, eot_id=int(meta["eot_id"]),
-                      break_id=int(meta.get("break_id", -1)), stats=dict(meta.get("stats", {})), folder=Path(self.store))
+                      break_id=int(meta.get("break_id", -1)), stats=dict(meta.get("stats", {})), folder=Path(self.store),
+                      train_sets=sets)
 
     def _build_store(self) -> Corpus:
         """Documents -> unique sentences (encoded once, cached) -> a prepared store -> a memory-mapped Corpus."""
@@ -338,6 +348,9 @@ class ConceptDataModule(SplitLoaders, L.LightningDataModule):
                 "max_chars": self.max_chars, "split": [self.val_fraction, self.test_fraction, self.split_seed]}
         if self.source.prompt_format != "sentences":  # absent = sentences: keys of earlier stores stay valid
             meta["prompt_format"] = self.source.prompt_format
+        sets = [int(d.meta.get("problem_set", 0)) for d in docs["train"]]
+        if any(sets):  # absent = one set: keys of earlier stores stay valid
+            meta["train_sets"] = sets
         root = self.cache_dir / "corpora"
         key = corpus_key(self.encoder.id, self.store_dtype, table.texts, extra_table, seqs, meta)
         if not (root / key / "manifest.json").exists():  # built by an earlier run (or rank 0) otherwise
@@ -345,7 +358,7 @@ class ConceptDataModule(SplitLoaders, L.LightningDataModule):
                               meta | {"stats": stats})
         _, mapped, _, stored = open_store(root / key, encoder_id=self.encoder.id)
         return Corpus(texts=table.texts, table=mapped, docs=docs, seqs=stored, eot_id=eot_id, break_id=break_id,
-                      stats=stats, folder=root / key)
+                      stats=stats, folder=root / key, train_sets=np.asarray(sets) if any(sets) else None)
 
     def _sequence(self, doc: Document, table: "ConceptTable", break_id: int) -> tuple[list[int], list[int], int]:
         """A document's table rows and position types, without the closing end-of-text; and its paragraphs
@@ -468,4 +481,15 @@ class ConceptDataModule(SplitLoaders, L.LightningDataModule):
             self._packed[split] = pack_segments(seg, self.max_seq_len, self.split_seed)
         windows = self._packed[split] if self.pack and len(seg) else seg
         return make_loader(WindowDataset(self.corpus.seqs[split], windows, self.pack), split, self.batch_size,
-                           shuffle, PadCollate(self.corpus.table), self.num_workers)
+                           shuffle, PadCollate(self.corpus.table), self.num_workers, sets=self._window_sets(split))
+
+    def _window_sets(self, split: str) -> np.ndarray | None:
+        """(windows,) the problem set of each training window's document (sources with several sets), else None."""
+        sets = self.corpus.train_sets
+        if split != "train" or sets is None:
+            return None
+        if self.pack:
+            raise LCMError("data.pack mixes documents in one window: it cannot serve one problem set per epoch; "
+                           "turn pack off or use one problem set")
+        doc = np.searchsorted(self.corpus.seqs[split].offsets[:], self.window_segments(split)[:, 0], side="right") - 1
+        return sets[doc]

@@ -19,7 +19,8 @@ sometimes first tries the dead end and backs up ("Try the rule ... It leads to a
 so a trained policy has a real choice at forks. The last step is `#### <property>`.
 
 Problem i depends only on (seed, i); `Forks.problems(epoch)` regenerates a fresh training stream per epoch,
-skipping held-out problems by a hash of their prompt text.
+skipping held-out problems by a hash of their prompt text. `Forks(problem_sets=E)` is how training uses it:
+the data holds E sets (set e = `problems(e)`'s stream) and epoch e trains on set e mod E only.
 """
 from __future__ import annotations
 
@@ -174,13 +175,20 @@ class Forks(CorpusSource):
         min_hops / max_hops: links from the entity's category to its property, drawn uniformly per problem.
         fork_p: chance that a path category also leads into a dead end (at least one fork per problem).
         detour_p: chance that the solution first tries a fork's dead end and backs up.
+        problem_sets: fresh problems per epoch: `documents` yields this many sets of n problems (set e > 0 from
+            the stream of `problems(e)`), and training reads set e mod problem_sets in epoch e
+            (`lcm.train.loaders.ProblemSetSampler`); held-out problems come from set 0 only (a later set's
+            problem that the split would hold out is dropped). Every set is encoded once, up front (cached).
     """
 
     def __init__(self, n: int = 2000, seed: int = 0, min_hops: int = 2, max_hops: int = 6, fork_p: float = 0.6,
-                 detour_p: float = 0.3):
+                 detour_p: float = 0.3, problem_sets: int = 1):
         if n < 1 or not 1 <= min_hops <= max_hops <= MAX_HOPS:
             raise LCMError(f"Forks needs n >= 1 and 1 <= min_hops <= max_hops <= {MAX_HOPS} "
                            f"(got n={n}, hops {min_hops}..{max_hops})")
+        if problem_sets < 1:
+            raise LCMError(f"Forks needs problem_sets >= 1 (got {problem_sets})")
+        self.problem_sets = problem_sets
         if not (0 <= fork_p <= 1 and 0 <= detour_p <= 1):
             raise LCMError(f"Forks needs fork_p and detour_p in [0, 1] (got {fork_p}, {detour_p})")
         self.n, self.seed = n, seed
@@ -188,7 +196,8 @@ class Forks(CorpusSource):
         self.fork_p, self.detour_p = fork_p, detour_p
 
     def describe(self) -> str:
-        return f"forks (n={self.n}, seed={self.seed}, {self.min_hops}-{self.max_hops} hops)"
+        sets = f", {self.problem_sets} problem sets" if self.problem_sets > 1 else ""
+        return f"forks (n={self.n}{sets}, seed={self.seed}, {self.min_hops}-{self.max_hops} hops)"
 
     def problem(self, stream: str, i: int, max_chars: int) -> Document:
         """Problem i of a seed stream: a function of (stream, i) alone."""
@@ -199,8 +208,16 @@ class Forks(CorpusSource):
                         answer=answer, meta={"source": "forks", "index": i, "hops": hops})
 
     def documents(self, max_chars: int) -> Iterator[Document]:
-        for i in range(self.n):
-            yield self.problem(str(self.seed), i, max_chars)
+        for e in range(self.problem_sets):
+            for i in range(self.n):
+                doc = self.problem(self.stream(e), i, max_chars)
+                doc.meta["problem_set"] = e
+                yield doc
+
+    def stream(self, epoch: int) -> str:
+        """The seed stream of an epoch's problems: "<seed>" for epoch 0 (the held-out problems' stream), then
+        "<seed>/<epoch>"."""
+        return str(self.seed) if epoch == 0 else f"{self.seed}/{epoch}"
 
     def problems(self, epoch: int, exclude: Collection[str] = (), max_chars: int = 256) -> Iterator[Document]:
         """`n` training problems for `epoch`, none whose `prompt_key` is in `exclude` (the held-out problems).
@@ -209,7 +226,7 @@ class Forks(CorpusSource):
         "<seed>/<e>", so every epoch sees fresh problems while (seed, epoch) fixes them all."""
         if epoch < 0:
             raise LCMError(f"Forks.problems needs epoch >= 0, got {epoch}")
-        stream = str(self.seed) if epoch == 0 else f"{self.seed}/{epoch}"
+        stream = self.stream(epoch)
         kept, i = 0, 0
         while kept < self.n:
             doc = self.problem(stream, i, max_chars)

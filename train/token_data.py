@@ -73,4 +73,7 @@ class TokenDataModule(SplitLoaders, L.LightningDataModule):
             hand_over(self.trainer.lightning_module, self._handoff)
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        return make_loader(self.documents(split), split, self.batch_size, shuffle, collate_texts, self.num_workers)
+        docs = self.documents(split)
+        sets = [d.meta.get("problem_set", 0) for d in docs]  # fresh problems per epoch, as the concept models get
+        return make_loader(docs, split, self.batch_size, shuffle, collate_texts, self.num_workers,
+                           sets=sets if split == "train" and any(sets) else None)
