@@ -1,4 +1,5 @@
-"""training_cost.json: FLOPs of a run counted from the sequences it read, with the frozen encoder's passes."""
+"""training_cost.json: FLOPs of a run counted from the sequences it read, with the frozen encoder's passes; the
+ablation's per-hop accuracy."""
 import json
 
 import numpy as np
@@ -86,3 +87,9 @@ def test_a_max_steps_run_is_finished_when_fit_ended(tmp_path):
     assert not finished(run)
     (run / "training_cost.json").write_text("{}")
     assert finished(run)
+
+
+def test_objective_ablation_accuracy_by_hops():
+    from lcm.eval.objective_ablation import by_hops
+
+    assert by_hops([1, 0, 1, 1], [2, 2, 3, 5]) == {"2": 0.5, "3": 1.0, "5": 1.0}
