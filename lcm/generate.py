@@ -87,6 +87,10 @@ class ConceptGenerator:
         self.plan_bank = plan_bank
         self.plan_decoder = RetrievalDecoder(plan_bank) if plan_bank is not None else None  # the model's plans
         self.boundary_rows = bank.rows_of(self.boundary_texts)  # bank rows a step is never read out as
+        # the default read-out is the boundary rule's own search (nearest bank sentence, boundaries excluded): its
+        # hit is reused instead of searching the bank a second time
+        self._retrieval_reads_rule = (isinstance(self.decoder, RetrievalDecoder) and self.decoder.bank is bank
+                                      and np.array_equal(np.sort(self.decoder.exclude), np.sort(self.boundary_rows)))
         self._bank_vectors: torch.Tensor | None = None  # (N, D) the bank as a tensor, for the step policy
         if self.planning and plan_bank is None:
             raise LCMError("this model was trained with planning and needs its plan bank (checkpoints/plan_bank)")
@@ -279,11 +283,11 @@ class ConceptGenerator:
             eot_cos = F.cosine_similarity(preds, eot.expand_as(preds), dim=-1).cpu().numpy()
             brk_cos = F.cosine_similarity(preds, brk.expand_as(preds), dim=-1).cpu().numpy()
             pred_np = preds.cpu().numpy()
-            step_cos = self._best_sentence_cos(pred_np, [r.at_paragraph_start for r in active])
+            step_cos, step_ids = self._best_sentences(pred_np, [r.at_paragraph_start for r in active])
             for r, h in zip(active, self._step_entropies(preds)):
                 r.gen.entropies.append(h)
             kinds = [rule.classify(r, e, b, s) for r, e, b, s in zip(active, eot_cos, brk_cos, step_cos)]
-            readouts = self._read_out(pred_np, kinds)
+            readouts = self._read_out(pred_np, kinds, (step_cos, step_ids))
             active = [r for r, kind, p, d in zip(active, kinds, pred_np, readouts) if rule.apply(r, kind, p, d)]
 
     def _step_entropies(self, preds: torch.Tensor) -> list[float]:
@@ -296,24 +300,32 @@ class ConceptGenerator:
             self._bank_vectors = torch.from_numpy(self.bank.vectors)
         return step_entropy(preds.float().cpu(), self._bank_vectors, tau).tolist()
 
-    def _best_sentence_cos(self, preds: np.ndarray, at_paragraph_start: list[bool]) -> np.ndarray:
-        """Per row, the cosine of the best sentence its prediction could be read out as: the plan bank's at a
-        paragraph start, else the sentence bank's without the end-of-text and break sentences. (A, D) -> (A,)"""
-        out = np.empty(len(preds), dtype=np.float32)
+    def _best_sentences(self, preds: np.ndarray, at_paragraph_start: list[bool]) -> tuple[np.ndarray, np.ndarray]:
+        """Per row, the best sentence its prediction could be read out as -- the plan bank's at a paragraph start,
+        else the sentence bank's without the end-of-text and break sentences: its cosine (A,) and its row in its
+        bank (A,). preds (A, D)."""
+        cos, ids = np.empty(len(preds), dtype=np.float32), np.full(len(preds), -1, dtype=np.int64)
         start = np.asarray(at_paragraph_start, dtype=bool)
         for rows, bank, exclude in ((~start, self.bank, self.boundary_rows), (start, self.plan_bank, ())):
             if rows.any():
-                out[rows] = bank.search(preds[rows], k=1, exclude=exclude)[0][:, 0]
-        return out
+                scores, hits = bank.search(preds[rows], k=1, exclude=exclude)
+                cos[rows], ids[rows] = scores[:, 0], hits[:, 0]
+        return cos, ids
 
-    def _read_out(self, preds: np.ndarray, kinds: list[Kind]) -> list[Decoded | None]:
-        """Text for the rows that need it: steps through the decoder, the model's plans through the plan bank
-        (one call each). preds (A, D) -> one `Decoded` or None per row."""
+    def _read_out(self, preds: np.ndarray, kinds: list[Kind], best: tuple[np.ndarray, np.ndarray]
+                  ) -> list[Decoded | None]:
+        """Text for the rows that need it: steps through the decoder (the default retrieval reuses `best`, the
+        rule's (cosines, bank rows) from `_best_sentences`: the same search), the model's plans through the plan
+        bank (one call each). preds (A, D) -> one `Decoded` or None per row."""
         out: list[Decoded | None] = [None] * len(kinds)
         for kind, decoder in ((Kind.STEP, self.decoder), (Kind.PLAN, self.plan_decoder)):
             rows = [j for j, k in enumerate(kinds) if k is kind]
-            for j, decoded in zip(rows, decoder.decode(preds[rows]) if rows else []):
-                out[j] = decoded
+            if kind is Kind.STEP and self._retrieval_reads_rule:
+                decoded = [decoder.hit(best[0][j], int(best[1][j])) for j in rows]
+            else:
+                decoded = decoder.decode(preds[rows]) if rows else []
+            for j, d in zip(rows, decoded):
+                out[j] = d
         return out
 
     def _plan_lists(self, plans, single: bool, n: int) -> list[list[str]]:

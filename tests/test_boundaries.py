@@ -163,3 +163,26 @@ def test_a_problem_given_as_its_prompt_sentences_is_not_resplit(trained_run):
     assert out.prompt_concepts == 3 and out.problem == "\n".join(lines)
     with pytest.raises(LCMError, match="the problem text is empty"):
         gen.generate([["", " "]])
+
+
+def test_default_retrieval_reuses_the_rules_search(trained_run, monkeypatch):
+    """The default read-out takes the boundary rule's nearest-sentence hit instead of searching the bank again:
+    no extra decode call, and the same solutions as a retrieval decoder that searches by itself."""
+    from lcm.decoding import RetrievalDecoder
+    from lcm.generate import ConceptGenerator
+
+    ckpt = str(trained_run / "checkpoints" / "last.ckpt")
+    gen = ConceptGenerator.from_checkpoint(ckpt)
+    calls = []
+    monkeypatch.setattr(RetrievalDecoder, "decode", lambda self, p: calls.append(len(p)) or [])
+    reused = gen.generate(["Ann has 3 pens and buys 4 more. How many pens does she have?"] * 2, num_samples=2,
+                          noise=0.5, seed=0, max_steps=6)
+    assert not calls and any(s.text for group in reused for g in group for s in g.steps)
+    monkeypatch.undo()
+    own = ConceptGenerator.from_checkpoint(ckpt)
+    own.decoder = RetrievalDecoder(own.bank, exclude=own.boundary_texts)  # same bank and exclusions, own search
+    own._retrieval_reads_rule = False
+    searched = own.generate(["Ann has 3 pens and buys 4 more. How many pens does she have?"] * 2, num_samples=2,
+                            noise=0.5, seed=0, max_steps=6)
+    texts = lambda groups: [[[(s.text, round(s.score, 6)) for s in g.steps] for g in group] for group in groups]  # noqa: E731
+    assert texts(reused) == texts(searched)
