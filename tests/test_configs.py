@@ -116,6 +116,40 @@ def test_compare_config_loads(path):
     for config in [s.config for s in cfg.concept] + [cfg.token.config]:
         assert (repo / config).is_file(), config
     assert cfg.k >= 1 and cfg.problems >= 1 and cfg.concept
+    if cfg.controls.decoder:
+        assert (repo / cfg.controls.decoder).is_file()
+
+
+@pytest.mark.parametrize("path", COMPARE, ids=lambda p: p.name)
+def test_compare_overrides_arrive_in_every_system(path, monkeypatch):
+    """Each `--key value` of a compare config's train_overrides (and the sweep's learning rate; the decoder's
+    overrides in its config) is the value the parsed training config of every system holds."""
+    from lcm.eval.lr_sweep import lr_override
+
+    monkeypatch.chdir(CONFIGS.parent.parent)
+    cfg = CompareConfig.load(path)
+    runs = [(c, [*cfg.train_overrides, *(lr_override(cfg.lr_sweep[0]) if cfg.lr_sweep else [])])
+            for c in [s.config for s in cfg.concept] + [cfg.token.config]]
+    if cfg.controls.decoder:
+        runs.append((cfg.controls.decoder, cfg.controls.decoder_overrides))
+    on_cpu = {"--trainer.accelerator": "cpu", "--trainer.devices": "1", "--trainer.precision": "32-true"}  # GPU configs
+    for config, overrides in runs:
+        parsed = make_cli(["-c", config, *overrides, *[x for kv in on_cpu.items() for x in kv]], run=False).config
+        for key, value in zip(overrides[::2], overrides[1::2]):
+            if key in on_cpu:
+                continue
+            held = _lookup(parsed, key.lstrip("-"))
+            assert str(held) == value or held == type(held)(value), (config, key, held, value)
+
+
+def _lookup(ns, key: str):
+    """A parsed value by its command-line key, which may omit `init_args` after a class's key."""
+    parts, node = key.split("."), ns
+    for part in parts:
+        if part not in node and "init_args" in node:
+            node = node["init_args"]
+        node = node[part]
+    return node
 
 
 @pytest.mark.parametrize("option", ["pack", "planning", "long_documents", "max_seq_len"])
