@@ -74,6 +74,7 @@ def test_compare_pipeline_smoke(tmp_path, monkeypatch, capsys):
     assert res["Diffusion + planning"]["step_entropy"] is None  # a sampler has no step policy: n/a
     for name, r in report["results"].items():  # training compute: each system's run, the encoder in concept runs
         if name == "encoder follower (0 parameters)":
+            assert r["train_flops"] == 0
             continue
         assert r["train_flops"] > 0 and (r["train_flops_encoder"] > 0) == ("LCM" in name)
     assert res["Soft Thinking"]["train_flops"] == res["token Llama"]["train_flops"]  # one run, several rows
