@@ -42,7 +42,8 @@ def generate_main(args: list[str]) -> None:
     parser.add_argument("--guidance", type=float, default=None, help="diffusion only: classifier-free guidance scale")
     parser.add_argument("--ddim-steps", type=int, default=None, help="diffusion only: DDIM steps per concept")
     parser.add_argument("--no-stop-on-repeat", dest="stop_on_repeat", action="store_false",
-                        help="keep going when a step repeats an earlier one (default: stop there)")
+                        help="keep going when the solution loops (its last L steps repeat the L before them, "
+                             "L <= 4; default: stop there)")
     parser.add_argument("--device", default="cpu")
     ns = parser.parse_args(args)
     from lcm.generate import ConceptGenerator, format_generation

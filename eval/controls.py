@@ -16,8 +16,8 @@ prefix P, line s scores
 and the best line is appended. Its end decides the rest, as in training, where <eos> directly follows the last
 line: <eos> more likely than "\\n" ends the solution (stop reason "end_of_text"); otherwise the line ends with
 "\\n", and with a second "\\n" (a paragraph break) when that is the model's greedy next token -- the prefix is
-the token model's own rendering. A line already written stops the solution ("repetition", not appended), as
-does `max_steps`, or a prefix with no room left in the model's context for any line ("max_steps").
+the token model's own rendering. A line that makes the solution loop stops it ("repetition", not appended; the
+concept models' rule, `lcm.generation_step.loops`), as does `max_steps`, or a prefix with no room left in the model's context for any line ("max_steps").
 The step entropy is that of softmax(scores) over the bank: the token model's step policy over the same closed
 set as the concept model's (nats, in [0, log N]).
 
@@ -40,6 +40,7 @@ import torch
 from lcm.errors import LCMError
 from lcm.eval.follower import follower_walks
 from lcm.eval.sampling_runs import Sample, attach_step_embeddings, timed_per_problem
+from lcm.generation_step import loops
 from lcm.token_model import TokenLM, cache_keyword
 from lcm.train.documents import Document
 
@@ -169,7 +170,7 @@ def bank_restricted_solution(model: TokenLM, prompt: str, bank: LineBank, max_st
             break
         states.append(h.float().cpu().numpy())
         entropies.append(policy_entropy(s.scores))
-        if bank.texts[best] in steps:
+        if loops([*steps, bank.texts[best]]):
             reason = "repetition"
             break
         steps.append(bank.texts[best])

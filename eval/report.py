@@ -91,7 +91,7 @@ def markdown(report: dict) -> str:
              "written by a trained sentence decoder instead of retrieved (open vocabulary: a sentence no bank holds "
              "can come out).",
              "- answered: share of samples with an answer line (`#### ...`). stop: end / repeat / max: shares of "
-             "samples that stopped at end-of-text (token models: <eos>), on a repeated step, or at the step cap "
+             "samples that stopped at end-of-text (token models: <eos>), on a loop of steps, or at the step cap "
              "(token models: max_new_tokens).",
              f"- {GREEDY} and {SOFT} (the official code's defaults, no noise: its evaluation draws one sample) give "
              f"one solution per problem, so their pass@k is their pass@1 and they have no diversity columns; "

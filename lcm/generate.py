@@ -215,7 +215,8 @@ class ConceptGenerator:
                 cosine to the end-of-text concept (above 1: never stop by end-of-text).
             feedback: feed back the decoded sentence's encoder embedding ("decoded", default: "snap", keeps
                 inputs on the data manifold; "retrieved" is its old name) or the raw predicted vector.
-            stop_on_repeat: stop when the decoded step equals an earlier step of the same solution.
+            stop_on_repeat: stop when the solution starts looping: its last L decoded steps repeat the L
+                before them, L <= 4 (`lcm.generation_step.loops`); a step that recurs after others goes on.
             plans: planning models only: plan texts to steer generation, used in order as the plans of
                 paragraphs 1, 2, ... (later paragraphs are planned by the model). One list for a single
                 problem, or one list per problem. A plan's sentences become one plan concept by the vector

@@ -109,6 +109,18 @@ class Row:
         return self.gen
 
 
+MAX_LOOP = 4  # longest cycle of steps `loops` looks for
+
+
+def loops(steps: list[str], max_period: int = MAX_LOOP) -> bool:
+    """The solution has started to loop: its last L steps repeat the L steps before them ("A A", "A B A B", ...)
+    for some L <= max_period. A step that merely recurs after other steps is not a loop: gold solutions restate
+    a rule after a detour (forks: "It leads to a dead end." twice), and a model may restate a rule before moving
+    on (a logic-chain Base-LCM that "stopped on a repeat" at an earlier rule answered 12% more problems
+    correctly without the stop)."""
+    return any(len(steps) >= 2 * n and steps[-n:] == steps[-2 * n:-n] for n in range(1, max_period + 1))
+
+
 @dataclass(frozen=True)
 class StepRule:
     """How one row treats the model's prediction for it (arguments as `ConceptGenerator.generate`'s).
@@ -166,8 +178,8 @@ class StepRule:
             return row.stop("end_of_text")
         if kind is Kind.STEP and readout.text == self.eot_text:  # a trained decoder wrote the end: never a step
             return row.stop("end_of_text")
-        if kind is Kind.STEP and self.stop_on_repeat and any(s.text == readout.text for s in row.gen.steps
-                                                             if not s.is_plan):
+        if kind is Kind.STEP and self.stop_on_repeat and loops([s.text for s in row.gen.steps if not s.is_plan]
+                                                               + [readout.text]):
             return row.stop("repetition")
         row.inputs.append(self._record(row, kind, pred, readout))
         if len(row.gen.steps) >= self.max_steps or len(row.inputs) >= self.max_len:

@@ -186,3 +186,34 @@ def test_default_retrieval_reuses_the_rules_search(trained_run, monkeypatch):
                             noise=0.5, seed=0, max_steps=6)
     texts = lambda groups: [[[(s.text, round(s.score, 6)) for s in g.steps] for g in group] for group in groups]  # noqa: E731
     assert texts(reused) == texts(searched)
+
+
+def test_a_loop_stops_a_recurring_step_does_not():
+    """The repeat stop fires on a loop (the last L steps repeat the L before them), not on a step that recurs
+    after others -- which gold solutions do (forks: "It leads to a dead end." after two detours) and which used
+    to cut 12% of a logic-chain Base-LCM's solutions."""
+    from lcm.generation_step import loops
+    from lcm.train import Forks, LogicChains
+
+    assert loops(["A", "A"]) and loops(["x", "A", "B", "A", "B"]) and loops(list("xABCDABCD"))
+    assert not loops(["A", "B", "A"]) and not loops(["A"]) and not loops(list("ABCDEABCDE"))  # period 5 > 4
+    assert not loops(["Every jompus is a lempus.", "So Polly is a jompus.", "Every jompus is a lempus."])
+    for source in (LogicChains(n=300, seed=0), Forks(n=300, seed=0)):  # no gold solution is cut
+        for doc in source.documents(256):
+            assert not any(loops(doc.steps[:i]) for i in range(1, len(doc.steps) + 1)), doc.steps
+    forks_recur = [d for d in Forks(n=300, seed=0).documents(256) if len(set(d.steps)) < len(d.steps)]
+    assert forks_recur  # the old rule (any earlier step) would have cut these gold solutions
+
+
+def test_generation_goes_on_after_a_recurring_step():
+    """A solution that restates an earlier step after another one continues (the old rule stopped it)."""
+    from lcm.decoding import Decoded
+
+    rule = StepRule(eot_text="End of text.", break_concept=torch.zeros(4), max_steps=10)
+    row = Row(Generation("p", prompt_concepts=1), [torch.zeros(4)], [], at_paragraph_start=False)
+    texts = ["Every a is a b.", "So X is an a.", "Every a is a b.", "So X is a b."]
+    alive = [rule.apply(row, Kind.STEP, np.zeros(4, dtype=np.float32), Decoded(t, np.zeros(4), 1.0, "retrieved"))
+             for t in texts]
+    assert alive == [True] * 4 and [s.text for s in row.gen.steps] == texts
+    assert not rule.apply(row, Kind.STEP, np.zeros(4, dtype=np.float32), Decoded(texts[-1], np.zeros(4), 1.0, "retrieved"))
+    assert row.gen.stop_reason == "repetition"  # "So X is a b." twice in a row: a loop
