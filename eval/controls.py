@@ -17,7 +17,8 @@ and the best line is appended. Its end decides the rest, as in training, where <
 line: <eos> more likely than "\\n" ends the solution (stop reason "end_of_text"); otherwise the line ends with
 "\\n", and with a second "\\n" (a paragraph break) when that is the model's greedy next token -- the prefix is
 the token model's own rendering. A line that makes the solution loop stops it ("repetition", not appended; the
-concept models' rule, `lcm.generation_step.loops`), as does `max_steps`, or a prefix with no room left in the model's context for any line ("max_steps").
+concept models' rule, `lcm.generation_step.loops`), as does `max_steps`, or a prefix with no room left in the
+model's context for any line ("max_steps").
 The step entropy is that of softmax(scores) over the bank: the token model's step policy over the same closed
 set as the concept model's (nats, in [0, log N]).
 
