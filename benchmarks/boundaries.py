@@ -61,6 +61,8 @@ def main() -> None:
     p.add_argument("--k", type=int, default=4)
     p.add_argument("--max-steps", type=int, default=16)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-stop-on-repeat", dest="stop_on_repeat", action="store_false",
+                   help="no loop stop (generation's stop_on_repeat=False)")
     p.add_argument("--label", default="", help="name of this measurement in the JSON (e.g. before / after)")
     p.add_argument("--out", type=Path, default=RESULTS / "boundaries.json")
     args = p.parse_args()
@@ -72,6 +74,8 @@ def main() -> None:
     for noise in levels:
         start = time.perf_counter()
         kw = {"noise": noise} if noise is not None else {}
+        if not args.stop_on_repeat:
+            kw["stop_on_repeat"] = False
         groups = gen.generate(problems, num_samples=args.k, seed=args.seed, max_steps=args.max_steps, **kw)
         groups = [[g] for g in groups] if args.k == 1 else groups
         flat = [g for group in groups for g in group]
@@ -86,6 +90,7 @@ def main() -> None:
                       *(f"{r[c]:.3f}" if c not in ("steps", "breaks") else f"{r[c]:.2f}" for c in cols[1:]))
     Console().print(table)
     write_json(args.out, {"label": args.label, "ckpt": str(args.ckpt), "config": args.config, "model": sampler,
+                          "stop_on_repeat": args.stop_on_repeat,
                           "problems": len(problems), "k": args.k, "max_steps": args.max_steps, "rows": rows,
                           "date": dt.datetime.now().isoformat(timespec="seconds")})
     print(f"wrote {args.out}")
