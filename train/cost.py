@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from lcm.io import write_json
+from lcm.train.datamodule import ConceptDataModule
 
 TRAIN_MULTIPLIER = 3  # forward + backward (2x forward)
 
@@ -94,10 +95,18 @@ class TrainingCost(L.Callback):
         self.sequences = int(state_dict.get("sequences", 0))
 
     def on_fit_end(self, trainer: L.Trainer, pl_module) -> None:
-        # no logger, no run folder (log_dir would fall back to the working directory)
-        if not trainer.is_global_zero or not trainer.loggers or not hasattr(pl_module, "sequence_lengths"):
+        # no logger, no run folder (the trainer's log_dir would fall back to the working directory)
+        if not trainer.loggers or not hasattr(pl_module, "sequence_lengths"):
             return
-        write_json(Path(trainer.log_dir) / "training_cost.json", self.report(trainer, pl_module))
+        # every rank counted its own shard: the sum over ranks (a collective, so every rank calls it). A resumed
+        # multi-rank run restored rank 0's count on each rank: its pre-resume part is world size x rank 0's
+        # count, which equal-sized DistributedSampler shards make right up to their sequence lengths.
+        counts = trainer.strategy.reduce(torch.tensor([self.positions, self.squared_lengths, self.sequences],
+                                                      dtype=torch.float64, device=pl_module.device), reduce_op="sum")
+        self.positions, self.squared_lengths, self.sequences = (int(round(float(c))) for c in counts)
+        if trainer.is_global_zero:
+            folder = trainer.loggers[0].log_dir  # not trainer.log_dir: that one broadcasts (rank 0 alone is here)
+            write_json(Path(folder) / "training_cost.json", self.report(trainer, pl_module))
 
     def report(self, trainer: L.Trainer, pl_module) -> dict:
         net = getattr(pl_module, "net", pl_module)
@@ -105,17 +114,18 @@ class TrainingCost(L.Callback):
         trunk = TRAIN_MULTIPLIER * forward_flops(weights, layers, pl_module.arch.d_model, self.positions,
                                                  self.squared_lengths)
         out = {"optimizer_steps": int(trainer.global_step), "sequences": self.sequences, "positions": self.positions,
-               "linear_weights": weights, "attention_layers": layers, "trunk_train_flops": trunk}
+               "linear_weights": weights, "attention_layers": layers, "trunk_train_flops": trunk,
+               "world_size": int(trainer.world_size)}
         out.update(self.encoder_part(trainer))
         out["total_flops"] = trunk + (out.get("encoder_flops") or 0.0)
         return out
 
     @staticmethod
     def encoder_part(trainer: L.Trainer) -> dict:
-        """The frozen encoder's passes over the corpus's unique sentences (concept data only)."""
-        dm = trainer.datamodule
-        corpus = getattr(dm, "corpus", None) if hasattr(dm, "encoder") else None
-        if corpus is None:
+        """The frozen encoder's passes over the corpus's unique sentences (concept and sentence data)."""
+        data = trainer.datamodule
+        if not isinstance(data, ConceptDataModule):  # text data (the token baseline): no encoder
             return {}
+        corpus = data.corpus
         n = int(corpus.stats.get("sentences", len(corpus.texts)))
-        return encoder_cost(dm.encoder, [corpus.texts[i] for i in range(n)])
+        return encoder_cost(data.encoder, [corpus.texts[i] for i in range(n)])
