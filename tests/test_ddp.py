@@ -37,12 +37,12 @@ def test_ddp_two_cpu_ranks_train_disjoint_shards(tmp_path):
 
         loader = dm.train_dataloader()  # every training window, one per batch
         every = {s for w in loader.dataset for s in DataShardLog.signatures(loader.collate_fn([w]))}
+        per_window = [int((loader.collate_fn([w])["types"] >= 0).sum()) - 1 for w in loader.dataset]
     finally:
         os.chdir(CONFIGS.parent.parent)
     assert a | b == every  # together the ranks covered the whole training split
     # training_cost.json sums both ranks' positions: every window once (+ the one DistributedSampler repeats)
     cost = json.loads((tmp_path / "runs" / "quickstart" / "version_0" / "training_cost.json").read_text())
-    per_window = [int((loader.collate_fn([w])["types"] >= 0).sum()) - 1 for w in loader.dataset]
     whole = sum(per_window)
     assert cost["world_size"] == 2 and whole <= cost["positions"] <= whole + max(per_window)
 
