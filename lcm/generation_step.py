@@ -162,10 +162,13 @@ class StepRule:
         cosines = {Kind.PLAN if row.at_paragraph_start else Kind.STEP: step_cos}  # first: a tie goes on
         if self.eot_threshold is None or eot_cos >= self.eot_threshold:
             cosines[Kind.END] = eot_cos
-        if self.planning and not row.at_paragraph_start and (self.break_threshold is None
-                                                            or break_cos >= self.break_threshold):
+        if self.planning and (self.break_threshold is None or break_cos >= self.break_threshold):
             cosines[Kind.BREAK] = break_cos
         kind = max(cosines, key=cosines.get)
+        if kind is Kind.BREAK and row.at_paragraph_start:
+            # a second break right after one: training puts a plan here, never a break, and it is no end either
+            # (its cosine to end-of-text is the break's own, 0.49, above a poor plan match): read as the plan
+            return Kind.PLAN
         if kind is Kind.STEP and self.planning and row.paragraph_steps >= self.max_paragraph_steps:
             return Kind.FORCED_BREAK
         return kind

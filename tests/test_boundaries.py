@@ -53,7 +53,10 @@ def test_a_noisy_break_is_a_break_never_the_end():
     assert rule().classify(r, eot_cos=0.6, break_cos=0.5, step_cos=0.4) is Kind.END
     assert rule().classify(r, eot_cos=0.3, break_cos=0.35, step_cos=0.4) is Kind.STEP
     start = Row(Generation("problem", prompt_concepts=1), [torch.zeros(D)], at_paragraph_start=True)
-    assert rule().classify(start, eot_cos=0.5, break_cos=0.9, step_cos=0.4) is Kind.END  # no break before a plan
+    # no break before a plan: a break-like prediction there is read as the plan, not the end (it used to end
+    # the two-tower diffusion model's solutions: test_a_break_right_after_a_break_is_read_as_the_plan_not_the_end)
+    assert rule().classify(start, eot_cos=0.5, break_cos=0.9, step_cos=0.4) is Kind.PLAN
+    assert rule().classify(start, eot_cos=0.5, break_cos=0.3, step_cos=0.4) is Kind.END
     assert rule().classify(start, eot_cos=0.3, break_cos=0.9, step_cos=0.4) is Kind.PLAN
     flat = StepRule(DEFAULT_EOT_TEXT, torch.from_numpy(AXES[BRK]))  # no planning: a break means nothing
     assert flat.classify(r, eot_cos=0.3, break_cos=0.9, step_cos=0.4) is Kind.STEP
@@ -217,3 +220,15 @@ def test_generation_goes_on_after_a_recurring_step():
     assert alive == [True] * 4 and [s.text for s in row.gen.steps] == texts
     assert not rule.apply(row, Kind.STEP, np.zeros(4, dtype=np.float32), Decoded(texts[-1], np.zeros(4), 1.0, "retrieved"))
     assert row.gen.stop_reason == "repetition"  # "So X is a b." twice in a row: a loop
+
+
+def test_a_break_right_after_a_break_is_read_as_the_plan_not_the_end():
+    """At a paragraph start (after a break) a prediction closest to the break concept used to lose to
+    end-of-text (0.49, the break's own cosine to it) against a poor plan match (0.30) and end the solution: the
+    two-tower diffusion model's solutions ended after ~2 steps. Training puts a plan there: it is read as one."""
+    rule = StepRule(eot_text=DEFAULT_EOT_TEXT, break_concept=torch.zeros(4), planning=True)
+    row = Row(Generation("p", prompt_concepts=1), [torch.zeros(4)], [], at_paragraph_start=True)
+    assert rule.classify(row, eot_cos=0.49, break_cos=1.0, step_cos=0.30) is Kind.PLAN
+    assert rule.classify(row, eot_cos=0.95, break_cos=0.49, step_cos=0.30) is Kind.END  # a real end still ends
+    row.at_paragraph_start = False
+    assert rule.classify(row, eot_cos=0.49, break_cos=1.0, step_cos=0.30) is Kind.BREAK
