@@ -205,15 +205,13 @@ def training_flops(cfg: CompareConfig, results: dict, runs: dict[str, Path]) -> 
     baseline's rows (greedy, Soft Thinking, the bank-restricted control) share its run."""
     import json
 
-    def cost(run: Path) -> dict:
-        return json.loads((run / "training_cost.json").read_text())
-
-    for name, run in runs.items():
+    costs = {name: json.loads((run / "training_cost.json").read_text()) for name, run in runs.items()}
+    for name, cost in costs.items():
         rows = [r for r in results if r in TOKEN_ROWS or r == BANK_RESTRICTED] if name == TOKEN else [name]
-        total, encoder = cost(run)["total_flops"], cost(run).get("encoder_flops") or 0.0
+        total, encoder = cost["total_flops"], cost.get("encoder_flops") or 0.0
         if name not in training_configs(cfg):  # the decoder read-out: the concept run plus the decoder's training
-            first = cost(runs[cfg.concept[0].name])  # (the encoder's passes over the shared corpus counted once)
-            total, encoder = first["total_flops"] + cost(run)["trunk_train_flops"], first.get("encoder_flops") or 0.0
+            first = costs[cfg.concept[0].name]  # (the encoder's passes over the shared corpus counted once)
+            total, encoder = first["total_flops"] + cost["trunk_train_flops"], first.get("encoder_flops") or 0.0
         for row in rows:
             results[row]["train_flops"], results[row]["train_flops_encoder"] = float(total), float(encoder)
 

@@ -47,17 +47,11 @@ def summarize(rows: list[dict], hops: list[int]) -> dict:
     """Seeds -> mean ± std of accuracy (and the rest), with a bootstrap CI over problems (seed-averaged), and the
     seed-averaged accuracy per hop count (`hops`: each problem's)."""
     out = rm.over_seeds([float(np.mean(r["correct"])) for r in rows], [r["correct"] for r in rows])
-    out["accuracy_by_hops"] = by_hops(np.mean([r["correct"] for r in rows], axis=0), hops)
+    out["accuracy_by_hops"] = rm.accuracy_by_hops(np.mean([r["correct"] for r in rows], axis=0), hops)
     for key in ("answered", "stop_end_of_text", "steps", *VALIDATION):
         vals = [r[key] for r in rows if key in r]
         out[key] = float(np.mean(vals)) if vals else float("nan")
     return out
-
-
-def by_hops(per_problem, hops: list[int]) -> dict[str, float]:
-    """Mean of per-problem scores for each hop count."""
-    per_problem = np.asarray(per_problem, dtype=np.float64)
-    return {str(h): float(per_problem[np.asarray(hops) == h].mean()) for h in sorted(set(hops))}
 
 
 def main() -> None:
@@ -86,7 +80,7 @@ def main() -> None:
     summary = {name: summarize(rows, hops) for name, rows in runs.items()}
     summary["encoder follower (0 parameters)"] = {"accuracy": float(follower.mean()),
                                                   "accuracy_ci": list(rm.bootstrap_ci(follower)),
-                                                  "accuracy_by_hops": by_hops(follower, hops)}
+                                                  "accuracy_by_hops": rm.accuracy_by_hops(follower, hops)}
     write_json(args.out, {"seeds": args.seeds, "problems": len(docs), "overrides": args.overrides, "chance": 1 / 24,
                           "runs": runs, "summary": summary})
     for name, s in summary.items():

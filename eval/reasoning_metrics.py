@@ -47,6 +47,12 @@ def bootstrap_ci(values, level: float = 0.95, resamples: int = 2000, seed: int =
     return float(np.quantile(means, tail)), float(np.quantile(means, 1.0 - tail))
 
 
+def accuracy_by_hops(per_problem, hops) -> dict[str, float]:
+    """Mean of per-problem scores for each hop count: {str(hops): mean}, in hop order."""
+    per_problem, hops = np.asarray(per_problem, dtype=np.float64), np.asarray(hops)
+    return {str(int(h)): float(per_problem[hops == h].mean()) for h in np.unique(hops)}
+
+
 def over_seeds(accuracies: list[float], per_problem: list[list[float]]) -> dict:
     """One system's accuracy over seeds: the mean, `accuracy_std` (sample std; 0 for one seed), the seeds' own
     values, each problem's accuracy averaged over seeds, and the bootstrap CI over problems on those."""

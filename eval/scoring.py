@@ -62,10 +62,7 @@ def accuracy(groups: list[list[Sample]], golds: list[str], hops: list[int] | Non
            "pass_at_k": pass_curve[-1], "pass_curve": pass_curve, "k": k, "n_correct": int(np.sum(correct)),
            "per_problem_accuracy": per_problem}
     if hops is not None:
-        by = {}
-        for h, a in zip(hops, per_problem):
-            by.setdefault(int(h), []).append(a)
-        out["accuracy_by_hops"] = {str(h): float(np.mean(v)) for h, v in sorted(by.items())}
+        out["accuracy_by_hops"] = rm.accuracy_by_hops(per_problem, hops)
     return out
 
 

@@ -89,7 +89,8 @@ def test_a_max_steps_run_is_finished_when_fit_ended(tmp_path):
     assert finished(run)
 
 
-def test_objective_ablation_accuracy_by_hops():
-    from lcm.eval.objective_ablation import by_hops
+def test_accuracy_by_hops():
+    """The per-hop accuracy every report uses (compare's scoring, the objective ablation)."""
+    from lcm.eval.reasoning_metrics import accuracy_by_hops
 
-    assert by_hops([1, 0, 1, 1], [2, 2, 3, 5]) == {"2": 0.5, "3": 1.0, "5": 1.0}
+    assert accuracy_by_hops([1, 0, 1, 1], [2, 2, 3, 5]) == {"2": 0.5, "3": 1.0, "5": 1.0}

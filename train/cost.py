@@ -60,10 +60,10 @@ def encoder_cost(encoder, texts: list[str]) -> dict:
     cap = st.max_seq_length or 512
     lengths = [min(len(ids), cap) for ids in st.tokenizer(list(texts), add_special_tokens=True)["input_ids"]]
     width = int(encoder.dim)  # hidden size = embedding size for the mean-pooled transformers we ship
-    flops = forward_flops(linear_weights(st), attention_layers(st), width, sum(lengths),
-                          sum(n * n for n in lengths), causal=False)
+    weights = linear_weights(st)
+    flops = forward_flops(weights, attention_layers(st), width, sum(lengths), sum(n * n for n in lengths), causal=False)
     return {"encoder_flops": flops, "encoder_sentences": len(texts), "encoder_tokens": sum(lengths),
-            "encoder_linear_weights": linear_weights(st)}
+            "encoder_linear_weights": weights}
 
 
 class TrainingCost(L.Callback):
