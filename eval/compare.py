@@ -14,6 +14,7 @@ metrics of one system), `report` (markdown and plots); this module runs them in 
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -209,11 +210,14 @@ def training_flops(cfg: CompareConfig, results: dict, runs: dict[str, Path]) -> 
     for name, cost in costs.items():
         rows = [r for r in results if r in TOKEN_ROWS or r == BANK_RESTRICTED] if name == TOKEN else [name]
         total, encoder = cost["total_flops"], cost.get("encoder_flops") or 0.0
+        seconds = cost.get("fit_seconds", float("nan"))  # runs older than the field: n/a
         if name not in training_configs(cfg):  # the decoder read-out: the concept run plus the decoder's training
             first = costs[cfg.concept[0].name]  # (the encoder's passes over the shared corpus counted once)
             total, encoder = first["total_flops"] + cost["trunk_train_flops"], first.get("encoder_flops") or 0.0
+            seconds += first.get("fit_seconds", float("nan"))
         for row in rows:
             results[row]["train_flops"], results[row]["train_flops_encoder"] = float(total), float(encoder)
+            results[row]["train_seconds"] = float(seconds)
 
 
 def run_compare(cfg: CompareConfig) -> dict:
@@ -221,6 +225,7 @@ def run_compare(cfg: CompareConfig) -> dict:
     plots. Several seeds: each system's numbers are means over seeds (`by_seed` keeps each), its accuracy CI is
     bootstrapped over problems on the per-problem accuracy averaged over seeds, and the forking threshold is the
     first seed's (one fixed threshold)."""
+    started = time.perf_counter()
     data = held_out(cfg)
     seeds = cfg.seeds or [cfg.seed]
     swept = (sweep(training_configs(cfg), cfg.lr_sweep, seeds[0], Path(cfg.runs_dir) / cfg.name, cfg.train_overrides)
@@ -239,11 +244,12 @@ def run_compare(cfg: CompareConfig) -> dict:
         run_follower(data, results, info)  # no training, no seed: one row
     report = {"name": cfg.name, "problems": len(data.problems), "k": cfg.k, "seed": seeds[0], "seeds": seeds,
               "device": cfg.device, "systems": info, "results": results, "entropy_curve": curve,
-              "chance_accuracy": chance_accuracy(data.golds), "forking_threshold": threshold}
+              "chance_accuracy": chance_accuracy(data.golds, data.docs), "forking_threshold": threshold}
     if len(seeds) > 1:
         report["by_seed"] = {str(s): r for s, r in by_seed.items()}
     report["validation_curves"] = {name: dict(zip(("step", "val_loss"), validation_curve(run / "metrics.csv")))
                                    for name, run in first_runs.items()}  # the first seed's: trained to a plateau?
+    report["wall_seconds"] = round(time.perf_counter() - started, 1)  # this invocation (runs it reused cost it 0)
     if swept:
         report["lr_sweep"] = {name: {"val_loss": {f"{lr:g}": v for lr, v in s["val_loss"].items()},
                                      "chosen": s["chosen"]} for name, s in swept.items()}

@@ -48,7 +48,7 @@ COLUMNS = (("accuracy", "acc [95% CI]", ".3f"), ("pass_at_k", "pass@k", ".3f"), 
            ("time_per_problem_vs_token", "problem time vs token", ".2f"),
            ("forward_passes_per_step", "fwd/step", ".1f"), ("denoiser_evals_per_step", "denoiser/step", ".0f"),
            ("soft_token_share", "soft share", ".2f"), ("train_flops", "train FLOPs", ".2e"),
-           ("train_flops_encoder", "of which encoder", ".2e"))
+           ("train_flops_encoder", "of which encoder", ".2e"), ("train_seconds", "train s", ".0f"))
 
 
 def cell(r: dict, key: str, fmt: str) -> str:
@@ -78,7 +78,9 @@ def markdown(report: dict) -> str:
              + (f"seeds {', '.join(map(str, report['seeds']))} (every number a mean over seeds; acc ± its std over "
                 "seeds; per-seed results in metrics.json `by_seed`), " if len(report.get("seeds", [])) > 1
                 else f"seed {report['seed']}, ")
-             + f"device {report['device']}." + (f" Chance accuracy (majority answer): {chance:.3f}." if chance else ""),
+             + f"device {report['device']}." + (f" Chance accuracy (majority answer): {chance:.3f}." if chance else "")
+             + (f" Wall time of this compare: {report['wall_seconds'] / 60:.1f} min (runs reused from an earlier "
+                "invocation cost it nothing; `train s` is each row's own fit time)." if "wall_seconds" in report else ""),
              "", *table(report), "",
              "- acc: mean over all samples (unbiased pass@1), with a 95% percentile-bootstrap CI over problems; "
              "pass@k with the unbiased estimator over k samples.",

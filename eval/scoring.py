@@ -144,7 +144,13 @@ def relative_cost(results: dict[str, dict], denoiser_evals_per_call: dict[str, i
         r["time_per_step_vs_token"] = r["seconds_per_step"] / base["seconds_per_step"]
 
 
-def chance_accuracy(golds: list[str]) -> float | None:
-    """Accuracy of always answering the most frequent gold answer (0.5 for balanced True/False)."""
+def chance_accuracy(golds: list[str], docs: list | None = None) -> float | None:
+    """Accuracy of always answering the most frequent gold answer (0.5 for balanced True/False); for forks
+    problems, 1 / its number of possible answers (24 properties; the held-out sample's majority share would
+    overstate it); None for open answers (gsm numbers)."""
+    if docs and all(d.meta.get("source") == "forks" for d in docs):
+        from lcm.train.forks import PROPERTIES
+
+        return 1 / len(PROPERTIES)
     top = Counter(golds).most_common(1)[0][1]
     return top / len(golds) if len(set(golds)) <= 10 else None

@@ -2,6 +2,7 @@
 model's own code surfaces as itself."""
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 import lightning as L
@@ -231,6 +232,10 @@ def test_a_token_baseline_resumes_with_ckpt_path(tmp_path, monkeypatch):
     code, _ = run_lcm(["fit", *tiny, "--trainer.max_epochs", "1"])
     assert code == 0
     run = tmp_path / "runs" / "token_baseline_logic" / "version_0"
+    first = json.loads((run / "training_cost.json").read_text())
     code, _ = run_lcm(["fit", *tiny, "--trainer.max_epochs", "2", "--ckpt_path", str(run / "checkpoints" / "last.ckpt")])
     assert code == 0
     assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)["epoch"] == 1
+    resumed = json.loads((run / "training_cost.json").read_text())  # the whole run's cost, both segments
+    assert resumed["positions"] == 2 * first["positions"] > 0
+    assert resumed["fit_seconds"] > first["fit_seconds"] > 0

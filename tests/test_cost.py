@@ -50,6 +50,7 @@ def test_fit_writes_what_it_trained_on(trained_run, monkeypatch):
     assert cost["encoder_sentences"] == data.corpus.stats["sentences"] > 0
     assert cost["encoder_tokens"] >= 3 * cost["encoder_sentences"]  # [CLS] at least one word [SEP]
     assert np.isclose(cost["total_flops"], cost["trunk_train_flops"] + cost["encoder_flops"])
+    assert cost["fit_seconds"] > 0  # the compare's `train s` column
 
 
 def test_token_model_counts_its_tokens():

@@ -18,6 +18,7 @@ The convention is the usual one (Kaplan et al. 2020, section 2.1; Chinchilla app
 """
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import lightning as L
@@ -76,6 +77,16 @@ class TrainingCost(L.Callback):
         self.positions = 0
         self.squared_lengths = 0
         self.sequences = 0
+        self.seconds = 0.0  # wall time of training (validation included) before this process's fit started
+        self._started: float | None = None
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module) -> None:
+        self._started = time.perf_counter()
+
+    def fit_seconds(self) -> float:
+        """Wall time of the whole fit (a resumed run's earlier segments included; data preparation before `fit`
+        and the encoder filling its cache are not in it)."""
+        return self.seconds + (time.perf_counter() - self._started if self._started is not None else 0.0)
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module, outputs, batch, batch_idx: int) -> None:
         lengths_of = getattr(pl_module, "sequence_lengths", None)
@@ -87,12 +98,14 @@ class TrainingCost(L.Callback):
         self.sequences += int(lengths.numel())
 
     def state_dict(self) -> dict:
-        return {"positions": self.positions, "squared_lengths": self.squared_lengths, "sequences": self.sequences}
+        return {"positions": self.positions, "squared_lengths": self.squared_lengths, "sequences": self.sequences,
+                "seconds": self.fit_seconds()}
 
     def load_state_dict(self, state_dict: dict) -> None:
         self.positions = int(state_dict.get("positions", 0))
         self.squared_lengths = int(state_dict.get("squared_lengths", 0))
         self.sequences = int(state_dict.get("sequences", 0))
+        self.seconds = float(state_dict.get("seconds", 0.0))
 
     def on_fit_end(self, trainer: L.Trainer, pl_module) -> None:
         # no logger, no run folder (the trainer's log_dir would fall back to the working directory)
@@ -115,7 +128,7 @@ class TrainingCost(L.Callback):
                                                  self.squared_lengths)
         out = {"optimizer_steps": int(trainer.global_step), "sequences": self.sequences, "positions": self.positions,
                "linear_weights": weights, "attention_layers": layers, "trunk_train_flops": trunk,
-               "world_size": int(trainer.world_size)}
+               "world_size": int(trainer.world_size), "fit_seconds": round(self.fit_seconds(), 1)}
         out.update(self.encoder_part(trainer))
         out["total_flops"] = trunk + (out.get("encoder_flops") or 0.0)
         return out

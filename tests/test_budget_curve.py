@@ -1,0 +1,59 @@
+"""lcm eval budget (eval/budget_curve.py): what each budget run is told, and how its checkpoints are read back."""
+from __future__ import annotations
+
+import pytest
+from conftest import CONFIGS
+
+from lcm.errors import LCMError
+from lcm.eval.budget_curve import budget_overrides, main, point, step_checkpoints
+
+
+def test_budget_overrides_replace_the_budget_and_keep_the_rest():
+    compare = ["--data.source.init_args.min_hops", "1", "--trainer.max_steps", "400", "--model.arch.d_model", "128",
+               "--trainer.max_epochs", "-1"]
+    out = budget_overrides(compare, steps=2000, every=250)
+    assert out[:4] == ["--data.source.init_args.min_hops", "1", "--model.arch.d_model", "128"]
+    assert out.count("--trainer.max_steps") == 1 and out[out.index("--trainer.max_steps") + 1] == "2000"
+    assert out[out.index("--model.optim.min_lr_ratio") + 1] == "1.0"  # constant rate: step s is a run of s steps
+    assert "--trainer.callbacks+=lightning.pytorch.callbacks.ModelCheckpoint" in out
+
+
+def test_the_overrides_arrive_in_a_parsed_config():
+    """What the budget run's `lcm fit` would parse: the steps, the rate floor and the appended step checkpoint."""
+    from lcm.train.cli import make_cli
+
+    args = budget_overrides(["--data.source.init_args.n", "40"], steps=30, every=10)
+    cli = make_cli(["-c", str(CONFIGS / "token_baseline_forks.yaml"), *args], run=False)
+    assert cli.trainer.max_steps == 30 and cli.trainer.val_check_interval == 10
+    assert cli.model.optim.min_lr_ratio == 1.0
+    kept = [c for c in cli.trainer.callbacks if getattr(c, "_every_n_train_steps", 0) == 10]
+    assert len(kept) == 1 and kept[0].save_top_k == -1
+
+
+def test_step_checkpoints_in_step_order(tmp_path):
+    (tmp_path / "checkpoints").mkdir()
+    for name in ("step001000.ckpt", "step000250.ckpt", "last.ckpt", "epoch01.ckpt"):
+        (tmp_path / "checkpoints" / name).write_bytes(b"")
+    assert [s for s, _ in step_checkpoints(tmp_path)] == [250, 1000]
+
+
+def test_point_reports_accuracy_per_hop():
+    q = point(250, [1.0, 0.0, 1.0, 1.0], 0.75, [1, 1, 2, 2])
+    assert q["accuracy"] == 0.75 and q["accuracy_by_hops"] == {"1": 0.5, "2": 1.0}
+    assert q["accuracy_ci"][0] <= 0.75 <= q["accuracy_ci"][1]
+
+
+def test_bad_budget_is_one_error():
+    with pytest.raises(LCMError, match="--every"):
+        main(["-c", "eval/configs/forks.yaml", "--steps", "100", "--every", "200"])
+
+
+def test_forks_chance_is_one_answer_in_24():
+    """Forks has 24 possible answers: chance is 1/24, not the held-out sample's majority share (compare used to
+    report none for forks)."""
+    from lcm.eval.scoring import chance_accuracy
+    from lcm.train import Forks
+
+    docs = list(Forks(n=30).documents(256))
+    assert chance_accuracy([d.answer for d in docs], docs) == pytest.approx(1 / 24)
+    assert chance_accuracy(["True", "False", "True", "True"]) == 0.75  # a closed answer set: the majority share
