@@ -294,7 +294,8 @@ class ConceptLM(CompileOnFit, DataConsumer, L.LightningModule):
         (`lcm.generation_step.StepRule`): end-of-text, break (planning) or continue by the largest of its cosines
         to the end-of-text concept, the break concept and the best retrieval candidate that is neither (without
         data: the best is taken as 0); `boundary_threshold`, if set, is a floor on the boundary cosines.
-        `step_cos` (N,): `_best_step_cos`. Compared with the gold type."""
+        `step_cos` (N,): `_best_step_cos`. Compared with the gold type; at a paragraph start (gold: a plan) a break
+        counts as the plan, as generation reads it."""
         eot_cos = F.cosine_similarity(pred_raw, self.eot_embedding.expand_as(pred_raw), dim=-1)  # (N,)
         brk_cos = F.cosine_similarity(pred_raw, self.break_embedding.expand_as(pred_raw), dim=-1)
         if not bool(self.meta.get("planning")):
@@ -304,7 +305,9 @@ class ConceptLM(CompileOnFit, DataConsumer, L.LightningModule):
             eot_cos = torch.where(eot_cos >= floor, eot_cos, torch.full_like(eot_cos, -2.0))
             brk_cos = torch.where(brk_cos >= floor, brk_cos, torch.full_like(brk_cos, -2.0))
         eot = (eot_cos > step_cos) & (eot_cos >= brk_cos)
-        brk = (brk_cos > step_cos) & (brk_cos > eot_cos)
+        # a break predicted at a paragraph start (where training puts a plan: the gold is a plan) is read as the
+        # plan by generation (`StepRule.classify`): it continues, as a plan would
+        brk = (brk_cos > step_cos) & (brk_cos > eot_cos) & (gold_types != int(ConceptType.PLAN))
         is_eot, is_brk = gold_types == int(ConceptType.EOT), gold_types == int(ConceptType.BREAK)
         correct = (eot == is_eot) & (brk == is_brk)
         out = {"boundary_acc": (correct.float().mean(), int(correct.numel()))}

@@ -13,6 +13,7 @@ model's entropy summed over the tokens of a step ("line entropy", `lcm.eval.reas
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -30,23 +31,28 @@ def step_log_probs(pred: torch.Tensor, bank: torch.Tensor, tau: float) -> torch.
     return torch.log_softmax(cosines(pred, bank) / tau, dim=-1)
 
 
-def step_entropy(pred: torch.Tensor, bank: torch.Tensor, tau: float, chunk: int = 1024) -> torch.Tensor:
-    """(n,) entropy in nats of each prediction's policy over the bank (chunked over predictions)."""
-    out = []
+def chunked_log_probs(pred: torch.Tensor, bank: torch.Tensor, tau: float,
+                      chunk: int = 1024) -> Iterator[tuple[slice, torch.Tensor]]:
+    """(rows, (c, N) log-probs of those predictions over the bank), `chunk` predictions at a time: never an n x N
+    matrix."""
     for start in range(0, len(pred), chunk):
-        logp = step_log_probs(pred[start:start + chunk], bank, tau)  # (c, N)
-        out.append(-(logp.exp() * logp).sum(-1))
+        rows = slice(start, start + chunk)
+        yield rows, step_log_probs(pred[rows], bank, tau)
+
+
+def step_entropy(pred: torch.Tensor, bank: torch.Tensor, tau: float, chunk: int = 1024) -> torch.Tensor:
+    """(n,) entropy in nats of each prediction's policy over the bank."""
+    out = [-(logp.exp() * logp).sum(-1) for _, logp in chunked_log_probs(pred, bank, tau, chunk)]
     return torch.cat(out) if out else torch.zeros(0)
 
 
 def step_nll_entropy(pred: torch.Tensor, candidates: torch.Tensor, gold: torch.Tensor, tau: float,
                      chunk: int = 1024) -> tuple[float, float]:
     """(mean NLL of the gold candidates, mean entropy), both in nats, under temperature `tau`: pred (n, D),
-    candidates (N, D), gold (n,) each row's gold index. One pass, chunked over predictions: never an n x N matrix."""
+    candidates (N, D), gold (n,) each row's gold index; one pass over the chunks."""
     nll = entropy = 0.0
-    for start in range(0, len(pred), chunk):
-        logp = step_log_probs(pred[start:start + chunk], candidates, tau)  # (c, N)
-        nll -= float(logp.gather(1, gold[start:start + chunk].long()[:, None]).sum())
+    for rows, logp in chunked_log_probs(pred, candidates, tau, chunk):
+        nll -= float(logp.gather(1, gold[rows].long()[:, None]).sum())
         entropy -= float((logp.exp() * logp).sum())
     n = max(len(pred), 1)
     return nll / n, entropy / n

@@ -76,6 +76,24 @@ def test_validation_boundaries_are_the_closest_kind_as_in_generation():
     assert float(out["boundary_acc"][0]) == 1.0 and float(out["eot_recall"][0]) == 1.0  # 0.6 < 0.9 used to miss it
 
 
+def test_validation_reads_a_break_at_a_paragraph_start_as_the_plan():
+    """Generation reads a break predicted at a paragraph start as the plan (StepRule.classify); validation's
+    boundary accuracy counts it the same way: right where the gold is a plan, a missed end where the gold is one."""
+    from lcm.concepts import ConceptType
+    from lcm.model import LCMConfig
+    from lcm.module import ConceptLM
+
+    model = ConceptLM(LCMConfig(embed_dim=4, d_model=8, n_layer=1, n_head=2))
+    model.meta["planning"] = True
+    model.eot_embedding.copy_(torch.tensor([1.0, 0.0, 0.0, 0.0]))
+    model.break_embedding.copy_(torch.tensor([0.0, 1.0, 0.0, 0.0]))
+    pred = torch.tensor([[0.0, 1.0, 0.0, 0.0]] * 3)  # all three predict the break
+    gold = torch.tensor([int(ConceptType.PLAN), int(ConceptType.BREAK), int(ConceptType.STEP)])
+    out = model._boundary_metrics(pred, gold, model._best_step_cos(pred, None, None))
+    assert float(out["boundary_acc"][0]) == pytest.approx(2 / 3)  # the plan position and the break: right
+    assert float(out["break_recall"][0]) == 1.0
+
+
 def test_nll_and_entropy_in_one_pass_equal_the_separate_ones():
     from lcm.step_policy import step_nll_entropy
 
