@@ -18,6 +18,7 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Callable, Literal
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -42,6 +43,10 @@ class DiffusionConfig:
     guidance: float = 3.0  # classifier-free guidance scale; 1 = off
     guidance_rescale: float = 0.7
     eta: float = 0.0  # 0 = deterministic DDIM given the starting noise
+    # which DDIM steps of the T training levels (`ddim_timesteps`): "linspace" (evenly from T-1 to 0, the default),
+    # "trailing" (from T-1 down in strides of T/n: Lin et al. 2024, table 2) or "leading" (0, T/n, ..: diffusers'
+    # default, which never starts at the pure-noise level)
+    timestep_spacing: Literal["linspace", "trailing", "leading"] = "linspace"
 
     def __post_init__(self) -> None:
         if self.timesteps < 2 or not 1 <= self.ddim_steps <= self.timesteps:
@@ -49,6 +54,8 @@ class DiffusionConfig:
                              f"(got {self.timesteps}, {self.ddim_steps})")
         if not 0 <= self.cfg_dropout < 1 or self.guidance < 0 or not 0 <= self.guidance_rescale <= 1:
             raise ValueError("cfg_dropout must be in [0, 1), guidance >= 0, guidance_rescale in [0, 1]")
+        if self.timestep_spacing not in SPACINGS:
+            raise ValueError(f"timestep_spacing must be one of {SPACINGS} (got {self.timestep_spacing!r})")
 
     @classmethod
     def from_dict(cls, d: dict) -> "DiffusionConfig":
@@ -82,9 +89,23 @@ def alphas_cumprod(schedule: str, timesteps: int) -> torch.Tensor:
     return torch.cumprod(1 - betas, dim=0).float()
 
 
-def ddim_timesteps(timesteps: int, ddim_steps: int) -> list[int]:
-    """`ddim_steps` noise levels evenly spaced from T-1 down to 0 (distinct, descending)."""
-    return sorted({round(x) for x in torch.linspace(timesteps - 1, 0, ddim_steps).tolist()}, reverse=True)
+SPACINGS = ("linspace", "trailing", "leading")
+
+
+def ddim_timesteps(timesteps: int, ddim_steps: int, spacing: str = "linspace") -> list[int]:
+    """`ddim_steps` of the T noise levels 0..T-1, distinct and descending, as diffusers' `timestep_spacing` picks
+    them: "linspace" evenly from T-1 to 0; "trailing" T-1, T-1-T/n, ... (rounded; starts at the pure-noise end);
+    "leading" (n-1)*(T//n), ..., T//n, 0 (never reaches T-1)."""
+    n = ddim_steps
+    if spacing == "linspace":  # float32 and Python's round, as every earlier sample used (not diffusers' float64)
+        return sorted({round(x) for x in torch.linspace(timesteps - 1, 0, n).tolist()}, reverse=True)
+    if spacing == "trailing":  # numpy, as diffusers computes it
+        levels = np.round(np.arange(timesteps, 0, -timesteps / n)) - 1
+    elif spacing == "leading":
+        levels = np.arange(n) * (timesteps // n)
+    else:
+        raise LCMError(f"unknown timestep spacing {spacing!r}; use one of {SPACINGS}")
+    return sorted({int(x) for x in levels if 0 <= x < timesteps}, reverse=True)
 
 
 def ddim(denoise: Callable[[torch.Tensor, int], torch.Tensor], x: torch.Tensor, abar: torch.Tensor, taus: list[int],
@@ -213,7 +234,7 @@ class TwoTowerLCM(nn.Module):
             raise LCMError(f"diffusion sampling settings: {e}") from e
         B, Q = qpos.shape
         x = cfg.init_noise * randn_like(ctx.new_empty(B, Q, self.cfg.embed_dim).float(), generator)
-        taus = ddim_timesteps(cfg.timesteps, cfg.ddim_steps)
+        taus = ddim_timesteps(cfg.timesteps, cfg.ddim_steps, cfg.timestep_spacing)
 
         def denoise(x_tau: torch.Tensor, tau: int) -> torch.Tensor:
             levels = torch.full_like(qpos, tau)
