@@ -23,6 +23,7 @@ import numpy as np
 
 from lcm.errors import LCMError
 from lcm.eval import reasoning_metrics as rm
+from lcm.eval.report import TOKEN
 from lcm.io import atomic_path, write_json
 
 # Trainer settings a budget run replaces (the rest of the compare's training overrides apply as they are).
@@ -84,6 +85,15 @@ def point(step: int, correct: list[float], answered: float, hops: list[int]) -> 
             "answered": answered, "accuracy_by_hops": rm.accuracy_by_hops(scores, hops)}
 
 
+def first_off_floor(points: list[dict], chance: float) -> int | None:
+    """The first step whose accuracy at the fewest hops reaches 2x chance (the issue's floor), or None."""
+    for q in points:
+        by = q["accuracy_by_hops"]
+        if by[min(by, key=int)] >= 2 * chance:
+            return q["step"]
+    return None
+
+
 def markdown(report: dict) -> str:
     chance, floor = report["chance"], 2 * report["chance"]
     lines = [f"# Accuracy against training budget: {report['name']}", "",
@@ -119,10 +129,12 @@ def plot(report: dict, path: Path) -> None:
         axes[0].fill_between(steps, lo, hi, alpha=0.15, color=line.get_color())
         axes[1].plot(steps, [q["accuracy_by_hops"][min(q["accuracy_by_hops"], key=int)] for q in points], marker="o",
                      color=line.get_color(), label=name)
-    for ax, title in zip(axes, ("all held-out problems (95% CI)", "fewest hops")):
+    by = report["follower"]["accuracy_by_hops"]
+    follower = (report["follower"]["accuracy"], by[min(by, key=int)])  # all problems, the fewest hops
+    for ax, title, level in zip(axes, ("all held-out problems (95% CI)", "fewest hops"), follower):
         ax.axhline(report["chance"], color="grey", ls=":", label="chance")
         ax.axhline(2 * report["chance"], color="grey", ls="--", label="floor (2x chance)")
-        ax.axhline(report["follower"]["accuracy"], color="black", ls="-.", label="encoder follower (0 parameters)")
+        ax.axhline(level, color="black", ls="-.", label="encoder follower (0 parameters)")
         ax.set_xlabel("optimizer steps")
         ax.set_title(title)
     axes[0].set_ylabel("greedy answer accuracy")
@@ -172,7 +184,7 @@ def main(argv: list[str] | None = None) -> None:
     overrides = budget_overrides(cfg.train_overrides, args.steps, args.every)
     data = held_out(cfg)
     hops = [d.meta.get("hops", 0) for d in data.docs]
-    systems = {s.name: (s.config, False) for s in cfg.concept} | {"token Llama": (cfg.token.config, True)}
+    systems = {s.name: (s.config, False) for s in cfg.concept} | {TOKEN: (cfg.token.config, True)}
     chosen = args.systems or list(systems)
     if unknown := sorted(set(chosen) - set(systems)):
         raise LCMError(f"unknown system(s) {unknown}; the config has {sorted(systems)}")
@@ -185,8 +197,7 @@ def main(argv: list[str] | None = None) -> None:
     follower = follower_control(data.docs)
     report["follower"] = {"accuracy": float(follower.mean()), "accuracy_ci": list(rm.bootstrap_ci(follower)),
                           "accuracy_by_hops": rm.accuracy_by_hops(follower, hops)}
-    report["off_floor"] = {name: next((q["step"] for q in points if q["accuracy_by_hops"][min(q["accuracy_by_hops"], key=int)]
-                                       >= 2 * report["chance"]), None) for name, points in report["systems"].items()}
+    report["off_floor"] = {name: first_off_floor(points, report["chance"]) for name, points in report["systems"].items()}
     write_json(out / "budget_curve.json", report)
     with atomic_path(out / "budget_curve.md") as tmp:
         tmp.write_text(markdown(report), encoding="utf-8")

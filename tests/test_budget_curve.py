@@ -57,3 +57,20 @@ def test_forks_chance_is_one_answer_in_24():
     docs = list(Forks(n=30).documents(256))
     assert chance_accuracy([d.answer for d in docs], docs) == pytest.approx(1 / 24)
     assert chance_accuracy(["True", "False", "True", "True"]) == 0.75  # a closed answer set: the majority share
+
+
+def test_report_names_the_first_step_off_the_floor(tmp_path):
+    from lcm.eval.budget_curve import first_off_floor, markdown, plot
+
+    hops = [1, 1, 2, 2]
+    report = {"name": "t", "problems": 4, "seed": 0, "chance": 1 / 24, "runs_dir": "runs/x",
+              "systems": {"A": [point(250, [0, 0, 0, 0], 0.5, hops), point(500, [1, 0, 0, 0], 1.0, hops)],
+                          "token Llama": [point(250, [0, 0, 0, 0], 1.0, hops)]},
+              "follower": {"accuracy": 0.25, "accuracy_ci": [0.0, 0.75], "accuracy_by_hops": {"1": 0.5, "2": 0.0}},
+              "off_floor": {}}
+    report["off_floor"] = {name: first_off_floor(points, report["chance"]) for name, points in report["systems"].items()}
+    assert report["off_floor"] == {"A": 500, "token Llama": None}  # 0.5 at 1 hop >= 2/24; 0 never is
+    md = markdown(report)
+    assert "| A | 500 | 0.250 [" in md and "A: 500; token Llama: not reached" in md
+    plot(report, tmp_path / "b.png")
+    assert (tmp_path / "b.png").read_bytes()[:4] == b"\x89PNG"
