@@ -60,7 +60,7 @@ def test_forks_chance_is_one_answer_in_24():
 
 
 def test_report_names_the_first_step_off_the_floor(tmp_path):
-    from lcm.eval.budget_curve import first_off_floor, markdown, plot
+    from lcm.eval.budget_curve import first_above_chance, first_off_floor, markdown, plot
 
     hops = [1, 1, 2, 2]
     report = {"name": "t", "problems": 4, "seed": 0, "chance": 1 / 24, "runs_dir": "runs/x",
@@ -72,5 +72,7 @@ def test_report_names_the_first_step_off_the_floor(tmp_path):
     assert report["off_floor"] == {"A": 500, "token Llama": None}  # 0.5 at 1 hop >= 2/24; 0 never is
     md = markdown(report)
     assert "| A | 500 | 0.250 [" in md and "A: 500; token Llama: not reached" in md
+    assert first_above_chance(report["systems"]["A"], report["chance"]) is None  # 1 of 4 right: the CI reaches 0
+    assert first_above_chance([point(9, [1, 1, 1, 1], 1.0, hops)], report["chance"]) == 9
     plot(report, tmp_path / "b.png")
     assert (tmp_path / "b.png").read_bytes()[:4] == b"\x89PNG"
