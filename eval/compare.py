@@ -134,7 +134,7 @@ def run_follower(data: HeldOut, results: dict, info: dict) -> None:
 
     groups, seconds = follower_samples(data.docs, SentenceTransformerEncoder())
     results[FOLLOWER] = summarize(groups, data.golds, data.refs, seconds, data.hops)
-    results[FOLLOWER]["train_flops"] = 0.0  # nothing trained (its encoder passes are in its wall time)
+    results[FOLLOWER]["train_flops"] = results[FOLLOWER]["train_seconds"] = 0.0  # nothing trained (encoder: wall time)
     info[FOLLOWER] = {"params": 0, "control": "lcm.eval.controls.follower_samples (cosine walk)"}
 
 

@@ -74,11 +74,14 @@ def test_compare_pipeline_smoke(tmp_path, monkeypatch, capsys):
     assert res["Diffusion + planning"]["step_entropy"] is None  # a sampler has no step policy: n/a
     for name, r in report["results"].items():  # training compute: each system's run, the encoder in concept runs
         if name == "encoder follower (0 parameters)":
-            assert r["train_flops"] == 0
+            assert r["train_flops"] == r["train_seconds"] == 0
             continue
         concept = not (name.startswith("token") or name.startswith("Soft Thinking"))
         assert r["train_flops"] > 0 and (r["train_flops_encoder"] > 0) == concept, name
+        assert r["train_seconds"] > 0, name  # the run's fit wall time (training_cost.json)
     assert res["Soft Thinking"]["train_flops"] == res["token Llama"]["train_flops"]  # one run, several rows
+    assert read_out["train_seconds"] > res["Base-LCM + planning"]["train_seconds"]  # the concept run's + the decoder's
+    assert 0 < sum(r["train_seconds"] for r in (res["token Llama"], res["Base-LCM + planning"])) < report["wall_seconds"]
     curves = report["validation_curves"]
     assert set(curves) == {"Base-LCM + planning", "Diffusion + planning", "token Llama",
                            "Base-LCM + planning, read out by the decoder"}  # the last: the decoder's own loss
