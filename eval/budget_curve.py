@@ -59,15 +59,6 @@ def step_checkpoints(run: Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
-def concept_correct(ckpt: Path, docs: list, max_steps: int, device: str) -> tuple[list[float], float]:
-    """Greedy concept generations -> per-problem correctness, answered rate."""
-    from lcm.generate import ConceptGenerator
-
-    gens = ConceptGenerator.from_checkpoint(ckpt, device=device).generate([d.prompt for d in docs], max_steps=max_steps)
-    answers = [rm.parse_answer(g.text) for g in gens]
-    return [float(rm.answers_match(a, d.answer)) for a, d in zip(answers, docs)], float(np.mean([a is not None for a in answers]))
-
-
 def token_correct(ckpt: Path, docs: list, max_new_tokens: int, device: str) -> tuple[list[float], float]:
     """Greedy token-model solutions -> per-problem correctness, answered rate."""
     from lcm.token_model import TokenLM
@@ -80,18 +71,12 @@ def token_correct(ckpt: Path, docs: list, max_new_tokens: int, device: str) -> t
 
 
 def point(step: int, correct: list[float], answered: float, hops: list[int]) -> dict:
-    scores = np.asarray(correct)
-    return {"step": step, "accuracy": float(scores.mean()), "accuracy_ci": list(rm.bootstrap_ci(scores)),
-            "answered": answered, "accuracy_by_hops": rm.accuracy_by_hops(scores, hops)}
+    return {"step": step, **rm.accuracy_summary(correct, hops), "answered": answered}
 
 
 def first_off_floor(points: list[dict], chance: float) -> int | None:
     """The first step whose accuracy at the fewest hops reaches 2x chance (the issue's floor), or None."""
-    for q in points:
-        by = q["accuracy_by_hops"]
-        if by[min(by, key=int)] >= 2 * chance:
-            return q["step"]
-    return None
+    return next((q["step"] for q in points if rm.fewest_hops(q["accuracy_by_hops"]) >= 2 * chance), None)
 
 
 def first_above_chance(points: list[dict], chance: float) -> int | None:
@@ -111,7 +96,7 @@ def markdown(report: dict) -> str:
         for q in points:
             by = q["accuracy_by_hops"]
             lo, hi = q["accuracy_ci"]
-            lines.append(f"| {name} | {q['step']} | {q['accuracy']:.3f} [{lo:.2f}, {hi:.2f}] | {by[min(by, key=int)]:.3f} | "
+            lines.append(f"| {name} | {q['step']} | {q['accuracy']:.3f} [{lo:.2f}, {hi:.2f}] | {rm.fewest_hops(by):.3f} | "
                          f"{by[max(by, key=int)]:.3f} | {q['answered']:.2f} | "
                          + " ".join(f"{h}: {a:.2f}" for h, a in by.items()) + " |")
     above = {name: first_above_chance(points, chance) for name, points in report["systems"].items()}
@@ -137,10 +122,9 @@ def plot(report: dict, path: Path) -> None:
         lo, hi = zip(*(q["accuracy_ci"] for q in points))
         line, = axes[0].plot(steps, acc, marker="o", label=name)
         axes[0].fill_between(steps, lo, hi, alpha=0.15, color=line.get_color())
-        axes[1].plot(steps, [q["accuracy_by_hops"][min(q["accuracy_by_hops"], key=int)] for q in points], marker="o",
+        axes[1].plot(steps, [rm.fewest_hops(q["accuracy_by_hops"]) for q in points], marker="o",
                      color=line.get_color(), label=name)
-    by = report["follower"]["accuracy_by_hops"]
-    follower = (report["follower"]["accuracy"], by[min(by, key=int)])  # all problems, the fewest hops
+    follower = (report["follower"]["accuracy"], rm.fewest_hops(report["follower"]["accuracy_by_hops"]))
     for ax, title, level in zip(axes, ("all held-out problems (95% CI)", "fewest hops"), follower):
         ax.axhline(report["chance"], color="grey", ls=":", label="chance")
         ax.axhline(2 * report["chance"], color="grey", ls="--", label="floor (2x chance)")
@@ -157,12 +141,15 @@ def plot(report: dict, path: Path) -> None:
 
 def curve(system: str, run: Path, docs: list, hops: list[int], token: bool, cfg) -> list[dict]:
     """Every step checkpoint of one run, scored."""
+    from lcm.eval.objective_ablation import answer_scores
+
     points = []
     for step, ckpt in step_checkpoints(run):
         if token:
             correct, answered = token_correct(ckpt, docs, cfg.token.max_new_tokens, cfg.device)
         else:
-            correct, answered = concept_correct(ckpt, docs, cfg.max_steps, cfg.device)
+            scored = answer_scores(ckpt, docs, cfg.max_steps, cfg.device)
+            correct, answered = scored["correct"], scored["answered"]
         points.append(point(step, correct, answered, hops))
         print(f"[{system}] step {step}: acc {points[-1]['accuracy']:.3f} answered {answered:.2f} "
               f"by hops {points[-1]['accuracy_by_hops']}", flush=True)
@@ -204,9 +191,7 @@ def main(argv: list[str] | None = None) -> None:
         config, token = systems[name]
         run = train_run(config, args.seed, root, label=name, overrides=overrides)
         report["systems"][name] = curve(name, run, data.docs, hops, token, cfg)
-    follower = follower_control(data.docs)
-    report["follower"] = {"accuracy": float(follower.mean()), "accuracy_ci": list(rm.bootstrap_ci(follower)),
-                          "accuracy_by_hops": rm.accuracy_by_hops(follower, hops)}
+    report["follower"] = rm.accuracy_summary(follower_control(data.docs), hops)
     report["off_floor"] = {name: first_off_floor(points, report["chance"]) for name, points in report["systems"].items()}
     write_json(out / "budget_curve.json", report)
     with atomic_path(out / "budget_curve.md") as tmp:

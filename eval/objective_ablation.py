@@ -23,11 +23,11 @@ CONFIGS = {"MSE": "train/configs/forks.yaml", "MSE + InfoNCE": "train/configs/fo
 VALIDATION = ("val/step_retrieval_acc", "val/step_cosine", "val/step_entropy", "val/loss")
 
 
-def answer_scores(ckpt: Path, docs: list, max_steps: int) -> dict:
+def answer_scores(ckpt: Path, docs: list, max_steps: int, device: str = "cpu") -> dict:
     """Greedy generations for `docs` (their prompt sentences) -> per-problem correctness, answered rate, stops."""
     from lcm.generate import ConceptGenerator
 
-    gens = ConceptGenerator.from_checkpoint(ckpt).generate([d.prompt for d in docs], max_steps=max_steps)
+    gens = ConceptGenerator.from_checkpoint(ckpt, device=device).generate([d.prompt for d in docs], max_steps=max_steps)
     answers = [rm.parse_answer(g.text) for g in gens]
     return {"correct": [float(rm.answers_match(a, d.answer)) for a, d in zip(answers, docs)],
             "answered": float(np.mean([a is not None for a in answers])),
@@ -78,9 +78,7 @@ def main() -> None:
     follower = follower_control(docs)
     hops = [d.meta["hops"] for d in docs]
     summary = {name: summarize(rows, hops) for name, rows in runs.items()}
-    summary["encoder follower (0 parameters)"] = {"accuracy": float(follower.mean()),
-                                                  "accuracy_ci": list(rm.bootstrap_ci(follower)),
-                                                  "accuracy_by_hops": rm.accuracy_by_hops(follower, hops)}
+    summary["encoder follower (0 parameters)"] = rm.accuracy_summary(follower, hops)
     write_json(args.out, {"seeds": args.seeds, "problems": len(docs), "overrides": args.overrides, "chance": 1 / 24,
                           "runs": runs, "summary": summary})
     for name, s in summary.items():

@@ -53,6 +53,18 @@ def accuracy_by_hops(per_problem, hops) -> dict[str, float]:
     return {str(int(h)): float(per_problem[hops == h].mean()) for h in np.unique(hops)}
 
 
+def accuracy_summary(per_problem, hops) -> dict:
+    """Per-problem scores -> their mean, its 95% bootstrap CI over problems, and the mean per hop count."""
+    scores = np.asarray(per_problem, dtype=np.float64)
+    return {"accuracy": float(scores.mean()), "accuracy_ci": list(bootstrap_ci(scores)),
+            "accuracy_by_hops": accuracy_by_hops(scores, hops)}
+
+
+def fewest_hops(by_hops: dict[str, float]) -> float:
+    """The accuracy at the fewest hops of an `accuracy_by_hops` dict."""
+    return by_hops[min(by_hops, key=int)]
+
+
 def over_seeds(accuracies: list[float], per_problem: list[list[float]]) -> dict:
     """One system's accuracy over seeds: the mean, `accuracy_std` (sample std; 0 for one seed), the seeds' own
     values, each problem's accuracy averaged over seeds, and the bootstrap CI over problems on those."""
