@@ -22,7 +22,7 @@ import numpy as np
 
 from lcm.errors import LCMError
 from lcm.eval import reasoning_metrics as rm
-from lcm.eval.compare_config import CompareConfig, load_config
+from lcm.eval.compare_config import CompareConfig, ConceptSystem, Sampling, load_config
 from lcm.eval.lr_sweep import lr_override, sweep, validation_curve
 from lcm.eval.report import BANK_RESTRICTED, FOLLOWER, TOKEN, TOKEN_ROWS, table, write_report
 from lcm.eval.sampling_runs import concept_samples, entropy_curve, token_keywords, token_samples
@@ -95,6 +95,23 @@ def run_concepts(cfg: CompareConfig, data: HeldOut, runs: dict[str, Path], resul
         results[s.name] = summarize(groups, data.golds, data.refs, seconds, data.hops)
         info[s.name] = {"config": s.config, "sampling": s.sampling.kwargs(), **meta,
                         "load_avg_1min": os.getloadavg()[0]}  # other processes slow every system: recorded
+        if cfg.concept_greedy and meta["has_noise"] and s.sampling.noise:  # None / 0: already greedy
+            run_concept_greedy(cfg, data, runs[s.name], s, results, info)
+
+
+def greedy_row(concept: str) -> str:
+    return f"{concept} (greedy)"
+
+
+def run_concept_greedy(cfg: CompareConfig, data: HeldOut, run: Path, s: ConceptSystem, results: dict,
+                       info: dict) -> None:
+    """A Base-LCM system's greedy row beside the token model's: noise 0, one solution per problem (the model is
+    then deterministic), so greedy is compared with greedy and sampled with sampled."""
+    name, greedy = greedy_row(s.name), Sampling(noise=0.0)
+    groups, seconds, meta = concept_samples(run / "checkpoints" / "best.ckpt", data.prompts, replace(cfg, k=1),
+                                            greedy, cfg.show_progress, name)
+    results[name] = summarize(groups, data.golds, data.refs, seconds, data.hops)
+    info[name] = {"config": s.config, "sampling": greedy.kwargs(), **meta, "load_avg_1min": os.getloadavg()[0]}
 
 
 def run_token(cfg: CompareConfig, data: HeldOut, run: Path, results: dict, info: dict,
@@ -195,7 +212,8 @@ def run_seed(cfg: CompareConfig, data: HeldOut, threshold: float | None,
         run_bank_restricted(cfg, data, runs, results, info)
     if cfg.controls.decoder:
         run_decoder_readout(cfg, data, runs, results, info)
-    relative_cost(results, {s.name: info[s.name]["denoiser_evals_per_call"] for s in cfg.concept}, TOKEN)
+    relative_cost(results, {name: i["denoiser_evals_per_call"] for name, i in info.items()
+                            if "denoiser_evals_per_call" in i}, TOKEN)  # every concept row, read-outs included
     training_flops(cfg, results, runs)
     return results, info, histograms, threshold, runs
 
@@ -208,7 +226,8 @@ def training_flops(cfg: CompareConfig, results: dict, runs: dict[str, Path]) -> 
 
     costs = {name: json.loads((run / "training_cost.json").read_text()) for name, run in runs.items()}
     for name, cost in costs.items():
-        rows = [r for r in results if r in TOKEN_ROWS or r == BANK_RESTRICTED] if name == TOKEN else [name]
+        rows = ([r for r in results if r in TOKEN_ROWS or r == BANK_RESTRICTED] if name == TOKEN
+                else [r for r in (name, greedy_row(name)) if r in results])  # rows sharing one run
         total, encoder = cost["total_flops"], cost.get("encoder_flops") or 0.0
         seconds = cost.get("fit_seconds", float("nan"))  # runs older than the field: n/a
         if name not in training_configs(cfg):  # the decoder read-out: the concept run plus the decoder's training

@@ -78,6 +78,7 @@ class CompareConfig:
     seed: int = 0  # training and sampling seed (of a one-seed comparison)
     seeds: list[int] | None = None  # several seeds: every system trained and sampled once per seed (overrides seed)
     device: str = "cpu"
+    concept_greedy: bool = True  # a greedy row (noise 0, one solution) per sampled Base-LCM system, as the token model has
     runs_dir: str = "runs/compare"
     train_overrides: list[str] = field(default_factory=list)  # appended to every `lcm fit` (e.g. a GPU size)
     # learning rates tried per system on the first seed; each system keeps its lowest validation loss

@@ -41,8 +41,12 @@ def test_compare_pipeline_smoke(tmp_path, monkeypatch, capsys):
     res = report["results"]
     controls = {"encoder follower (0 parameters)", "token Llama restricted to the bank",
                 "Base-LCM + planning, read out by the decoder"}
-    assert set(res) == {"Base-LCM + planning", "Diffusion + planning", "token Llama", "token Llama (greedy)",
-                        "Soft Thinking", "Soft Thinking + noise"} | controls
+    assert set(res) == {"Base-LCM + planning", "Base-LCM + planning (greedy)", "Diffusion + planning", "token Llama",
+                        "token Llama (greedy)", "Soft Thinking", "Soft Thinking + noise"} | controls
+    greedy, sampled = res["Base-LCM + planning (greedy)"], res["Base-LCM + planning"]  # one run, two rows
+    assert greedy["k"] == 1 and report["systems"]["Base-LCM + planning (greedy)"]["sampling"] == {"noise": 0.0}
+    assert greedy["train_flops"] == sampled["train_flops"] and greedy["train_seconds"] == sampled["train_seconds"]
+    assert "Diffusion + planning (greedy)" not in res  # a sampler has no greedy setting
     assert len(res["token Llama restricted to the bank"]["per_problem_accuracy"]) == 2  # bank_problems
     assert report["systems"]["encoder follower (0 parameters)"]["params"] == 0
     read_out = res["Base-LCM + planning, read out by the decoder"]  # the same model, steps written by the decoder
@@ -97,9 +101,10 @@ def test_compare_config_values_arrive(tmp_path):
     from lcm.eval.compare_config import load_config
 
     written = {"max_topk": 7, "min_p": 0.002, "cold_stop_patience": 2, "think_end": "Answer:", "noise": "dirichlet"}
-    path = tiny_config(tmp_path, k=3, soft_thinking=written)
+    path = tiny_config(tmp_path, k=3, soft_thinking=written, concept_greedy=False)
     cfg = load_config(["-c", path, "--problems", "5", "--no-progress", "--soft_thinking.dirichlet_alpha", "2.5"])
     assert cfg.k == 3 and cfg.problems == 5 and not cfg.show_progress and cfg.train_overrides == TINY
+    assert cfg.concept_greedy is False and load_config(["-c", tiny_config(tmp_path)]).concept_greedy is True
     st = cfg.soft_thinking
     assert (st.max_topk, st.min_p, st.cold_stop_patience, st.think_end, st.noise, st.dirichlet_alpha) == (
         7, 0.002, 2, "Answer:", "dirichlet", 2.5)
