@@ -8,9 +8,12 @@ noisy next concept into a clean one while cross-attending to the context (LCM pa
   learned null context that every position can always see, then SwiGLU. Predicts the clean x0.
 - Training: x_τ = sqrt(ᾱ_τ) x0 + sqrt(1 - ᾱ_τ) ε with τ uniform; MSE on x0 at target positions. A share
   `cfg_dropout` of positions sees only the null context (classifier-free guidance).
-- Sampling: DDIM over `ddim_steps` evenly spaced timesteps from an initial noise of scale `init_noise`, with
-  guidance x0 = x0_u + g (x0_c - x0_u) and rescale φ (Lin et al. 2024): mix of the guided x0 rescaled to the
-  conditional's std and the guided x0.
+- Sampling: DDIM over `ddim_steps` timesteps from an initial noise of scale `init_noise`, with classifier-free
+  guidance where Meta's two-tower code applies it (`guidance_space: epsilon`): both x0 predictions converted to
+  ε = (x_τ - √ᾱ x0) / √(1 - ᾱ), ε = ε_u + g (ε_c - ε_u), rescaled by φ (Lin et al. 2024, algorithm 2: a mix of
+  the guided ε rescaled to the conditional's std and the guided ε), and no guidance at the pure-noise level T-1.
+  `guidance_space: x0` guides the x0 predictions at every step (this project's earlier sampler): the linear part
+  is the same, the rescale is not (in x0 space it shrinks the guided x0 at every noise level).
 """
 from __future__ import annotations
 
@@ -47,6 +50,7 @@ class DiffusionConfig:
     # "trailing" (from T-1 down in strides of T/n: Lin et al. 2024, table 2) or "leading" (0, T/n, ..: diffusers'
     # default, which never starts at the pure-noise level)
     timestep_spacing: Literal["linspace", "trailing", "leading"] = "linspace"
+    guidance_space: Literal["epsilon", "x0"] = "epsilon"  # where guidance and its rescale apply (module docstring)
 
     def __post_init__(self) -> None:
         if self.timesteps < 2 or not 1 <= self.ddim_steps <= self.timesteps:
@@ -56,6 +60,8 @@ class DiffusionConfig:
             raise ValueError("cfg_dropout must be in [0, 1), guidance >= 0, guidance_rescale in [0, 1]")
         if self.timestep_spacing not in SPACINGS:
             raise ValueError(f"timestep_spacing must be one of {SPACINGS} (got {self.timestep_spacing!r})")
+        if self.guidance_space not in ("epsilon", "x0"):
+            raise ValueError(f"guidance_space must be 'epsilon' or 'x0' (got {self.guidance_space!r})")
 
     @classmethod
     def from_dict(cls, d: dict) -> "DiffusionConfig":
@@ -123,15 +129,27 @@ def ddim(denoise: Callable[[torch.Tensor, int], torch.Tensor], x: torch.Tensor, 
     return x
 
 
-def guide(x0_cond: torch.Tensor, x0_uncond: torch.Tensor, scale: float, rescale: float) -> torch.Tensor:
-    """Classifier-free guidance with std rescaling. scale 1 returns the conditional prediction exactly."""
+def guide(cond: torch.Tensor, uncond: torch.Tensor, scale: float, rescale: float) -> torch.Tensor:
+    """Classifier-free guidance with std rescaling over the last dimension (Lin et al. 2024, algorithm 2), of
+    whatever the two predictions are (ε or x0). scale 1 returns the conditional prediction exactly."""
     if scale == 1.0:
-        return x0_cond
-    g = x0_uncond + scale * (x0_cond - x0_uncond)
+        return cond
+    g = uncond + scale * (cond - uncond)
     if rescale > 0:
-        ratio = x0_cond.std(-1, keepdim=True) / g.std(-1, keepdim=True).clamp_min(1e-8)
+        ratio = cond.std(-1, keepdim=True) / g.std(-1, keepdim=True).clamp_min(1e-8)
         g = rescale * g * ratio + (1 - rescale) * g
     return g
+
+
+def guide_epsilon(x_tau: torch.Tensor, abar: torch.Tensor, x0_cond: torch.Tensor, x0_uncond: torch.Tensor,
+                  scale: float, rescale: float) -> torch.Tensor:
+    """Guidance in ε space for an x0-predicting denoiser, as Meta's two-tower LCM applies it: x_τ, x0s (..., D),
+    abar: ᾱ_τ broadcastable to them (..., 1). Each x0 to ε at ᾱ_τ, `guide` on the ε, the guided ε back to the x0
+    the DDIM step reads (which turns it back into the same ε). Computed in float32."""
+    x, c, u, a = (t.float() for t in (x_tau, x0_cond, x0_uncond, abar))
+    root_a, root_1ma = a.sqrt(), (1 - a).sqrt()
+    eps = guide((x - root_a * c) / root_1ma, (x - root_a * u) / root_1ma, scale, rescale)
+    return ((x - root_1ma * eps) / root_a).to(x0_cond.dtype)
 
 
 # ---- denoiser -----------------------------------------------------------------------------------
@@ -214,15 +232,30 @@ class TwoTowerLCM(nn.Module):
         return self.out_proj(self.final_norm(h) * (1 + scale) + shift)
 
     def guided(self, ctx: torch.Tensor, x_tau: torch.Tensor, tau: torch.Tensor, qpos: torch.Tensor,
-               scale: float, rescale: float, doc: torch.Tensor | None = None) -> torch.Tensor:
-        """x0 with classifier-free guidance: conditional and unconditional passes in one batched forward."""
-        if scale == 1.0:
+               scale: float, rescale: float, doc: torch.Tensor | None = None, space: str = "epsilon") -> torch.Tensor:
+        """x0 with classifier-free guidance in `space` ("epsilon": Meta's, unguided at the pure-noise level
+        T-1; "x0"): conditional and unconditional passes in one batched forward. Shapes as `denoise`."""
+        unguided = tau == self.diffusion.timesteps - 1 if space == "epsilon" else torch.zeros_like(tau, dtype=torch.bool)
+        if scale == 1.0 or bool(unguided.all()):  # no unconditional pass where it would not be used
             return self.denoise(ctx, x_tau, tau, qpos, None, doc)
         keep = torch.cat([torch.ones_like(qpos, dtype=torch.bool), torch.zeros_like(qpos, dtype=torch.bool)])
         both = self.denoise(torch.cat([ctx, ctx]), torch.cat([x_tau, x_tau]), torch.cat([tau, tau]),
                             torch.cat([qpos, qpos]), keep, None if doc is None else torch.cat([doc, doc]))
-        cond, uncond = both.chunk(2)
-        return guide(cond, uncond, scale, rescale)
+        cond, uncond = both.chunk(2)  # (B, Q, D) each
+        if space == "x0":
+            return guide(cond, uncond, scale, rescale)
+        x0 = guide_epsilon(x_tau, self.abar[tau][..., None], cond, uncond, scale, rescale)
+        return torch.where(unguided[..., None], cond, x0)
+
+    def denoiser_evals(self, ddim_steps: int, guidance: float) -> int:
+        """Denoiser passes per sampled concept: one per DDIM step, two where guidance runs the unconditional pass
+        too (never at guidance 1; in ε space not at the pure-noise level)."""
+        if guidance == 1.0:
+            return ddim_steps
+        d = self.diffusion
+        taus = ddim_timesteps(d.timesteps, ddim_steps, d.timestep_spacing)
+        skipped = sum(t == d.timesteps - 1 for t in taus) if d.guidance_space == "epsilon" else 0
+        return 2 * len(taus) - skipped
 
     def sample(self, ctx: torch.Tensor, qpos: torch.Tensor, generator: torch.Generator | None = None,
                doc: torch.Tensor | None = None, **overrides) -> torch.Tensor:
@@ -238,7 +271,8 @@ class TwoTowerLCM(nn.Module):
 
         def denoise(x_tau: torch.Tensor, tau: int) -> torch.Tensor:
             levels = torch.full_like(qpos, tau)
-            return self.guided(ctx, x_tau.to(ctx.dtype), levels, qpos, cfg.guidance, cfg.guidance_rescale, doc).float()
+            return self.guided(ctx, x_tau.to(ctx.dtype), levels, qpos, cfg.guidance, cfg.guidance_rescale, doc,
+                               cfg.guidance_space).float()
 
         return ddim(denoise, x, self.abar, taus, cfg.eta, generator)
 
@@ -315,10 +349,10 @@ class DiffusionLCM(ConceptLM):
         return self.net.context.hidden_states(self.normalizer.normalize(x))
 
     def denoiser_evals(self, guidance: float | None = None, ddim_steps: int | None = None) -> int:
-        """Denoiser forward passes per predicted concept: DDIM steps, twice with classifier-free guidance
-        (the conditional and unconditional passes share one batched call). Keywords as `DiffusionSampling`."""
+        """Denoiser forward passes per predicted concept: one per DDIM step, two at the steps that run classifier-free
+        guidance (the conditional and unconditional passes share one batched call). Keywords as `DiffusionSampling`."""
         scale = self.diffusion.guidance if guidance is None else guidance
-        return (ddim_steps or self.diffusion.ddim_steps) * (1 if scale == 1.0 else 2)
+        return self.net.denoiser_evals(ddim_steps or self.diffusion.ddim_steps, scale)
 
     def next_concept(self, x: torch.Tensor, lengths: torch.Tensor, generator: torch.Generator | None = None,
                      **sampling) -> torch.Tensor:

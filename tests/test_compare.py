@@ -63,12 +63,12 @@ def test_compare_pipeline_smoke(tmp_path, monkeypatch, capsys):
     assert 0 <= res["token Llama"]["forking_share"] <= 1 and res["token Llama"]["entropy_mean"] > 0
     assert "forking_share" not in res["Base-LCM + planning"]  # no token softmax in the concept loop
     assert res["token Llama"]["time_per_step_vs_token"] == pytest.approx(1.0)
-    assert report["systems"]["Diffusion + planning"]["denoiser_evals_per_call"] == 8  # 4 DDIM steps x CFG
+    assert report["systems"]["Diffusion + planning"]["denoiser_evals_per_call"] == 7  # 4 DDIM steps x CFG, not at T-1
     assert report["chance_accuracy"] is not None  # True / False answers
     assert len(report["entropy_curve"]["points"]) == 3 and "fit" in report["entropy_curve"]  # epochs 2, 4, 6
     assert 0 <= res["Soft Thinking"]["soft_token_share"] <= 1
     assert res["Diffusion + planning"]["denoiser_evals_per_step"] == pytest.approx(
-        8 * res["Diffusion + planning"]["forward_passes_per_step"])
+        7 * res["Diffusion + planning"]["forward_passes_per_step"])
     for name, r in res.items():  # a CI over problems around every accuracy; accuracy per hop count (logic chains)
         lo, hi = r["accuracy_ci"]
         assert 0 <= lo <= r["accuracy"] <= hi <= 1 and len(r["per_problem_accuracy"]) == report["problems"]

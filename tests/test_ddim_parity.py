@@ -57,17 +57,22 @@ def test_ddim_samples_match_diffusers(schedule, spacing, eta):
     assert torch.allclose(ours, x, atol=1e-10, rtol=0)
 
 
-def test_timestep_spacing_arrives_from_the_config_and_bad_values_are_refused():
+def test_spacing_and_guidance_space_arrive_from_the_config_and_bad_values_are_refused():
     from conftest import CONFIGS
 
     from lcm.diffusion import DiffusionConfig
     from lcm.errors import LCMError
     from lcm.train.cli import make_cli
 
-    cli = make_cli(["-c", str(CONFIGS / "logic_diffusion.yaml"), "--model.diffusion.timestep_spacing", "trailing"],
-                   run=False)
-    assert cli.model.diffusion.timestep_spacing == "trailing"
+    cli = make_cli(["-c", str(CONFIGS / "logic_diffusion.yaml"), "--model.diffusion.timestep_spacing", "trailing",
+                    "--model.diffusion.guidance_space", "x0"], run=False)
+    net = cli.model.net  # the network that samples reads them
+    assert (net.diffusion.timestep_spacing, net.diffusion.guidance_space) == ("trailing", "x0")
+    assert net.denoiser_evals(40, 3.0) == 80  # x0 space guides the pure-noise step too
+    assert make_cli(["-c", str(CONFIGS / "logic_diffusion.yaml")], run=False).model.net.denoiser_evals(40, 3.0) == 79
     with pytest.raises(ValueError, match="timestep_spacing"):
         DiffusionConfig(timestep_spacing="uniform")
+    with pytest.raises(ValueError, match="guidance_space"):
+        DiffusionConfig(guidance_space="v")
     with pytest.raises(LCMError, match="timestep spacing"):
         ddim_timesteps(100, 10, "uniform")

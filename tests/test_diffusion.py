@@ -15,6 +15,7 @@ from lcm.diffusion import (
     ddim,
     ddim_timesteps,
     guide,
+    guide_epsilon,
 )
 from lcm.errors import LCMError
 from lcm.generate import ConceptGenerator
@@ -101,6 +102,23 @@ def test_guidance_scale_one_is_the_conditional_and_rescale_matches_std():
     assert np.allclose(guide(c, u, 3.0, 0.7).numpy(), 0.7 * rescaled + 0.3 * g, atol=1e-5)
 
 
+def test_guidance_in_epsilon_space_as_meta_applies_it():
+    """Meta's two-tower generator: x0 predictions -> ε at ᾱ_τ, guidance and rescale on ε (diffusers'
+    `rescale_noise_cfg` for one vector per row), the DDIM step on the guided ε."""
+    from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import rescale_noise_cfg
+
+    torch.manual_seed(0)
+    x, c, u = torch.randn(5, 16), torch.randn(5, 16), torch.randn(5, 16)
+    a = torch.tensor(0.3)
+    x0 = guide_epsilon(x, a, c, u, 3.0, 0.7)
+    eps_c, eps_u, eps = ((x - a.sqrt() * v) / (1 - a).sqrt() for v in (c, u, x0))
+    expected = rescale_noise_cfg(eps_u + 3.0 * (eps_c - eps_u), eps_c, guidance_rescale=0.7)
+    assert torch.allclose(eps, expected, atol=1e-5)  # the ε the DDIM step recovers is the guided, rescaled ε
+    assert torch.allclose(guide_epsilon(x, a, c, u, 1.0, 0.7), c, atol=1e-5)  # guidance 1: the conditional model
+    assert torch.allclose(guide_epsilon(x, a, c, u, 3.0, 0.0), guide(c, u, 3.0, 0.0), atol=1e-5)  # linear part: same
+    assert not torch.allclose(x0, guide(c, u, 3.0, 0.7), atol=1e-2)  # the rescale is not: x0-space shrinks x0
+
+
 @pytest.fixture(scope="module")
 def net():
     torch.manual_seed(0)
@@ -134,10 +152,19 @@ def test_cfg_off_equals_guidance_one_and_sampling_is_seeded(net):
     qpos = torch.tensor([[4], [2], [0]])
     x_tau, tau = torch.randn(3, 1, 12), torch.full((3, 1), 30)
     assert torch.equal(net.guided(ctx, x_tau, tau, qpos, 1.0, 0.7), net.denoise(ctx, x_tau, tau, qpos, None))
-    # guided: the conditional and the context-free pass in one batch, combined by `guide`
+    # guided: the conditional and the context-free pass in one batch, combined in ε space (default) or x0 space
     cond = net.denoise(ctx, x_tau, tau, qpos, None)
     uncond = net.denoise(ctx, x_tau, tau, qpos, torch.zeros_like(qpos, dtype=torch.bool))
-    assert torch.allclose(net.guided(ctx, x_tau, tau, qpos, 3.0, 0.7), guide(cond, uncond, 3.0, 0.7), atol=1e-5)
+    assert torch.allclose(net.guided(ctx, x_tau, tau, qpos, 3.0, 0.7),
+                          guide_epsilon(x_tau, net.abar[30], cond, uncond, 3.0, 0.7), atol=1e-5)
+    assert torch.allclose(net.guided(ctx, x_tau, tau, qpos, 3.0, 0.7, space="x0"), guide(cond, uncond, 3.0, 0.7),
+                          atol=1e-5)
+    top = torch.tensor([[99], [99], [30]])  # the pure-noise level T-1 is not guided in ε space (Meta skips it)
+    mixed = net.guided(ctx, x_tau, top, qpos, 3.0, 0.7)
+    assert torch.allclose(mixed[:2], net.denoise(ctx, x_tau, top, qpos, None)[:2], atol=1e-6)
+    assert torch.allclose(mixed[2], guide_epsilon(x_tau, net.abar[30], cond, uncond, 3.0, 0.7)[2], atol=1e-5)
+    # denoiser passes per concept: 4 linspace steps (99, 66, 33, 0), the first unguided in ε space
+    assert net.denoiser_evals(4, 3.0) == 7 and net.denoiser_evals(4, 1.0) == 4
     a = net.sample(ctx, qpos, torch.Generator().manual_seed(1), guidance=1.0)
     b = ddim(lambda x, t: net.denoise(ctx, x, torch.full_like(qpos, t), qpos, None),
              0.6 * torch.randn(3, 1, 12, generator=torch.Generator().manual_seed(1)), net.abar, ddim_timesteps(100, 4))
@@ -173,7 +200,8 @@ def test_diffusion_checkpoint_round_trip_and_k_samples(diffusion_run):
     batch = gen.generate([PROBLEM, "Sam reads 4 pages a day. How many pages in 7 days?"], num_samples=2, seed=0,
                          max_steps=2, guidance=1.0, ddim_steps=2)
     assert len(batch) == 2 and all(len(group) == 2 for group in batch)
-    assert gen.model.denoiser_evals(guidance=1.0, ddim_steps=2) == 2 and gen.model.denoiser_evals() == 5 * 2
+    assert gen.model.denoiser_evals(guidance=1.0, ddim_steps=2) == 2
+    assert gen.model.denoiser_evals() == 2 * 5 - 1  # 5 steps with guidance, none at the pure-noise level
     for bad in ({"ddim_steps": 0}, {"ddim_steps": 101}, {"guidance": -1.0}):
         with pytest.raises(LCMError, match="diffusion sampling settings"):
             gen.generate(PROBLEM, **bad)
@@ -207,7 +235,7 @@ def test_checkpoint_from_before_the_ddim_steps_rename_still_loads(diffusion_run,
     gen = ConceptGenerator.from_checkpoint(ckpts / "old.ckpt")
     assert gen.model.diffusion.ddim_steps == 5 and gen.model.hparams["diffusion"]["ddim_steps"] == 5
     assert "steps" not in gen.model.hparams["diffusion"]  # saved again under the new name
-    assert gen.model.denoiser_evals() == 5 * 2
+    assert gen.model.denoiser_evals() == 2 * 5 - 1
     with pytest.raises(ValueError, match="both"):
         DiffusionConfig.from_dict({**settings, "ddim_steps": 5})
 
