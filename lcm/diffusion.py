@@ -277,6 +277,9 @@ class TwoTowerLCM(nn.Module):
         return ddim(denoise, x, self.abar, taus, cfg.eta, generator)
 
 
+X0_ERROR_LEVELS = (0.1, 0.3, 0.5, 0.7, 0.9)  # shares of the top noise level T-1 at which `x0_mse` is measured
+
+
 class DiffusionLCM(ConceptLM):
     """Two-tower diffusion LCM, trained and used like Base-LCM (`model: {class_path: lcm.diffusion.DiffusionLCM}`).
 
@@ -312,19 +315,53 @@ class DiffusionLCM(ConceptLM):
         return [*self.net.context.blocks, *self.net.blocks]
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        xn = self.normalizer.normalize(batch["x"])  # (B, T, D)
-        ctx = self.net.context.hidden_states(xn[:, :-1], **packed(batch))  # (B, T-1, d)
-        x0 = xn[:, 1:]
+        ctx, x0 = self._context_and_targets(batch)
         B, T = x0.shape[:2]
         tau = torch.randint(0, self.diffusion.timesteps, (B, T), device=x0.device)
-        a = self.net.abar[tau][..., None]  # (B, T, 1)
-        x_tau = a.sqrt() * x0 + (1 - a).sqrt() * torch.randn_like(x0)
         keep = torch.rand(B, T, device=x0.device) >= self.diffusion.cfg_dropout
-        qpos = torch.arange(T, device=x0.device).expand(B, T)
-        pred = self.net.denoise(ctx, x_tau, tau, qpos, keep, packed(batch).get("doc"))
-        loss = self._loss(pred, x0, batch["types"], target_mask(batch["types"], batch.get("doc")))
+        loss = self._denoising_error(batch, ctx, x0, tau, torch.randn_like(x0), keep)
         self.log("train/loss", loss, prog_bar=True, batch_size=B)
         return loss
+
+    def _context_and_targets(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """The contextualizer's outputs over concepts 0..T-2 (B, T-1, d) and the normalized targets 1..T-1 (B, T-1, D)."""
+        xn = self.normalizer.normalize(batch["x"])  # (B, T, D)
+        return self.net.context.hidden_states(xn[:, :-1], **packed(batch)), xn[:, 1:]
+
+    def _denoising_error(self, batch: dict, ctx: torch.Tensor, x0: torch.Tensor, tau: torch.Tensor,
+                         noise: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
+        """The training objective: the position-weighted x0 MSE (`_loss`) of denoising every target from
+        x_τ = √ᾱ_τ x0 + √(1 - ᾱ_τ) noise. tau (B, T) levels; noise like x0; keep (B, T) bool (None: all see context)."""
+        a = self.net.abar[tau][..., None]  # (B, T, 1)
+        x_tau = a.sqrt() * x0 + (1 - a).sqrt() * noise
+        qpos = torch.arange(x0.shape[1], device=x0.device).expand(x0.shape[:2])
+        pred = self.net.denoise(ctx, x_tau, tau, qpos, keep, packed(batch).get("doc"))
+        return self._loss(pred, x0, batch["types"], target_mask(batch["types"], batch.get("doc")))
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        super().validation_step(batch, batch_idx)  # scores of sampled predictions, as Base-LCM's
+        self._log_x0_error(batch, batch_idx, "val")
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        super().test_step(batch, batch_idx)
+        self._log_x0_error(batch, batch_idx, "test")
+
+    @torch.no_grad()
+    def _log_x0_error(self, batch: dict, batch_idx: int, split: str) -> None:
+        """`<split>/x0_mse`: the training objective, teacher-forced, with context, at the fixed noise levels
+        `X0_ERROR_LEVELS` and noise seeded by `eval_seed` and the batch: a deterministic score of the denoiser
+        itself, which checkpoint selection can monitor (the sampled predictions' loss adds the sampler's noise)."""
+        n = int(target_mask(batch["types"], batch.get("doc")).sum())
+        if n == 0:
+            return
+        ctx, x0 = self._context_and_targets(batch)
+        generator = torch.Generator().manual_seed(self.eval_seed * 100_003 + batch_idx)
+        errors = []
+        for share in X0_ERROR_LEVELS:
+            tau = torch.full(x0.shape[:2], round(share * (self.diffusion.timesteps - 1)), device=x0.device)
+            noise = torch.randn(x0.shape, generator=generator, dtype=torch.float32).to(x0)
+            errors.append(self._denoising_error(batch, ctx, x0, tau, noise, None))
+        self.log(f"{split}/x0_mse", torch.stack(errors).mean(), batch_size=n, on_epoch=True, sync_dist=True)
 
     def _sample_all(self, xn: torch.Tensor, doc: torch.Tensor | None = None,
                     pos: torch.Tensor | None = None) -> torch.Tensor:

@@ -80,9 +80,19 @@ def test_every_yaml_value_arrives_where_it_is_meant_to(path, monkeypatch):
     for i, cb in enumerate(trainer["callbacks"]):
         same = [c for c in cli.trainer.callbacks if type(c).__name__ == cb["class_path"].rpartition(".")[2]]
         assert same, f"callback {cb['class_path']} missing"
+        for c in same:
+            if hasattr(c, "_kwargs") and "avg_fn" in c._kwargs and not hasattr(c, "decay"):
+                c.decay = ema_decay(c._kwargs["avg_fn"])  # EMAWeightAveraging keeps its decay only in avg_fn
         wrong += min((_arrived(f"trainer.callbacks[{i}]", {"class_path": cb["class_path"], **cb}, c) for c in same),
                      key=len)
     assert not wrong, wrong
+
+
+def ema_decay(avg_fn) -> float:
+    """The decay an EMA update function applies, measured: one update of 0 towards 1 moves it by 1 - decay."""
+    import torch
+
+    return round(1 - float(avg_fn(torch.zeros(1, dtype=torch.float64), torch.ones(1, dtype=torch.float64), 1)), 12)
 
 
 def test_print_config(capsys):

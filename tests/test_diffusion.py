@@ -207,6 +207,48 @@ def test_diffusion_checkpoint_round_trip_and_k_samples(diffusion_run):
             gen.generate(PROBLEM, **bad)
 
 
+def test_ema_weights_are_what_checkpoints_and_sampling_hold_and_best_is_chosen_on_x0_error(diffusion_run):
+    """The diffusion configs' EMAWeightAveraging (Lightning's): a checkpoint's `state_dict` is the EMA (the training
+    weights in `current_model_state`), generation loads the EMA, and best.ckpt has the lowest val/x0_mse."""
+    import csv
+
+    ckpt = torch.load(diffusion_run / "checkpoints" / "best.ckpt", weights_only=False)
+    ema, current = ckpt["state_dict"], ckpt["current_model_state"]
+    assert set(ema) == set(current) and any(not torch.equal(ema[k], current[k]) for k in ema)
+    assert int(ckpt["averaging_state"]["n_averaged"]) == ckpt["global_step"]  # updated after every step
+    gen = ConceptGenerator.from_checkpoint(diffusion_run / "checkpoints" / "best.ckpt")
+    assert all(torch.equal(v, ema[k]) for k, v in gen.model.state_dict().items())
+    (state,) = [v for k, v in ckpt["callbacks"].items() if k.startswith("ModelCheckpoint")]
+    assert state["monitor"] == "val/x0_mse"
+    with open(diffusion_run / "metrics.csv") as f:
+        scores = [float(r["val/x0_mse"]) for r in csv.DictReader(f) if r["val/x0_mse"]]
+    assert len(scores) == 2 and float(state["best_model_score"]) == pytest.approx(min(scores))
+
+
+def test_x0_error_is_seeded_and_measures_the_denoiser(diffusion_run):
+    """val/x0_mse: the training objective at fixed noise levels and seeded noise: the same number every time for
+    the same weights and batch, another for another eval_seed, and lower for a trained denoiser than for none."""
+    from lcm.concepts import ConceptType
+
+    model = ConceptGenerator.from_checkpoint(diffusion_run / "checkpoints" / "best.ckpt").model
+    types = torch.full((2, 6), int(ConceptType.STEP))
+    types[:, 0] = int(ConceptType.PROMPT)
+    batch = {"x": torch.from_numpy(model.normalizer.denormalize(torch.randn(2, 6, 384)).numpy()), "types": types}
+    logged = {}
+    model.log = lambda name, value, **kw: logged.setdefault(name, []).append(float(value))
+    for _ in range(2):
+        model._log_x0_error(batch, 0, "val")
+    model.eval_seed += 1
+    model._log_x0_error(batch, 0, "val")
+    same, again, other = logged["val/x0_mse"]
+    assert same == again and other != same
+    for block in model.net.blocks:  # denoiser blocks off (AdaLN-Zero gates 0): the score must get worse
+        torch.nn.init.zeros_(block.modulation.weight)
+        torch.nn.init.zeros_(block.modulation.bias)
+    model._log_x0_error(batch, 0, "val")
+    assert logged["val/x0_mse"][-1] != other
+
+
 def test_sampling_options_a_model_does_not_use_are_refused(diffusion_run, trained_run):
     """Before, `noise` was silently ignored by diffusion models and `guidance` / DDIM steps by Base-LCM."""
     diffusion = ConceptGenerator.from_checkpoint(diffusion_run / "checkpoints" / "last.ckpt")

@@ -190,6 +190,8 @@ def make_cli(args: list[str] | None, run: bool = True) -> LCMCLI:
 
     with warnings.catch_warnings():  # called from a script with its own argv, e.g. `lcm eval compare`
         warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
+        # EMAWeightAveraging warns about any `configure_model` (it cannot average sharded layers); ours only compiles
+        warnings.filterwarnings("ignore", message="You're using the WeightAveraging callback with a model that overrides")
         return LCMCLI(L.LightningModule, L.LightningDataModule, subclass_mode_model=True, subclass_mode_data=True,
                       args=args, run=run, save_config_kwargs={"overwrite": True}, auto_configure_optimizers=False,
                       parser_kwargs=parser_kwargs, parser_class=LCMArgumentParser)
