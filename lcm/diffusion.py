@@ -39,7 +39,13 @@ class DiffusionConfig:
 
     denoiser_layers: int = 2
     timesteps: int = 100  # training noise levels
-    schedule: Literal["cosine", "sigmoid"] = "cosine"
+    # ᾱ(t) over t in [0, 1]: "cosine" (Nichol & Dhariwal; diffusers' squaredcos_cap_v2), "sigmoid" (the LCM paper's
+    # eq. 14, σ(sigmoid_beta - sigmoid_alpha·logit t), as Meta's DDIM scheduler computes it), "sigmoid_ramp" (this
+    # project's earlier "sigmoid": a sigmoid of t rescaled to run from 1 to 0 over [-3, 3])
+    schedule: Literal["cosine", "sigmoid", "sigmoid_ramp"] = "cosine"
+    sigmoid_alpha: float = 1.5  # Meta's defaults
+    sigmoid_beta: float = 0.0
+    zero_terminal_snr: bool = False  # rescale the schedule to ᾱ = 0 at the last level (Lin et al. 2024, alg. 1)
     cfg_dropout: float = 0.15  # share of training positions that see no context
     ddim_steps: int = 40  # DDIM steps at inference
     init_noise: float = 0.6  # scale of the starting noise
@@ -60,13 +66,20 @@ class DiffusionConfig:
             raise ValueError("cfg_dropout must be in [0, 1), guidance >= 0, guidance_rescale in [0, 1]")
         if self.timestep_spacing not in SPACINGS:
             raise ValueError(f"timestep_spacing must be one of {SPACINGS} (got {self.timestep_spacing!r})")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {SCHEDULES} (got {self.schedule!r})")
+        if not self.sigmoid_alpha > 0:
+            raise ValueError(f"sigmoid_alpha must be > 0 (got {self.sigmoid_alpha})")
         if self.guidance_space not in ("epsilon", "x0"):
             raise ValueError(f"guidance_space must be 'epsilon' or 'x0' (got {self.guidance_space!r})")
 
     @classmethod
     def from_dict(cls, d: dict) -> "DiffusionConfig":
-        """From a checkpoint's hyperparameters; checkpoints written before the rename store `steps` for `ddim_steps`."""
+        """From a checkpoint's hyperparameters; checkpoints written before the rename store `steps` for `ddim_steps`,
+        and those written before the paper's sigmoid schedule (no `sigmoid_alpha`) meant `sigmoid_ramp` by "sigmoid"."""
         d = dict(d)
+        if d.get("schedule") == "sigmoid" and "sigmoid_alpha" not in d:
+            d["schedule"] = "sigmoid_ramp"
         if "steps" in d:
             if "ddim_steps" in d:
                 raise ValueError("diffusion settings give both `steps` (its old name) and `ddim_steps`")
@@ -79,23 +92,41 @@ def _cosine(t: torch.Tensor, s: float = 0.008) -> torch.Tensor:
     return torch.cos((t + s) / (1 + s) * math.pi / 2) ** 2
 
 
-def _sigmoid(t: torch.Tensor, start: float = -3.0, end: float = 3.0, tau: float = 1.0) -> torch.Tensor:
-    lo, hi = torch.sigmoid(torch.tensor(start / tau, dtype=t.dtype)), torch.sigmoid(torch.tensor(end / tau, dtype=t.dtype))
-    return (hi - torch.sigmoid((t * (end - start) + start) / tau)) / (hi - lo)
+def _sigmoid_ramp(t: torch.Tensor, start: float = -3.0, end: float = 3.0) -> torch.Tensor:
+    lo, hi = torch.sigmoid(torch.tensor(start, dtype=t.dtype)), torch.sigmoid(torch.tensor(end, dtype=t.dtype))
+    return (hi - torch.sigmoid(t * (end - start) + start)) / (hi - lo)
 
 
-def alphas_cumprod(schedule: str, timesteps: int) -> torch.Tensor:
-    """ᾱ_τ for τ = 0..T-1 (T,), strictly decreasing from ~1: betas = 1 - ᾱ(τ+1)/ᾱ(τ) clipped at 0.999."""
-    curves = {"cosine": _cosine, "sigmoid": _sigmoid}
+def _sigmoid_logit(t: torch.Tensor, alpha: float, beta: float) -> torch.Tensor:
+    """The LCM paper's ᾱ(t) = σ(β - α·logit t) (eq. 14), t clamped to [1e-32, 1 - 1e-32] as Meta's code does."""
+    t = t.clamp(1e-32, 1 - 1e-32)
+    return torch.sigmoid(beta - alpha * torch.log(t / (1 - t)))
+
+
+def rescale_zero_terminal_snr(abar: torch.Tensor) -> torch.Tensor:
+    """ᾱ (T,) shifted and scaled in √ᾱ so that ᾱ_T-1 = 0 and ᾱ_0 is unchanged (Lin et al. 2024, algorithm 1)."""
+    root = abar.sqrt()
+    root = (root - root[-1]) * root[0] / (root[0] - root[-1])
+    return root**2
+
+
+def alphas_cumprod(schedule: str, timesteps: int, zero_terminal_snr: bool = False, sigmoid_alpha: float = 1.5,
+                   sigmoid_beta: float = 0.0) -> torch.Tensor:
+    """ᾱ_τ for τ = 0..T-1 (T,), strictly decreasing from ~1: betas = 1 - ᾱ(τ+1)/ᾱ(τ) clipped at 0.999 (the
+    discretization of diffusers' and Meta's `betas_for_alpha_bar`); with `zero_terminal_snr`, rescaled to end at 0."""
+    curves = {"cosine": _cosine, "sigmoid": lambda t: _sigmoid_logit(t, sigmoid_alpha, sigmoid_beta),
+              "sigmoid_ramp": _sigmoid_ramp}
     if schedule not in curves:
         raise LCMError(f"unknown noise schedule {schedule!r}; use one of {sorted(curves)}")
     t = torch.linspace(0, 1, timesteps + 1, dtype=torch.float64)
     abar = curves[schedule](t)
     betas = (1 - abar[1:] / abar[:-1]).clamp(1e-8, 0.999)
-    return torch.cumprod(1 - betas, dim=0).float()
+    abar = torch.cumprod(1 - betas, dim=0)
+    return (rescale_zero_terminal_snr(abar) if zero_terminal_snr else abar).float()
 
 
 SPACINGS = ("linspace", "trailing", "leading")
+SCHEDULES = ("cosine", "sigmoid", "sigmoid_ramp")
 
 
 def ddim_timesteps(timesteps: int, ddim_steps: int, spacing: str = "linspace") -> list[int]:
@@ -208,7 +239,9 @@ class TwoTowerLCM(nn.Module):
             nn.init.zeros_(m.weight)
             nn.init.zeros_(m.bias)
         nn.init.normal_(self.null_context, std=0.02)
-        self.register_buffer("abar", alphas_cumprod(diffusion.schedule, diffusion.timesteps), persistent=False)
+        abar = alphas_cumprod(diffusion.schedule, diffusion.timesteps, diffusion.zero_terminal_snr,
+                              diffusion.sigmoid_alpha, diffusion.sigmoid_beta)
+        self.register_buffer("abar", abar, persistent=False)
 
     def denoise(self, ctx: torch.Tensor, x_tau: torch.Tensor, tau: torch.Tensor, qpos: torch.Tensor,
                 keep: torch.Tensor | None, doc: torch.Tensor | None = None) -> torch.Tensor:

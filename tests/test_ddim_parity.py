@@ -36,12 +36,21 @@ def test_timesteps_match_diffusers(spacing, T, n):
     assert ddim_timesteps(T, n, spacing) == sched.timesteps.tolist()
 
 
-@pytest.mark.parametrize("schedule", ["cosine", "sigmoid"])
+def test_zero_terminal_snr_matches_diffusers():
+    """Our cosine ᾱ rescaled to zero terminal SNR against diffusers' squaredcos_cap_v2 with rescale_betas_zero_snr."""
+    for T in (100, 1000):
+        sched = diffusers.DDIMScheduler(num_train_timesteps=T, beta_schedule="squaredcos_cap_v2",
+                                        rescale_betas_zero_snr=True)
+        assert torch.allclose(alphas_cumprod("cosine", T, zero_terminal_snr=True).double(),
+                              sched.alphas_cumprod.double(), atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "sigmoid", "cosine, zero terminal SNR"])
 @pytest.mark.parametrize("spacing", ["trailing", "leading"])  # diffusers steps back T // n: exact for these
 @pytest.mark.parametrize("eta", [0.0, 0.5])
 def test_ddim_samples_match_diffusers(schedule, spacing, eta):
     T, n = 100, 10
-    abar = alphas_cumprod(schedule, T)
+    abar = alphas_cumprod(schedule.split(",")[0], T, zero_terminal_snr="zero" in schedule)
     taus = ddim_timesteps(T, n, spacing)
     x_start = torch.randn(4, 8, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
 
@@ -65,9 +74,11 @@ def test_spacing_and_guidance_space_arrive_from_the_config_and_bad_values_are_re
     from lcm.train.cli import make_cli
 
     cli = make_cli(["-c", str(CONFIGS / "logic_diffusion.yaml"), "--model.diffusion.timestep_spacing", "trailing",
-                    "--model.diffusion.guidance_space", "x0"], run=False)
+                    "--model.diffusion.guidance_space", "x0", "--model.diffusion.zero_terminal_snr", "true",
+                    "--model.diffusion.schedule", "sigmoid", "--model.diffusion.sigmoid_beta", "0.5"], run=False)
     net = cli.model.net  # the network that samples reads them
     assert (net.diffusion.timestep_spacing, net.diffusion.guidance_space) == ("trailing", "x0")
+    assert torch.equal(net.abar, alphas_cumprod("sigmoid", 100, True, 1.5, 0.5)) and net.abar[-1] == 0
     assert net.denoiser_evals(40, 3.0) == 80  # x0 space guides the pure-noise step too
     assert make_cli(["-c", str(CONFIGS / "logic_diffusion.yaml")], run=False).model.net.denoiser_evals(40, 3.0) == 79
     with pytest.raises(ValueError, match="timestep_spacing"):

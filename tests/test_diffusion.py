@@ -27,13 +27,31 @@ TINY_DIFFUSION = [a.replace("--model.", "--model.init_args.") for a in TINY_FIT]
 PROBLEM = "Tom has 12 apples. He gives 5 to Ann. How many apples does Tom have left?"
 
 
-@pytest.mark.parametrize("schedule", ["cosine", "sigmoid"])
+@pytest.mark.parametrize("schedule", ["cosine", "sigmoid", "sigmoid_ramp"])
 def test_schedules_decrease_from_one_to_near_zero(schedule):
     abar = alphas_cumprod(schedule, 100)
     assert abar.shape == (100,) and bool((abar[1:] < abar[:-1]).all())
     assert 0.99 < abar[0] <= 1 and 0 < abar[-1] < 0.01
+    zero = alphas_cumprod(schedule, 100, zero_terminal_snr=True)  # Lin et al. 2024: the last level is pure noise
+    assert zero[-1] == 0 and zero[0] == pytest.approx(float(abar[0]), abs=1e-7) and bool((zero[1:] < zero[:-1]).all())
     with pytest.raises(LCMError, match="unknown noise schedule"):
         alphas_cumprod("linear-ish", 100)
+
+
+def test_sigmoid_schedule_is_the_lcm_papers():
+    """ᾱ(t) = σ(β - α·logit t) (LCM paper eq. 14; Meta's alpha 1.5, beta 0); ᾱ_τ is the curve at t = (τ + 1) / T."""
+    abar = alphas_cumprod("sigmoid", 100).double()
+    assert abar[49] == pytest.approx(0.5, abs=1e-6)  # t = 0.5: σ(β) = σ(0)
+    assert abar[24] == pytest.approx(3**1.5 / (1 + 3**1.5), abs=1e-6)  # t = 0.25: logit = -ln 3
+    shifted = alphas_cumprod("sigmoid", 100, sigmoid_alpha=1.0, sigmoid_beta=1.0).double()
+    assert shifted[49] == pytest.approx(1 / (1 + math.exp(-1)), abs=1e-6)  # σ(1)
+    assert shifted[24] == pytest.approx(3 * math.e / (3 * math.e + 1), abs=1e-6)  # σ(1 + ln 3)
+    old = DiffusionConfig.from_dict({"schedule": "sigmoid", "timesteps": 100})  # a checkpoint from before eq. 14
+    assert old.schedule == "sigmoid_ramp" and DiffusionConfig.from_dict(
+        {"schedule": "sigmoid", "sigmoid_alpha": 1.5}).schedule == "sigmoid"
+    for bad in ({"schedule": "linear"}, {"sigmoid_alpha": 0.0}):
+        with pytest.raises(ValueError):
+            DiffusionConfig(**bad)
 
 
 def test_ddim_timesteps():
