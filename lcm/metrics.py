@@ -22,6 +22,16 @@ def next_step_scores(pred: torch.Tensor, gold: torch.Tensor, prev: torch.Tensor,
     }
 
 
+def context_scores(pred: torch.Tensor, swapped: torch.Tensor, gold: torch.Tensor) -> dict[str, torch.Tensor]:
+    """How much a prediction depends on its context, per position (a training-free, embedding-space proxy for the
+    context-prediction mutual information the LCM paper reports). pred: (N, D) predictions from the true context;
+    swapped: (N, D) predictions at the same positions from another document's context; gold: (N, D) true next concepts.
+    ctx_shift = 1 - cos(pred, swapped): 0 when the context is ignored (the unconditional mean for every context);
+    ctx_gain = cos(pred, gold) - cos(swapped, gold): how much of the prediction's fit the right context buys."""
+    return {"ctx_shift": 1 - F.cosine_similarity(pred, swapped, dim=-1),
+            "ctx_gain": F.cosine_similarity(pred, gold, dim=-1) - F.cosine_similarity(swapped, gold, dim=-1)}
+
+
 def retrieval_hits(index, rows: np.ndarray, pred: np.ndarray, gold_rows: np.ndarray,
                    top: np.ndarray | None = None) -> np.ndarray:
     """Contrastive / retrieval accuracy per position: is the faiss top-1 of the prediction the gold sentence?

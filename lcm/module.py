@@ -14,7 +14,7 @@ from lcm.concepts import PAD, TARGET_TYPES, TYPE_NAMES, ConceptType, layout_mism
 from lcm.contrastive import Contrastive, candidates, info_nce
 from lcm.errors import LCMError
 from lcm.handoff import ConceptData, DataConsumer, check_embed_dim, expect
-from lcm.metrics import next_step_scores, retrieval_hits
+from lcm.metrics import context_scores, next_step_scores, retrieval_hits
 from lcm.model import BaseLCM, LCMConfig
 from lcm.normalizer import RobustScaler
 from lcm.optim import OptimConfig, adamw_warmup_cosine
@@ -285,9 +285,28 @@ class ConceptLM(CompileOnFit, DataConsumer, L.LightningModule):
                 metrics |= {f"{TYPE_NAMES[t]}_{k}": (v[sel].mean(), int(sel.sum())) for k, v in scores.items()
                             if t == ConceptType.STEP or not k.startswith("cosine_")}
         metrics |= self._boundary_metrics(pred_raw, gold_types, self._best_step_cos(pred_raw, index, found))
+        metrics |= self._context_metrics(batch, pred_all, mask)
         for k, (v, count) in metrics.items():
             self.log(f"{split}/{k}", v, batch_size=count, on_epoch=True, sync_dist=True,
                      prog_bar=k in ("loss", "step_cosine"))
+
+    def _context_metrics(self, batch: dict, pred_all: torch.Tensor, mask: torch.Tensor) -> dict:
+        """`ctx_shift` / `ctx_gain` (`lcm.metrics.context_scores`): every sequence of the batch predicted again from
+        the next sequence's concepts (the batch rolled by one; a diffusion model samples with the same seeded noise,
+        so only the context differs), compared at the positions that are targets in both. pred_all (B, T-1, D)
+        normalized, mask (B, T-1). Empty for a batch of one sequence."""
+        if batch["x"].shape[0] < 2:
+            return {}
+        swapped = {k: batch[k].roll(1, 0) for k in ("x", "types", "doc", "pos") if k in batch}
+        pred_swapped, _, mask_swapped = self._predict(swapped)
+        both = mask & mask_swapped
+        n = int(both.sum())
+        if n == 0:
+            return {}
+        raw = self.normalizer.denormalize
+        scores = context_scores(raw(pred_all[both].float()), raw(pred_swapped[both].float()),
+                                batch["x"][:, 1:][both].float())
+        return {k: (v.mean(), n) for k, v in scores.items()}
 
     def _boundary_metrics(self, pred_raw: torch.Tensor, gold_types: torch.Tensor, step_cos: torch.Tensor) -> dict:
         """Would generation end the paragraph / the text here? Each prediction is classified as generation does

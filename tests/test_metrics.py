@@ -2,7 +2,7 @@ import faiss
 import numpy as np
 import torch
 
-from lcm.metrics import next_step_scores, retrieval_hits
+from lcm.metrics import context_scores, next_step_scores, retrieval_hits
 
 
 def test_next_step_scores_hand_values():
@@ -13,6 +13,36 @@ def test_next_step_scores_hand_values():
     assert torch.allclose(s["cosine"], torch.tensor([1.0, 2 ** -0.5]))
     assert torch.allclose(s["cosine_copy_last"], torch.tensor([0.0, -1.0]))
     assert torch.allclose(s["cosine_mean"], torch.tensor([2 ** -0.5, 2 ** -0.5]))
+
+
+def test_context_scores_hand_values():
+    gold = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    pred = torch.tensor([[1.0, 0.0], [1.0, 1.0]])
+    swapped = torch.tensor([[0.0, 3.0], [2.0, 2.0]])  # row 2: the same direction from another context
+    s = context_scores(pred, swapped, gold)
+    assert torch.allclose(s["ctx_shift"], torch.tensor([1.0, 0.0]), atol=1e-6)
+    assert torch.allclose(s["ctx_gain"], torch.tensor([1.0, 0.0]), atol=1e-6)
+
+
+def test_context_metrics_swap_the_context_within_the_batch(trained_run):
+    """Validation's ctx_shift / ctx_gain: identical sequences swapped give 0 exactly (nothing changed), distinct ones
+    do not; every Base-LCM run logs them."""
+    from lcm.concepts import ConceptType
+    from lcm.generate import ConceptGenerator
+
+    model = ConceptGenerator.from_checkpoint(trained_run / "checkpoints" / "last.ckpt").model.eval()
+    types = torch.full((3, 5), int(ConceptType.STEP))
+    types[:, 0] = int(ConceptType.PROMPT)
+    x = torch.randn(3, 5, 384)
+    for same, batch in ((True, {"x": x[:1].expand(3, -1, -1).clone(), "types": types}), (False, {"x": x, "types": types})):
+        with torch.no_grad():
+            pred, _, mask = model._predict(batch)
+            out = model._context_metrics(batch, pred, mask)
+        (shift, n), (gain, _) = out["ctx_shift"], out["ctx_gain"]
+        assert n == 12 and (float(shift) == 0 and float(gain) == 0) == same, (same, float(shift))
+    assert model._context_metrics({"x": x[:1], "types": types[:1]}, pred[:1], mask[:1]) == {}  # nothing to swap with
+    header = (trained_run / "metrics.csv").read_text().splitlines()[0]
+    assert "val/ctx_shift" in header and "val/ctx_gain" in header
 
 
 def test_retrieval_hits():
