@@ -57,6 +57,9 @@ class DiffusionConfig:
     # default, which never starts at the pure-noise level)
     timestep_spacing: Literal["linspace", "trailing", "leading"] = "linspace"
     guidance_space: Literal["epsilon", "x0"] = "epsilon"  # where guidance and its rescale apply (module docstring)
+    # "two": contextualizer + denoiser (TwoTowerLCM); "one": one causal transformer over clean concepts and noisy
+    # queries (lcm.one_tower.OneTowerLCM; `denoiser_layers` is then unused: `arch.n_layer` is its depth)
+    tower: Literal["two", "one"] = "two"
 
     def __post_init__(self) -> None:
         if self.timesteps < 2 or not 1 <= self.ddim_steps <= self.timesteps:
@@ -70,6 +73,8 @@ class DiffusionConfig:
             raise ValueError(f"schedule must be one of {SCHEDULES} (got {self.schedule!r})")
         if not self.sigmoid_alpha > 0:
             raise ValueError(f"sigmoid_alpha must be > 0 (got {self.sigmoid_alpha})")
+        if self.tower not in ("two", "one"):
+            raise ValueError(f"tower must be 'two' or 'one' (got {self.tower!r})")
         if self.guidance_space not in ("epsilon", "x0"):
             raise ValueError(f"guidance_space must be 'epsilon' or 'x0' (got {self.guidance_space!r})")
 
@@ -219,61 +224,60 @@ class DenoiserBlock(nn.Module):
         return x + gate2 * self.mlp(self.norm2(x) * (1 + scale2) + shift2)
 
 
-class TwoTowerLCM(nn.Module):
-    """contextualizer(concepts ≤ t) + denoiser(x_τ of concept t+1, τ) -> x0 of concept t+1."""
+@dataclass
+class Context:
+    """What a diffusion network's denoiser conditions on, for a batch of concept sequences: `states` -- the two-tower
+    contextualizer's outputs (B, T, d), or the one-tower model's clean normalized concepts (B, T, D) -- and, for
+    packed windows, `doc` / `pos` (B, T): each position's document and its position inside it."""
+
+    states: torch.Tensor
+    doc: torch.Tensor | None = None
+    pos: torch.Tensor | None = None
+
+    def twice(self) -> "Context":
+        """The batch stacked on itself (the conditional and unconditional halves of classifier-free guidance)."""
+        return Context(*(None if t is None else torch.cat([t, t]) for t in (self.states, self.doc, self.pos)))
+
+
+class DiffusionNet(nn.Module):
+    """What every diffusion LCM network shares: the ᾱ schedule, classifier-free guidance, DDIM sampling and its
+    cost. A subclass defines `encode_context` (normalized concepts -> `Context`), `denoise` (x0 of noisy concepts
+    given a Context) and `context_states` (per-position hidden states of the context, for the comparison)."""
 
     def __init__(self, cfg: LCMConfig, diffusion: DiffusionConfig):
         super().__init__()
         self.cfg, self.diffusion = cfg, diffusion
-        d = cfg.d_model
-        self.context = BaseLCM(cfg, output=False)
-        self.null_context = nn.Parameter(torch.zeros(1, 1, d))
-        self.in_proj = nn.Linear(cfg.embed_dim, d)
-        self.time_mlp = nn.Sequential(nn.Linear(d, d), nn.SiLU(), nn.Linear(d, d))
-        self.blocks = nn.ModuleList(DenoiserBlock(cfg) for _ in range(diffusion.denoiser_layers))
-        self.final_norm = nn.LayerNorm(d, elementwise_affine=False)
-        self.final_modulation = nn.Linear(d, 2 * d)
-        self.out_proj = nn.Linear(d, cfg.embed_dim)
-        init_gpt_weights(self.blocks, diffusion.denoiser_layers)
-        for m in (*[b.modulation for b in self.blocks], self.final_modulation):  # AdaLN-Zero: blocks start as identity
-            nn.init.zeros_(m.weight)
-            nn.init.zeros_(m.bias)
-        nn.init.normal_(self.null_context, std=0.02)
         abar = alphas_cumprod(diffusion.schedule, diffusion.timesteps, diffusion.zero_terminal_snr,
                               diffusion.sigmoid_alpha, diffusion.sigmoid_beta)
         self.register_buffer("abar", abar, persistent=False)
 
-    def denoise(self, ctx: torch.Tensor, x_tau: torch.Tensor, tau: torch.Tensor, qpos: torch.Tensor,
-                keep: torch.Tensor | None, doc: torch.Tensor | None = None) -> torch.Tensor:
-        """ctx (B, T, d) contextualizer outputs; x_tau (B, Q, D) noisy concepts; tau (B, Q) noise levels;
-        qpos (B, Q): the context position each query follows (it sees ctx[0..qpos]); keep (B, Q) bool:
-        False = this query sees only the null context (None = all keep); doc (B, T): document of each
-        context position in packed windows (a query sees only its own document). Returns x0 (B, Q, D)."""
-        B, T, d = ctx.shape
-        kv = torch.cat([self.null_context.expand(B, 1, d).to(ctx.dtype), ctx], dim=1)  # (B, 1+T, d)
-        visible = torch.arange(T, device=ctx.device)[None, None, :] <= qpos[..., None]  # (B, Q, T)
-        if doc is not None:
-            visible = visible & (doc[:, None, :] == doc.gather(1, qpos)[..., None])
-        if keep is not None:
-            visible = visible & keep[..., None]
-        mask = torch.cat([torch.ones_like(visible[..., :1]), visible], dim=-1)[:, None]  # (B, 1, Q, 1+T)
-        temb = self.time_mlp(timestep_embedding(tau, d).to(ctx.dtype))  # (B, Q, d)
-        h = self.in_proj(x_tau)
-        for block in self.blocks:
-            h = block(h, temb, kv, mask)
-        shift, scale = self.final_modulation(F.silu(temb)).chunk(2, dim=-1)
-        return self.out_proj(self.final_norm(h) * (1 + scale) + shift)
+    def encode_context(self, xn: torch.Tensor, doc: torch.Tensor | None = None,
+                       pos: torch.Tensor | None = None) -> Context:
+        raise NotImplementedError
 
-    def guided(self, ctx: torch.Tensor, x_tau: torch.Tensor, tau: torch.Tensor, qpos: torch.Tensor,
-               scale: float, rescale: float, doc: torch.Tensor | None = None, space: str = "epsilon") -> torch.Tensor:
+    def denoise(self, ctx: Context, x_tau: torch.Tensor, tau: torch.Tensor, qpos: torch.Tensor,
+                keep: torch.Tensor | None) -> torch.Tensor:
+        """x_tau (B, Q, D) noisy concepts; tau (B, Q) noise levels; qpos (B, Q): the context position each query
+        follows (it sees positions 0..qpos of its own document); keep (B, Q) bool: False = this query sees no
+        context (None = all keep). Returns the predicted clean concepts x0 (B, Q, D)."""
+        raise NotImplementedError
+
+    def context_states(self, ctx: Context) -> torch.Tensor:
+        raise NotImplementedError
+
+    def transformer_blocks(self) -> list[nn.Module]:
+        """The blocks `model.compile` compiles (the training step calls these, not the network's forward)."""
+        raise NotImplementedError
+
+    def guided(self, ctx: Context, x_tau: torch.Tensor, tau: torch.Tensor, qpos: torch.Tensor,
+               scale: float, rescale: float, space: str = "epsilon") -> torch.Tensor:
         """x0 with classifier-free guidance in `space` ("epsilon": Meta's, unguided at the pure-noise level
         T-1; "x0"): conditional and unconditional passes in one batched forward. Shapes as `denoise`."""
         unguided = tau == self.diffusion.timesteps - 1 if space == "epsilon" else torch.zeros_like(tau, dtype=torch.bool)
         if scale == 1.0 or bool(unguided.all()):  # no unconditional pass where it would not be used
-            return self.denoise(ctx, x_tau, tau, qpos, None, doc)
+            return self.denoise(ctx, x_tau, tau, qpos, None)
         keep = torch.cat([torch.ones_like(qpos, dtype=torch.bool), torch.zeros_like(qpos, dtype=torch.bool)])
-        both = self.denoise(torch.cat([ctx, ctx]), torch.cat([x_tau, x_tau]), torch.cat([tau, tau]),
-                            torch.cat([qpos, qpos]), keep, None if doc is None else torch.cat([doc, doc]))
+        both = self.denoise(ctx.twice(), torch.cat([x_tau, x_tau]), torch.cat([tau, tau]), torch.cat([qpos, qpos]), keep)
         cond, uncond = both.chunk(2)  # (B, Q, D) each
         if space == "x0":
             return guide(cond, uncond, scale, rescale)
@@ -290,8 +294,8 @@ class TwoTowerLCM(nn.Module):
         skipped = sum(t == d.timesteps - 1 for t in taus) if d.guidance_space == "epsilon" else 0
         return 2 * len(taus) - skipped
 
-    def sample(self, ctx: torch.Tensor, qpos: torch.Tensor, generator: torch.Generator | None = None,
-               doc: torch.Tensor | None = None, **overrides) -> torch.Tensor:
+    def sample(self, ctx: Context, qpos: torch.Tensor, generator: torch.Generator | None = None,
+               **overrides) -> torch.Tensor:
         """Clean next concepts after context positions qpos (B, Q) -> (B, Q, D), by DDIM. `overrides`:
         ddim_steps, init_noise, guidance, guidance_rescale, eta (default: the config's)."""
         try:
@@ -299,25 +303,79 @@ class TwoTowerLCM(nn.Module):
         except (TypeError, ValueError) as e:
             raise LCMError(f"diffusion sampling settings: {e}") from e
         B, Q = qpos.shape
-        x = cfg.init_noise * randn_like(ctx.new_empty(B, Q, self.cfg.embed_dim).float(), generator)
+        dtype = ctx.states.dtype
+        x = cfg.init_noise * randn_like(ctx.states.new_empty(B, Q, self.cfg.embed_dim).float(), generator)
         taus = ddim_timesteps(cfg.timesteps, cfg.ddim_steps, cfg.timestep_spacing)
 
         def denoise(x_tau: torch.Tensor, tau: int) -> torch.Tensor:
             levels = torch.full_like(qpos, tau)
-            return self.guided(ctx, x_tau.to(ctx.dtype), levels, qpos, cfg.guidance, cfg.guidance_rescale, doc,
+            return self.guided(ctx, x_tau.to(dtype), levels, qpos, cfg.guidance, cfg.guidance_rescale,
                                cfg.guidance_space).float()
 
         return ddim(denoise, x, self.abar, taus, cfg.eta, generator)
+
+
+class TwoTowerLCM(DiffusionNet):
+    """contextualizer(concepts ≤ t) + denoiser(x_τ of concept t+1, τ) -> x0 of concept t+1."""
+
+    def __init__(self, cfg: LCMConfig, diffusion: DiffusionConfig):
+        super().__init__(cfg, diffusion)
+        d = cfg.d_model
+        self.context = BaseLCM(cfg, output=False)
+        self.null_context = nn.Parameter(torch.zeros(1, 1, d))
+        self.in_proj = nn.Linear(cfg.embed_dim, d)
+        self.time_mlp = nn.Sequential(nn.Linear(d, d), nn.SiLU(), nn.Linear(d, d))
+        self.blocks = nn.ModuleList(DenoiserBlock(cfg) for _ in range(diffusion.denoiser_layers))
+        self.final_norm = nn.LayerNorm(d, elementwise_affine=False)
+        self.final_modulation = nn.Linear(d, 2 * d)
+        self.out_proj = nn.Linear(d, cfg.embed_dim)
+        init_gpt_weights(self.blocks, diffusion.denoiser_layers)
+        for m in (*[b.modulation for b in self.blocks], self.final_modulation):  # AdaLN-Zero: blocks start as identity
+            nn.init.zeros_(m.weight)
+            nn.init.zeros_(m.bias)
+        nn.init.normal_(self.null_context, std=0.02)
+
+    def encode_context(self, xn: torch.Tensor, doc: torch.Tensor | None = None,
+                       pos: torch.Tensor | None = None) -> Context:
+        """The contextualizer over normalized concepts xn (B, T, D): Context with states (B, T, d)."""
+        return Context(self.context.hidden_states(xn, doc, pos), doc, pos)
+
+    def context_states(self, ctx: Context) -> torch.Tensor:
+        return ctx.states
+
+    def transformer_blocks(self) -> list[nn.Module]:
+        return [*self.context.blocks, *self.blocks]
+
+    def denoise(self, ctx: Context, x_tau: torch.Tensor, tau: torch.Tensor, qpos: torch.Tensor,
+                keep: torch.Tensor | None) -> torch.Tensor:
+        """As `DiffusionNet.denoise`: the denoiser cross-attends to the contextualizer outputs a query may see and a
+        learned null context (the only thing a query with keep False sees)."""
+        states, doc = ctx.states, ctx.doc
+        B, T, d = states.shape
+        kv = torch.cat([self.null_context.expand(B, 1, d).to(states.dtype), states], dim=1)  # (B, 1+T, d)
+        visible = torch.arange(T, device=states.device)[None, None, :] <= qpos[..., None]  # (B, Q, T)
+        if doc is not None:
+            visible = visible & (doc[:, None, :] == doc.gather(1, qpos)[..., None])
+        if keep is not None:
+            visible = visible & keep[..., None]
+        mask = torch.cat([torch.ones_like(visible[..., :1]), visible], dim=-1)[:, None]  # (B, 1, Q, 1+T)
+        temb = self.time_mlp(timestep_embedding(tau, d).to(states.dtype))  # (B, Q, d)
+        h = self.in_proj(x_tau)
+        for block in self.blocks:
+            h = block(h, temb, kv, mask)
+        shift, scale = self.final_modulation(F.silu(temb)).chunk(2, dim=-1)
+        return self.out_proj(self.final_norm(h) * (1 + scale) + shift)
 
 
 X0_ERROR_LEVELS = (0.1, 0.3, 0.5, 0.7, 0.9)  # shares of the top noise level T-1 at which `x0_mse` is measured
 
 
 class DiffusionLCM(ConceptLM):
-    """Two-tower diffusion LCM, trained and used like Base-LCM (`model: {class_path: lcm.diffusion.DiffusionLCM}`).
+    """Diffusion LCM, two-tower (default) or one-tower (`diffusion.tower: one`, `lcm.one_tower`), trained and used
+    like Base-LCM (`model: {class_path: lcm.diffusion.DiffusionLCM}`).
 
     Args:
-        arch: contextualizer shape (its d_model / n_head / dropout also shape the denoiser).
+        arch: contextualizer shape (its d_model / n_head / dropout also shape the denoiser); one-tower: the tower's.
         diffusion: denoiser depth, noise schedule, CFG dropout and the sampling defaults.
         eval_seed: seed of the noise used for validation / test samples (scores are reproducible).
         compile: as `ConceptLM`; here each contextualizer block and each denoiser block is compiled (the
@@ -341,11 +399,15 @@ class DiffusionLCM(ConceptLM):
         return {"diffusion": asdict(self.diffusion), "eval_seed": self.eval_seed}
 
     def build_net(self, arch: LCMConfig) -> nn.Module:
+        if self.diffusion.tower == "one":
+            from lcm.one_tower import OneTowerLCM  # it builds on this module's DiffusionNet
+
+            return OneTowerLCM(arch, self.diffusion)
         return TwoTowerLCM(arch, self.diffusion)
 
     def compile_targets(self) -> list:
-        # the training step calls `hidden_states` and `denoise`, not the network's forward: compile the blocks
-        return [*self.net.context.blocks, *self.net.blocks]
+        # the training step calls `encode_context` and `denoise`, not the network's forward: compile the blocks
+        return self.net.transformer_blocks()
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         ctx, x0 = self._context_and_targets(batch)
@@ -356,19 +418,19 @@ class DiffusionLCM(ConceptLM):
         self.log("train/loss", loss, prog_bar=True, batch_size=B)
         return loss
 
-    def _context_and_targets(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        """The contextualizer's outputs over concepts 0..T-2 (B, T-1, d) and the normalized targets 1..T-1 (B, T-1, D)."""
+    def _context_and_targets(self, batch: dict) -> tuple[Context, torch.Tensor]:
+        """The network's Context of concepts 0..T-2 and the normalized targets 1..T-1 (B, T-1, D)."""
         xn = self.normalizer.normalize(batch["x"])  # (B, T, D)
-        return self.net.context.hidden_states(xn[:, :-1], **packed(batch)), xn[:, 1:]
+        return self.net.encode_context(xn[:, :-1], **packed(batch)), xn[:, 1:]
 
-    def _denoising_error(self, batch: dict, ctx: torch.Tensor, x0: torch.Tensor, tau: torch.Tensor,
+    def _denoising_error(self, batch: dict, ctx: Context, x0: torch.Tensor, tau: torch.Tensor,
                          noise: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
         """The training objective: the position-weighted x0 MSE (`_loss`) of denoising every target from
         x_τ = √ᾱ_τ x0 + √(1 - ᾱ_τ) noise. tau (B, T) levels; noise like x0; keep (B, T) bool (None: all see context)."""
         a = self.net.abar[tau][..., None]  # (B, T, 1)
         x_tau = a.sqrt() * x0 + (1 - a).sqrt() * noise
         qpos = torch.arange(x0.shape[1], device=x0.device).expand(x0.shape[:2])
-        pred = self.net.denoise(ctx, x_tau, tau, qpos, keep, packed(batch).get("doc"))
+        pred = self.net.denoise(ctx, x_tau, tau, qpos, keep)
         return self._loss(pred, x0, batch["types"], target_mask(batch["types"], batch.get("doc")))
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
@@ -401,10 +463,10 @@ class DiffusionLCM(ConceptLM):
         """Normalized concepts (B, T, D) -> a sampled next concept after every position (B, T, D), with the
         inference settings and the fixed `eval_seed` (teacher-forced scores are reproducible). doc / pos
         (B, T): packed windows."""
-        ctx = self.net.context.hidden_states(xn, doc, pos)
-        B, T = ctx.shape[:2]
+        ctx = self.net.encode_context(xn, doc, pos)
+        B, T = xn.shape[:2]
         generator = torch.Generator().manual_seed(self.eval_seed)
-        return self.net.sample(ctx, torch.arange(T, device=ctx.device).expand(B, T), generator, doc)
+        return self.net.sample(ctx, torch.arange(T, device=xn.device).expand(B, T), generator)
 
     def _predict(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         xn = self.normalizer.normalize(batch["x"])
@@ -415,8 +477,9 @@ class DiffusionLCM(ConceptLM):
         return self.normalizer.denormalize(self._sample_all(self.normalizer.normalize(x)))
 
     def hidden_states(self, x: torch.Tensor) -> torch.Tensor:
-        """Raw concepts (B, T, D) -> the contextualizer's final-layer hidden states (B, T, d)."""
-        return self.net.context.hidden_states(self.normalizer.normalize(x))
+        """Raw concepts (B, T, D) -> the final-layer hidden states of the context positions (B, T, d): the
+        contextualizer's (two-tower) or the tower's at the clean concepts (one-tower)."""
+        return self.net.context_states(self.net.encode_context(self.normalizer.normalize(x)))
 
     def denoiser_evals(self, guidance: float | None = None, ddim_steps: int | None = None) -> int:
         """Denoiser forward passes per predicted concept: one per DDIM step, two at the steps that run classifier-free
@@ -430,6 +493,6 @@ class DiffusionLCM(ConceptLM):
         `sampling`: ddim_steps, init_noise, guidance, guidance_rescale, eta overrides of the checkpoint's settings
         (generation passes the checked `DiffusionSampling` ones; Base-LCM's `noise` is not an option here)."""
         xn = self.normalizer.normalize(x)
-        ctx = self.net.context.hidden_states(xn)  # (A, T, d)
-        pred = self.net.sample(ctx, (lengths - 1)[:, None].to(ctx.device), generator, **sampling)[:, 0]  # (A, D)
+        ctx = self.net.encode_context(xn)
+        pred = self.net.sample(ctx, (lengths - 1)[:, None].to(xn.device), generator, **sampling)[:, 0]  # (A, D)
         return self.normalizer.denormalize(pred).float()

@@ -16,6 +16,7 @@ from lcm.diffusion import (
     ddim_timesteps,
     guide,
     guide_epsilon,
+    timestep_embedding,
 )
 from lcm.errors import LCMError
 from lcm.generate import ConceptGenerator
@@ -137,11 +138,16 @@ def test_guidance_in_epsilon_space_as_meta_applies_it():
     assert not torch.allclose(x0, guide(c, u, 3.0, 0.7), atol=1e-2)  # the rescale is not: x0-space shrinks x0
 
 
-@pytest.fixture(scope="module")
-def net():
+TINY_ARCH = LCMConfig(embed_dim=12, d_model=16, n_layer=2, n_head=2, max_seq_len=16, dropout=0.0)
+
+
+@pytest.fixture(scope="module", params=["two", "one"], ids=lambda t: f"{t}-tower")
+def net(request):
+    from lcm.one_tower import OneTowerLCM
+
     torch.manual_seed(0)
-    cfg = LCMConfig(embed_dim=12, d_model=16, n_layer=2, n_head=2, max_seq_len=16, dropout=0.0)
-    model = TwoTowerLCM(cfg, DiffusionConfig(denoiser_layers=2, ddim_steps=4)).eval()
+    kind = TwoTowerLCM if request.param == "two" else OneTowerLCM
+    model = kind(TINY_ARCH, DiffusionConfig(denoiser_layers=2, ddim_steps=4, tower=request.param)).eval()
     for p in model.parameters():  # AdaLN-Zero starts as identity: perturb so the tests see real attention
         p.data.add_(0.05 * torch.randn_like(p))
     return model
@@ -149,24 +155,58 @@ def net():
 
 def test_denoiser_shapes_and_causal_context(net):
     x = torch.randn(2, 6, 12)
-    ctx = net.context.hidden_states(x)
-    assert ctx.shape == (2, 6, 16)
+    ctx = net.encode_context(x)
+    assert net.context_states(ctx).shape == (2, 6, 16)
     qpos = torch.tensor([[1, 3], [0, 5]])
     x_tau, tau = torch.randn(2, 2, 12), torch.tensor([[10, 50], [99, 0]])
     out = net.denoise(ctx, x_tau, tau, qpos, None)
     assert out.shape == (2, 2, 12)
     later = x.clone()
     later[:, 4:] = torch.randn(2, 2, 12)  # concepts after position 3: invisible to queries at 1 and 3 (row 0)
-    out2 = net.denoise(net.context.hidden_states(later), x_tau, tau, qpos, None)
+    out2 = net.denoise(net.encode_context(later), x_tau, tau, qpos, None)
     assert torch.allclose(out[0], out2[0], atol=1e-6) and not torch.allclose(out[1, 1], out2[1, 1])
     dropped = torch.zeros(2, 2, dtype=torch.bool)  # classifier-free: no context at all
-    other = net.context.hidden_states(torch.randn(2, 6, 12))
+    other = net.encode_context(torch.randn(2, 6, 12))
     assert torch.allclose(net.denoise(ctx, x_tau, tau, qpos, dropped), net.denoise(other, x_tau, tau, qpos, dropped),
                           atol=1e-6)
+    doc = torch.tensor([[0, 0, 0, 1, 1, 1], [0, 0, 0, 0, 0, 0]])  # packed: a query sees only its own document
+    pos = torch.tensor([[0, 1, 2, 0, 1, 2], [0, 1, 2, 3, 4, 5]])
+    first = x.clone()
+    first[0, :3] = torch.randn(3, 12)  # document 0 of row 0 changed: the query after position 5 (document 1) is not
+    a = net.denoise(net.encode_context(x, doc, pos), x_tau, tau, qpos, None)
+    b = net.denoise(net.encode_context(first, doc, pos), x_tau, tau, qpos, None)
+    assert torch.allclose(a[0, 1], b[0, 1], atol=1e-6) and not torch.allclose(a[0, 0], b[0, 0])
+
+
+def test_one_tower_equals_the_papers_interleaved_layout():
+    """The paper's one-tower sequence [x_0, x̃_1, x_1, x̃_2, ...] (clean: causal over clean; noisy x̃_t+1: x_0..x_t and
+    itself; x̃_t+1 at position t+1), built here by hand on the same tower, gives our [clean.., queries..] outputs."""
+    from lcm.one_tower import OneTowerLCM
+
+    torch.manual_seed(0)
+    net = OneTowerLCM(TINY_ARCH, DiffusionConfig(tower="one")).eval()
+    B, T, D = 2, 5, 12
+    clean, noisy, tau = torch.randn(B, T, D), torch.randn(B, T, D), torch.randint(0, 100, (B, T))
+    ours = net.denoise(net.encode_context(clean), noisy, tau, torch.arange(T).expand(B, T), None)
+
+    tower = net.tower
+    inputs = torch.stack([tower.in_proj(clean), tower.in_proj(noisy) + net.time_mlp(timestep_embedding(tau, 16))],
+                         dim=2).reshape(B, 2 * T, 16)  # x_0, x̃_1, x_1, x̃_2, ...
+    step = torch.arange(2 * T) // 2  # the concept index each slot belongs to
+    noisy_slot = torch.arange(2 * T) % 2 == 1
+    positions = step + noisy_slot.long()  # x_t at t, x̃_t+1 at t+1
+    sees_clean = ~noisy_slot[None, :] & (step[None, :] <= step[:, None])
+    mask = (sees_clean | torch.eye(2 * T, dtype=torch.bool))[None, None]
+    h = inputs
+    for block in tower.blocks:
+        h = block(h, (net.rope_cos[positions], net.rope_sin[positions]), mask=mask.expand(B, 1, 2 * T, 2 * T))
+    paper = tower.out_proj(tower.norm(h))[:, noisy_slot]  # (B, T, D)
+    assert torch.allclose(ours, paper, atol=1e-5)
+    assert torch.allclose(net.context_states(net.encode_context(clean)), tower.norm(h)[:, ~noisy_slot], atol=1e-5)
 
 
 def test_cfg_off_equals_guidance_one_and_sampling_is_seeded(net):
-    ctx = net.context.hidden_states(torch.randn(3, 5, 12))
+    ctx = net.encode_context(torch.randn(3, 5, 12))
     qpos = torch.tensor([[4], [2], [0]])
     x_tau, tau = torch.randn(3, 1, 12), torch.full((3, 1), 30)
     assert torch.equal(net.guided(ctx, x_tau, tau, qpos, 1.0, 0.7), net.denoise(ctx, x_tau, tau, qpos, None))
@@ -223,6 +263,28 @@ def test_diffusion_checkpoint_round_trip_and_k_samples(diffusion_run):
     for bad in ({"ddim_steps": 0}, {"ddim_steps": 101}, {"guidance": -1.0}):
         with pytest.raises(LCMError, match="diffusion sampling settings"):
             gen.generate(PROBLEM, **bad)
+
+
+def test_one_tower_trains_saves_and_samples_through_the_same_config_and_api(tmp_path_factory):
+    """`diffusion.tower: one` in any diffusion config: `lcm fit`, the checkpoint, `generate` (seeded, k samples) and
+    the validation scores work as for the two-tower model."""
+    from lcm.one_tower import OneTowerLCM
+
+    run = fit_in(tmp_path_factory.mktemp("one_tower"), "quickstart_diffusion.yaml",
+                 TINY_DIFFUSION + ["--model.init_args.diffusion.tower", "one"])
+    header = (run / "metrics.csv").read_text().splitlines()[0]
+    assert all(k in header for k in ("val/x0_mse", "val/ctx_shift", "val/step_retrieval_acc"))
+    gen = ConceptGenerator.from_checkpoint(run / "checkpoints" / "best.ckpt")
+    assert type(gen.model) is DiffusionLCM and type(gen.model.net) is OneTowerLCM
+    assert gen.model.hparams["diffusion"]["tower"] == "one"
+    samples = gen.generate(PROBLEM, num_samples=3, seed=0, max_steps=3, stop_on_repeat=False, ddim_steps=4)
+    again = gen.generate(PROBLEM, num_samples=3, seed=0, max_steps=3, stop_on_repeat=False, ddim_steps=4)
+    assert len(samples) == 3 and [[t.text for t in s.steps] for s in samples] == [[t.text for t in s.steps] for s in again]
+    x = torch.from_numpy(gen.encoder.encode([PROBLEM, "Ann has 3 pens."])).reshape(1, 2, -1).expand(3, -1, -1)
+    lengths = torch.tensor([2, 1, 2])  # a shorter context in row 1: its query follows position 0
+    nxt = gen.model.next_concept(x, lengths, torch.Generator().manual_seed(0), ddim_steps=4)
+    assert nxt.shape == (3, 384) and (nxt[0] - nxt[2]).abs().max() > 1e-4  # fresh noise per row
+    assert gen.model.hidden_states(x).shape == (3, 2, 64) and gen.model.denoiser_evals() == 2 * 5 - 1
 
 
 def test_ema_weights_are_what_checkpoints_and_sampling_hold_and_best_is_chosen_on_x0_error(diffusion_run):

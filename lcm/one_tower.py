@@ -1,0 +1,97 @@
+"""One-tower diffusion LCM (LCM paper, section 2.3.3): one causal transformer reads the clean concepts and the
+noisy next concepts together and predicts each noisy one's clean x0.
+
+The paper interleaves the sequence [x_0, x̃_1, x_1, x̃_2, ...]: a clean concept attends to the clean concepts
+before it, a noisy x̃_t+1 to the clean x_0..x_t and to itself, never to another noisy one. Clean positions never
+see noisy ones, so their states do not depend on them, and attention only sees positions through the mask and
+the rotary angles: the same network on [x_0 .. x_T-1, x̃_q1 .. x̃_qQ] with that mask and those positions gives the
+same outputs as the interleaved layout. That layout is used here: the clean prefix once, then any number of noisy
+queries (a query after every position in training and teacher-forced validation, one per sequence in
+generation). A query for concept t+1 sits at rotary position t+1 (the position of the concept it becomes) and
+adds the noise level's embedding (sinusoidal -> MLP) to its input projection; a query that drops the context
+(classifier-free guidance) attends to itself only.
+
+The tower is a Base-LCM (`lcm.model.BaseLCM`: input projection, Llama-style blocks, RMSNorm, output
+projection), so its weights have Base-LCM's layout, and its states at the clean positions are exactly a Base-LCM's
+hidden states. Sampling re-runs the whole prefix at every DDIM step (no KV cache across denoising steps).
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from lcm.diffusion import Context, DiffusionConfig, DiffusionNet, timestep_embedding
+from lcm.model import BaseLCM, LCMConfig, rotary_tables
+
+
+class OneTowerLCM(DiffusionNet):
+    """One Base-LCM tower over clean concepts and noisy queries -> x0 of each query."""
+
+    def __init__(self, cfg: LCMConfig, diffusion: DiffusionConfig):
+        super().__init__(cfg, diffusion)
+        d = cfg.d_model
+        self.tower = BaseLCM(cfg)
+        self.time_mlp = nn.Sequential(nn.Linear(d, d), nn.SiLU(), nn.Linear(d, d))
+        if cfg.positions == "rope":  # one more position than the tower's: a query after a full-length context
+            cos, sin = rotary_tables(d // cfg.n_head, cfg.max_seq_len + 1, cfg.rope_base)
+            self.register_buffer("rope_cos", cos, persistent=False)
+            self.register_buffer("rope_sin", sin, persistent=False)
+
+    def encode_context(self, xn: torch.Tensor, doc: torch.Tensor | None = None,
+                       pos: torch.Tensor | None = None) -> Context:
+        """The clean normalized concepts themselves (B, T, D): the tower reads them again with every query."""
+        return Context(xn, doc, pos)
+
+    def context_states(self, ctx: Context) -> torch.Tensor:
+        """(B, T, d) final-layer states at the clean positions: a Base-LCM's hidden states of the same tower."""
+        return self.tower.hidden_states(ctx.states, ctx.doc, ctx.pos)
+
+    def transformer_blocks(self) -> list[nn.Module]:
+        return list(self.tower.blocks)
+
+    def denoise(self, ctx: Context, x_tau: torch.Tensor, tau: torch.Tensor, qpos: torch.Tensor,
+                keep: torch.Tensor | None) -> torch.Tensor:
+        """As `DiffusionNet.denoise`: the tower over [clean (T), queries (Q)] with `query_mask`; x0 (B, Q, D)."""
+        clean, tower = ctx.states, self.tower
+        T = clean.shape[1]
+        positions = self.positions(ctx, qpos)  # (B, T + Q)
+        limit = self.cfg.max_seq_len + (tower.pos_emb is None)  # rotary tables have one more position
+        if T > self.cfg.max_seq_len or int(positions.max()) >= limit:
+            raise ValueError(f"a context of {T} concepts and its queries exceed max_seq_len={self.cfg.max_seq_len}")
+        temb = self.time_mlp(timestep_embedding(tau, self.cfg.d_model).to(clean.dtype))  # (B, Q, d)
+        h = torch.cat([tower.in_proj(clean), tower.in_proj(x_tau.to(clean.dtype)) + temb], dim=1)  # (B, T + Q, d)
+        if tower.pos_emb is not None:
+            h, rope = h + tower.pos_emb(positions), None
+        else:
+            rope = (self.rope_cos[positions][:, None], self.rope_sin[positions][:, None])  # (B, 1, T + Q, hd/2) each
+        mask = query_mask(T, qpos, ctx.doc, keep)
+        for block in tower.blocks:
+            h = block(h, rope, mask=mask)
+        return tower.out_proj(tower.norm(h[:, T:]))
+
+    @staticmethod
+    def positions(ctx: Context, qpos: torch.Tensor) -> torch.Tensor:
+        """(B, T + Q) rotary / learned positions: each clean concept's (its position in its document when packed),
+        then each query's: one after the context position it follows."""
+        B, T = ctx.states.shape[:2]
+        clean = ctx.pos if ctx.pos is not None else torch.arange(T, device=qpos.device).expand(B, T)
+        return torch.cat([clean, clean.gather(1, qpos) + 1], dim=1)
+
+
+def query_mask(T: int, qpos: torch.Tensor, doc: torch.Tensor | None, keep: torch.Tensor | None) -> torch.Tensor:
+    """(B, 1, T + Q, T + Q) bool, True = may attend: clean positions causal among themselves (within their document
+    when packed) and blind to queries; query q sees the clean positions 0..qpos[q] of its document (none when
+    keep[q] is False) and itself. qpos (B, Q); doc (B, T) or None; keep (B, Q) or None (all keep)."""
+    B, Q = qpos.shape
+    device = qpos.device
+    idx = torch.arange(T, device=device)
+    clean = (idx[None, :, None] >= idx[None, None, :]).expand(B, T, T)  # (B, T, T) causal
+    sees = idx[None, None, :] <= qpos[..., None]  # (B, Q, T)
+    if doc is not None:
+        clean = clean & (doc[:, :, None] == doc[:, None, :])
+        sees = sees & (doc[:, None, :] == doc.gather(1, qpos)[..., None])
+    if keep is not None:
+        sees = sees & keep[..., None]
+    top = torch.cat([clean, torch.zeros(B, T, Q, dtype=torch.bool, device=device)], dim=2)  # (B, T, T + Q)
+    bottom = torch.cat([sees, torch.eye(Q, dtype=torch.bool, device=device).expand(B, Q, Q)], dim=2)  # (B, Q, T + Q)
+    return torch.cat([top, bottom], dim=1)[:, None]
