@@ -1,4 +1,4 @@
-"""k sampled reasoning paths per problem: batched vs one sample at a time, Base-LCM vs two-tower diffusion.
+"""k sampled reasoning paths per problem: batched vs one sample at a time, Base-LCM vs two-tower (and one-tower) diffusion.
 
 For each concept checkpoint, generates k samples for each of `--problems` held-out gsm problems
   batched      one `generate(problems, num_samples=k)` call: all k x problems rows share one forward per step
@@ -7,7 +7,10 @@ Methods alternate for `--repeats` rounds; medians are reported as samples/s and 
 batched / one-by-one ratio is measured in the same run.
 
 Run (after the diffusion comparison or `lcm fit` of both configs):
-    HF_HUB_OFFLINE=1 python benchmarks/sampling_speed.py [--base CKPT] [--diffusion CKPT] [--k 8]
+    HF_HUB_OFFLINE=1 python benchmarks/sampling_speed.py [--base CKPT] [--diffusion CKPT] [--one-tower CKPT] [--k 8]
+        [--problems-from train/configs/logic_planning.yaml]
+A one-tower checkpoint (`diffusion.tower: one`) adds its rows: it re-runs the whole tower over the context at every
+DDIM step, where the two-tower model runs its contextualizer once per concept and only the denoiser per step.
 """
 from __future__ import annotations
 
@@ -49,8 +52,10 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--base", type=Path, default=default_ckpt("quickstart"))
     p.add_argument("--diffusion", type=Path, default=default_ckpt("quickstart_diffusion"))
+    p.add_argument("--one-tower", type=Path, default=None, help="a one-tower diffusion checkpoint (optional rows)")
+    p.add_argument("--problems-from", default="train/configs/quickstart.yaml", help="training config of the problems")
     p.add_argument("--base-noise", type=float, default=0.5)
-    p.add_argument("--ddim-steps", type=int, default=None, help="two-tower DDIM steps (default: the checkpoint's)")
+    p.add_argument("--ddim-steps", type=int, default=None, help="diffusion DDIM steps (default: the checkpoint's)")
     p.add_argument("--k", type=int, default=8)
     p.add_argument("--problems", type=int, default=5)
     p.add_argument("--max-steps", type=int, default=12)
@@ -59,10 +64,12 @@ def main() -> None:
     args = p.parse_args()
     from lcm.eval.planning_ablation import test_problems
 
-    problems = test_problems("train/configs/quickstart.yaml")[: args.problems]
+    problems = test_problems(args.problems_from)[: args.problems]
     load_before = os.getloadavg()[0]
     gens = {"Base-LCM": (ConceptGenerator.from_checkpoint(args.base), {"noise": args.base_noise}),
             "two-tower diffusion": (ConceptGenerator.from_checkpoint(args.diffusion), {"ddim_steps": args.ddim_steps})}
+    if args.one_tower is not None:
+        gens["one-tower diffusion"] = (ConceptGenerator.from_checkpoint(args.one_tower), {"ddim_steps": args.ddim_steps})
     k = args.k
 
     def batched(gen, kw):
