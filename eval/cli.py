@@ -41,6 +41,7 @@ def generate_main(args: list[str]) -> None:
                         help="Base-LCM only: sample with N(0, noise^2) added to each prediction (normalized space)")
     parser.add_argument("--guidance", type=float, default=None, help="diffusion only: classifier-free guidance scale")
     parser.add_argument("--ddim-steps", type=int, default=None, help="diffusion only: DDIM steps per concept")
+    parser.add_argument("--eta", type=float, default=None, help="diffusion only: DDIM eta (0: deterministic steps)")
     parser.add_argument("--no-stop-on-repeat", dest="stop_on_repeat", action="store_false",
                         help="keep going when the solution loops (its last L steps repeat the L before them, "
                              "L <= 4; default: stop there)")
@@ -56,7 +57,7 @@ def generate_main(args: list[str]) -> None:
     plans = [ns.plan] * len(ns.problem) if ns.plan else None
     outs = gen.generate(ns.problem, max_steps=ns.max_steps, eot_threshold=ns.eot_threshold,
                         break_threshold=ns.break_threshold, feedback=ns.feedback, plans=plans, seed=ns.seed,
-                        noise=ns.noise, guidance=ns.guidance, ddim_steps=ns.ddim_steps,
+                        noise=ns.noise, guidance=ns.guidance, ddim_steps=ns.ddim_steps, eta=ns.eta,
                         stop_on_repeat=ns.stop_on_repeat)
     for out in outs:
         print(f"problem: {out.problem}")

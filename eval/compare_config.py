@@ -25,6 +25,7 @@ class Sampling:
     noise: float | None = None  # Base-LCM: sample by adding N(0, noise^2) in normalized space
     guidance: float | None = None  # diffusion: classifier-free guidance scale
     ddim_steps: int | None = None  # diffusion: DDIM steps
+    eta: float | None = None  # diffusion: DDIM eta
 
     def kwargs(self) -> dict:
         """The settings written in the config (those that override the checkpoint's), as the keywords of

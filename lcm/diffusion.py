@@ -481,9 +481,10 @@ class DiffusionLCM(ConceptLM):
         contextualizer's (two-tower) or the tower's at the clean concepts (one-tower)."""
         return self.net.context_states(self.net.encode_context(self.normalizer.normalize(x)))
 
-    def denoiser_evals(self, guidance: float | None = None, ddim_steps: int | None = None) -> int:
+    def denoiser_evals(self, guidance: float | None = None, ddim_steps: int | None = None, eta: float | None = None) -> int:
         """Denoiser forward passes per predicted concept: one per DDIM step, two at the steps that run classifier-free
-        guidance (the conditional and unconditional passes share one batched call). Keywords as `DiffusionSampling`."""
+        guidance (the conditional and unconditional passes share one batched call). Keywords as `DiffusionSampling`
+        (eta does not change the count)."""
         scale = self.diffusion.guidance if guidance is None else guidance
         return self.net.denoiser_evals(ddim_steps or self.diffusion.ddim_steps, scale)
 

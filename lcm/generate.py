@@ -198,7 +198,8 @@ class ConceptGenerator:
                  feedback: Literal["decoded", "predicted", "retrieved"] = "decoded", stop_on_repeat: bool = True,
                  plans: list[str] | list[list[str]] | None = None, break_threshold: float | None = None,
                  max_paragraph_steps: int = 9, num_samples: int = 1, seed: int | None = None,
-                 noise: float | None = None, guidance: float | None = None, ddim_steps: int | None = None):
+                 noise: float | None = None, guidance: float | None = None, ddim_steps: int | None = None,
+                 eta: float | None = None):
         """Generate steps for one problem (returns a `Generation`) or a batch (returns a list).
 
         With `num_samples=k > 1`, k sampled reasoning paths per problem: a list of k `Generation`s for one
@@ -228,12 +229,13 @@ class ConceptGenerator:
             seed: seed of all sampling noise (same call + same seed = same output); None = fresh noise.
             noise: Base-LCM only: sample by adding N(0, noise^2) to each prediction in normalized space (Base-LCM
                 is otherwise deterministic: its k samples are then identical).
-            guidance, ddim_steps: diffusion models only: override the checkpoint's guidance scale / DDIM steps.
+            guidance, ddim_steps, eta: diffusion models only: override the checkpoint's guidance scale / DDIM steps /
+                DDIM eta (0: deterministic given the starting noise; > 0 adds fresh noise at every DDIM step).
                 A sampling option the loaded model does not use raises `LCMError` (`lcm.sampling`).
         """
         if num_samples < 1:
             raise LCMError(f"num_samples must be >= 1, not {num_samples}")
-        settings = sampling_settings(self.model, noise=noise, guidance=guidance, ddim_steps=ddim_steps)
+        settings = sampling_settings(self.model, noise=noise, guidance=guidance, ddim_steps=ddim_steps, eta=eta)
         rule = StepRule(self.eot_text, self.model.break_embedding.detach().cpu().clone(), self.planning,
                         max_steps=max_steps, max_len=self.model.arch.max_seq_len, eot_threshold=eot_threshold,
                         break_threshold=break_threshold, max_paragraph_steps=max_paragraph_steps,

@@ -66,6 +66,7 @@ class DiffusionSampling(SamplingSettings):
     kind: ClassVar[str] = "diffusion"
     guidance: float | None = None  # classifier-free guidance scale; 1 = off
     ddim_steps: int | None = None  # DDIM denoising steps per predicted concept
+    eta: float | None = None  # DDIM stochasticity: 0 deterministic given the starting noise, 1 DDPM-like
 
     def __post_init__(self) -> None:
         if self.guidance is not None and not (math.isfinite(self.guidance) and self.guidance >= 0):
@@ -73,6 +74,8 @@ class DiffusionSampling(SamplingSettings):
         if self.ddim_steps is not None and (isinstance(self.ddim_steps, bool) or not isinstance(self.ddim_steps, int)
                                             or self.ddim_steps < 1):
             raise ValueError(f"ddim_steps must be an integer >= 1, not {self.ddim_steps!r}")
+        if self.eta is not None and not (math.isfinite(self.eta) and self.eta >= 0):
+            raise ValueError(f"eta must be a finite number >= 0, not {self.eta}")
 
 
 def sampling_settings(model, **options) -> SamplingSettings:

@@ -260,7 +260,11 @@ def test_diffusion_checkpoint_round_trip_and_k_samples(diffusion_run):
     assert len(batch) == 2 and all(len(group) == 2 for group in batch)
     assert gen.model.denoiser_evals(guidance=1.0, ddim_steps=2) == 2
     assert gen.model.denoiser_evals() == 2 * 5 - 1  # 5 steps with guidance, none at the pure-noise level
-    for bad in ({"ddim_steps": 0}, {"ddim_steps": 101}, {"guidance": -1.0}):
+    base = gen.generate(PROBLEM, seed=0, max_steps=1, ddim_steps=3, eta=0.0, stop_on_repeat=False, eot_threshold=1.01)
+    stochastic = gen.generate(PROBLEM, seed=0, max_steps=1, ddim_steps=3, eta=1.0, stop_on_repeat=False,
+                              eot_threshold=1.01)  # eta reaches the sampler: fresh noise at every DDIM step
+    assert not np.allclose(base.steps[0].embedding, stochastic.steps[0].embedding)
+    for bad in ({"ddim_steps": 0}, {"ddim_steps": 101}, {"guidance": -1.0}, {"eta": -0.5}):
         with pytest.raises(LCMError, match="diffusion sampling settings"):
             gen.generate(PROBLEM, **bad)
 
