@@ -65,14 +65,16 @@ def generate_main(args: list[str]) -> None:
         print(f"  [stop: {out.stop_reason}]")
 
 
-EVAL_COMMANDS = {"compare": "lcm.eval.compare", "budget": "lcm.eval.budget_curve", "follower": "lcm.eval.follower",
-                 "roundtrip": "lcm.eval.roundtrip"}
+EVAL_COMMANDS = {"compare": "lcm.eval.compare", "budget": "lcm.eval.budget_curve", "frontier": "lcm.eval.frontier",
+                 "follower": "lcm.eval.follower", "roundtrip": "lcm.eval.roundtrip"}
 HELP_FLAGS = ("-h", "--help")
 
-EVAL_OVERVIEW = """usage: lcm eval {compare,budget,follower,roundtrip} ...
+EVAL_OVERVIEW = """usage: lcm eval {compare,budget,frontier,follower,roundtrip} ...
 
   lcm eval compare -c eval/configs/NAME.yaml         train and score several models on one benchmark
   lcm eval budget -c eval/configs/NAME.yaml          accuracy against optimizer steps: when each system leaves the floor
+  lcm eval frontier --config TRAIN.yaml --system NAME CKPT [CKPT ...] ...
+                                                     accuracy vs distinct correct solutions over sampling settings
   lcm eval roundtrip --decoder CKPT [--text FILE]    sentence -> encoder -> decoder -> text round trip
   lcm eval follower [--source forks|logic] [--n N]   the zero-parameter encoder follower and heuristics
 
