@@ -33,6 +33,9 @@ class Candidates(NamedTuple):
     boundary: np.ndarray  # (N,) bool: the end-of-text or break sentence (never a step's read-out)
 
 
+CONTEXT_SWAP_BATCHES = 2  # validation / test batches per epoch that also score the context swap (ctx_shift, ctx_gain)
+
+
 def target_mask(types: torch.Tensor, doc: torch.Tensor | None = None) -> torch.Tensor:
     """types (B, T) -> (B, T-1) bool: positions whose *next* concept is a loss target (step / end-of-text).
     With packed documents (`doc` (B, T)), a concept is never a target of the previous document's last one."""
@@ -240,10 +243,10 @@ class ConceptLM(CompileOnFit, DataConsumer, L.LightningModule):
         return loss
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
-        self._evaluate(batch, "val")
+        self._evaluate(batch, "val", context_swap=batch_idx < CONTEXT_SWAP_BATCHES)
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
-        self._evaluate(batch, "test")
+        self._evaluate(batch, "test", context_swap=batch_idx < CONTEXT_SWAP_BATCHES)
 
     def predict_step(self, batch: dict, batch_idx: int) -> dict:
         """Teacher-forced next-concept predictions at every target position of the batch, flattened (N = targets):
@@ -256,7 +259,7 @@ class ConceptLM(CompileOnFit, DataConsumer, L.LightningModule):
                 "cosine": F.cosine_similarity(pred, gold, dim=-1)}
 
     @torch.no_grad()
-    def _evaluate(self, batch: dict, split: str) -> None:
+    def _evaluate(self, batch: dict, split: str, context_swap: bool = True) -> None:
         pred_all, target_all, mask = self._predict(batch)
         n = int(mask.sum())
         if n == 0:
@@ -285,7 +288,8 @@ class ConceptLM(CompileOnFit, DataConsumer, L.LightningModule):
                 metrics |= {f"{TYPE_NAMES[t]}_{k}": (v[sel].mean(), int(sel.sum())) for k, v in scores.items()
                             if t == ConceptType.STEP or not k.startswith("cosine_")}
         metrics |= self._boundary_metrics(pred_raw, gold_types, self._best_step_cos(pred_raw, index, found))
-        metrics |= self._context_metrics(batch, pred_all, mask)
+        if context_swap:  # a second prediction of the batch: a diffusion model samples it again (~80 denoiser passes)
+            metrics |= self._context_metrics(batch, pred_all, mask)
         for k, (v, count) in metrics.items():
             self.log(f"{split}/{k}", v, batch_size=count, on_epoch=True, sync_dist=True,
                      prog_bar=k in ("loss", "step_cosine"))
