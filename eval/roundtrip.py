@@ -83,24 +83,64 @@ def evaluate(sentences: list[str], systems: dict, encoder) -> tuple[dict[str, di
     return results, samples
 
 
-def build_systems(decoder_ckpt: Path, bank_dir: Path | None, beam: int, k: int, threshold: float):
+def decoder_and_encoder(decoder_ckpt: Path):
+    """(the decoding model, the encoder whose vectors it reads) of a sentence-decoder checkpoint (the frozen encoder
+    it was trained on) or of a sentence-autoencoder checkpoint (its own encoding side)."""
+    from lcm.checkpoint import load_checkpoint
     from lcm.decoder import SentenceDecoderLM
-    from lcm.decoding import GenerativeDecoder, HybridDecoder, RetrievalDecoder
     from lcm.encoders.base import encoder_from_config
-    from lcm.retrieval import SentenceBank
 
+    if (load_checkpoint(decoder_ckpt).get("lcm") or {}).get("kind") == "autoencoder":
+        from lcm.autoencoder import SentenceAutoencoderLM
+        from lcm.encoders import AutoencoderEncoder
+
+        return SentenceAutoencoderLM.from_checkpoint(decoder_ckpt), AutoencoderEncoder(str(decoder_ckpt))
     model = SentenceDecoderLM.from_checkpoint(decoder_ckpt)
     try:
-        encoder = encoder_from_config(model.meta["encoder"])
+        return model, encoder_from_config(model.meta["encoder"])
     except (KeyError, ImportError, AttributeError, TypeError) as e:
         raise LCMError(f"cannot rebuild the encoder recorded in {decoder_ckpt} ({type(e).__name__}: {e})") from e
-    bank = SentenceBank.load(bank_dir or decoder_ckpt.parent / "bank", encoder_id=encoder.id, dim=encoder.dim)
+
+
+def bank_in_space(bank_dir: Path, encoder):
+    """The run's sentence bank in `encoder`'s space: as stored when it is that space, else its sentences encoded
+    again (an autoencoder's run stores its bank in the data encoder's space, which only taught it)."""
+    from lcm.retrieval import SentenceBank
+
+    bank = SentenceBank.load(bank_dir)
+    if bank.encoder_id == encoder.id:
+        return bank
+    return SentenceBank(bank.texts, encoder.encode(bank.texts), encoder.id)
+
+
+def build_systems(decoder_ckpt: Path, bank_dir: Path | None, beam: int, k: int, threshold: float):
+    from lcm.decoding import GenerativeDecoder, HybridDecoder, RetrievalDecoder
+
+    model, encoder = decoder_and_encoder(decoder_ckpt)
+    bank = bank_in_space(bank_dir or decoder_ckpt.parent / "bank", encoder)
     systems = {"retrieval": RetrievalDecoder(bank), "decoder (greedy)": GenerativeDecoder(model, encoder)}
     if beam > 1:
         systems[f"decoder (beam {beam})"] = GenerativeDecoder(model, encoder, beam=beam)
     systems[f"hybrid (k={k}, threshold {threshold:g}, beam {beam})"] = HybridDecoder(bank, model, encoder, k=k,
                                                                                     threshold=threshold, beam=beam)
     return systems, encoder, bank
+
+
+def noise_curve(sentences: list[str], emb: np.ndarray, decoder, sigmas: list[float], seed: int = 0) -> dict[str, dict]:
+    """Robustness of a decoder to imperfect concepts: each embedding plus Gaussian noise of std sigma x that
+    dimension's std over these sentences' embeddings (seeded), decoded and scored against the sentence.
+    {str(sigma): scores}."""
+    from lcm.eval.text_metrics import roundtrip_scores
+
+    scale = emb.std(axis=0, keepdims=True)  # (1, D) per-dimension scale of the space
+    rng = np.random.default_rng(seed)
+    out = {}
+    for sigma in sigmas:
+        noisy = (emb + sigma * scale * rng.standard_normal(emb.shape)).astype(np.float32)
+        decoded = decoder.decode(noisy)
+        out[f"{sigma:g}"] = roundtrip_scores([d.text for d in decoded], sentences,
+                                             np.stack([d.embedding for d in decoded]), emb)
+    return out
 
 
 def format_table(results: dict[str, dict]) -> str:
@@ -125,6 +165,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--threshold", type=float, default=0.95)
     p.add_argument("--max-chars", type=int, default=256)
     p.add_argument("--out", type=Path, default=None, help="JSON results (default: runs/roundtrip/<name>.json)")
+    p.add_argument("--noise", type=float, nargs="*", default=None, metavar="SIGMA",
+                   help="also a robustness curve of the greedy decoder: Gaussian noise of SIGMA x each dimension's "
+                        "std added to the embeddings (e.g. --noise 0 0.05 0.1 0.2 0.3)"),
     ns = p.parse_args(argv)
     try:
         if ns.text is not None:
@@ -135,6 +178,8 @@ def main(argv: list[str] | None = None) -> None:
         systems, encoder, bank = build_systems(ns.decoder, ns.bank, ns.beam, ns.k, ns.threshold)
         in_bank = set(bank.texts)
         results, samples = evaluate(sentences, systems, encoder)
+        curve = (noise_curve(sentences, encoder.encode(sentences), systems["decoder (greedy)"], ns.noise)
+                 if ns.noise else None)
     except LCMError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
@@ -143,11 +188,17 @@ def main(argv: list[str] | None = None) -> None:
     report = {"sentences": len(sentences), "in_bank_share": float(np.mean([s in in_bank for s in sentences])),
               "source": str(ns.text) if ns.text else "heldout", "decoder": str(ns.decoder), "bank_size": len(bank),
               "results": results, "samples": samples}  # per sentence: every system's output
+    if curve is not None:
+        report["noise_curve"] = curve
     out = ns.out or Path("runs/roundtrip") / f"{name}.json"
     write_json(out, report)
     print(f"{len(sentences)} sentences from {report['source']} ({report['in_bank_share']:.1%} of them in the "
           f"{len(bank):,}-sentence bank)")
     print(format_table(results))
+    if curve is not None:
+        print("greedy decoder under embedding noise (sigma x per-dimension std):")
+        print(format_table({f"sigma {k}": {**v, "generated_share": 1.0, "ms_per_sentence": float("nan")}
+                            for k, v in curve.items()}))
     print(f"wrote {out}")
 
 

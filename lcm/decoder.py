@@ -204,16 +204,20 @@ class SentenceDecoderLM(TokenizerInCheckpoint, DataConsumer, L.LightningModule):
         """Take the encoder record and the training sentences (`SentenceDataModule.setup` hands them over); the
         tokenizer is trained here unless a resumed checkpoint brings one (`on_load_checkpoint`)."""
         expect(data, SentenceData, type(self).__name__, "lcm.train.SentenceDataModule")
-        check_embed_dim(data.encoder, self.arch.embed_dim)
+        self.check_data_encoder(data.encoder)
         self.keep_data(data)
         if self.tokenizer is None:
             texts = data.train_texts()
             self.tokenizer = SentenceTokenizer.train(texts, self.hparams.vocab_size)
-            self.meta = {**data.encoder.meta(), "kind": "decoder"}
+            self.meta = {**data.encoder.meta(), "kind": self.KIND}
             cut = sum(len(x) + 2 > self.net.max_tokens for x in self.tokenizer.encode(texts))  # + <bos>, <eos>
             if cut:
                 rank_zero_warn(f"{cut} of {len(texts)} training sentences exceed the decoder's {self.net.max_tokens} "
                                "tokens and are cut without <eos> (logged as train/truncated); raise arch.max_seq_len")
+
+    def check_data_encoder(self, encoder) -> None:
+        """The data's encoder wrote the embeddings this decoder reads: its dimension must be the decoder's."""
+        check_embed_dim(encoder, self.arch.embed_dim)
 
     def check_record(self, meta: dict) -> None:
         if self.data is not None and meta.get("encoder_id") != self.data.encoder.id:
@@ -244,12 +248,16 @@ class SentenceDecoderLM(TokenizerInCheckpoint, DataConsumer, L.LightningModule):
         """-> cross-entropy, token accuracy, scored tokens, and how many sentences of the batch were cut at the
         decoder's length (they lose their <eos>: the model never learns where they end)."""
         tokens, truncated = self._batch_tokens(batch["text"])
-        logits = self.net(self._noisy(batch["emb"]), tokens[:, :-1])  # (B, L-1, V)
+        logits = self.net(self._noisy(self.embedding_of(batch)), tokens[:, :-1])  # (B, L-1, V)
         target = tokens[:, 1:]
         loss = F.cross_entropy(logits.float().flatten(0, 1), target.flatten(), ignore_index=self.tokenizer.pad_id)
         keep = target != self.tokenizer.pad_id
         acc = (logits.argmax(-1) == target)[keep].float().mean()
         return loss, acc, keep.sum(), truncated
+
+    def embedding_of(self, batch: dict) -> torch.Tensor:
+        """(B, D) the embeddings the decoder reads for a batch's sentences: the data encoder's."""
+        return batch["emb"]
 
     def sequence_lengths(self, batch: dict) -> torch.Tensor:
         """(B,) positions each sentence feeds the decoder: its prefix vectors, <bos> and its tokens (not <eos>, which
@@ -282,7 +290,7 @@ class SentenceDecoderLM(TokenizerInCheckpoint, DataConsumer, L.LightningModule):
                  sync_dist=True)
         self.log(f"{split}/token_acc", acc, batch_size=int(n), on_epoch=True, sync_dist=True)
         if batch_idx < 2:  # exact match of greedy decoding on the first two batches (sentences held out)
-            texts = self.decode_texts(batch["emb"])
+            texts = self.decode_texts(self.embedding_of(batch))
             exact = np.mean([a == b for a, b in zip(texts, batch["text"])])
             self.log(f"{split}/exact_match", float(exact), batch_size=len(texts), on_epoch=True, sync_dist=True)
 

@@ -36,8 +36,11 @@ def test_config_instantiates(path, monkeypatch):
         assert net.config.max_position_embeddings == cli.model.arch.max_seq_len
         return
     assert isinstance(cli.datamodule, ConceptDataModule)
-    if path.name.startswith("decoder"):  # model chosen in the YAML
+    if path.name.startswith(("decoder", "autoencoder")):  # model chosen in the YAML
         assert isinstance(cli.model, SentenceDecoderLM) and isinstance(cli.datamodule, SentenceDataModule)
+        if path.name.startswith("autoencoder"):  # the decoding side reads the bottleneck
+            assert type(cli.model).__name__ == "SentenceAutoencoderLM"
+            assert cli.model.arch.embed_dim == cli.model.encoder_config.dim
     else:
         expected = DiffusionLCM if "diffusion" in path.name else ConceptLM
         assert type(cli.model) is expected and type(cli.datamodule) is ConceptDataModule

@@ -119,7 +119,8 @@ class TrainingCost(L.Callback):
         self.positions, self.squared_lengths, self.sequences = (int(round(float(c))) for c in counts)
         if trainer.is_global_zero:
             folder = trainer.loggers[0].log_dir  # not trainer.log_dir: that one broadcasts (rank 0 alone is here)
-            write_json(Path(folder) / "training_cost.json", self.report(trainer, pl_module))
+            if folder is not None:  # fast_dev_run swaps in a DummyLogger: no run folder, nothing to write
+                write_json(Path(folder) / "training_cost.json", self.report(trainer, pl_module))
 
     def report(self, trainer: L.Trainer, pl_module) -> dict:
         net = getattr(pl_module, "net", pl_module)

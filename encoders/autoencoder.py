@@ -1,0 +1,140 @@
+"""The encoding side of a sentence autoencoder trained with `lcm fit` (`lcm.autoencoder.SentenceAutoencoderLM`), as a
+frozen `Encoder`: byte-level BPE tokens -> a bidirectional transformer -> mean over the tokens -> a linear bottleneck
+-> unit L2 norm. Its decoding side (the prefix decoder of `lcm.decoder`) reads the same vectors back to text.
+
+The network is written with torch's own `nn.TransformerEncoder` (this floor sits below the models of `lcm/`), and
+the checkpoint is read with `torch.load(weights_only=True)`: tensors and plain values only, no pickled code.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import asdict, dataclass
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from lcm.encoders.base import Encoder
+from lcm.errors import LCMError
+
+KIND = "autoencoder"  # the `lcm` record's kind in an autoencoder checkpoint
+
+
+@dataclass
+class SentenceEncoderConfig:
+    """Shape of the encoding side. `dim` is the concept space's dimension (the bottleneck)."""
+
+    dim: int = 256
+    d_model: int = 256
+    n_layer: int = 4
+    n_head: int = 4
+    max_tokens: int = 64  # tokens read per sentence (longer ones are cut)
+    dropout: float = 0.1
+
+    def __post_init__(self) -> None:
+        if self.dim < 1 or self.d_model % self.n_head or self.max_tokens < 1:
+            raise ValueError(f"need dim >= 1, d_model divisible by n_head and max_tokens >= 1 (got {asdict(self)})")
+
+
+class SentenceEncoderNet(nn.Module):
+    """tokens (B, L) with padding id `pad` (the tokenizer's; BPE training gives <pad> id 0) -> unit embeddings (B, dim)."""
+
+    def __init__(self, cfg: SentenceEncoderConfig, vocab_size: int, pad: int = 0):
+        super().__init__()
+        self.cfg, self.pad = cfg, pad
+        self.tok_emb = nn.Embedding(vocab_size, cfg.d_model)
+        self.pos_emb = nn.Embedding(cfg.max_tokens, cfg.d_model)
+        layer = nn.TransformerEncoderLayer(cfg.d_model, cfg.n_head, 4 * cfg.d_model, cfg.dropout, activation="gelu",
+                                           batch_first=True, norm_first=True)
+        self.layers = nn.TransformerEncoder(layer, cfg.n_layer, norm=nn.LayerNorm(cfg.d_model), enable_nested_tensor=False)
+        self.out = nn.Linear(cfg.d_model, cfg.dim)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        tokens = tokens[:, : self.cfg.max_tokens]
+        real = tokens != self.pad  # (B, L)
+        h = self.tok_emb(tokens) + self.pos_emb(torch.arange(tokens.shape[1], device=tokens.device))
+        h = self.layers(h, src_key_padding_mask=~real)  # (B, L, d)
+        pooled = (h * real[..., None]).sum(1) / real.sum(1, keepdim=True).clamp_min(1)  # mean over real tokens
+        z = self.out(pooled)
+        return z / z.norm(dim=-1, keepdim=True).clamp_min(1e-8)
+
+
+def pad_batch(ids: list[list[int]], pad: int) -> torch.Tensor:
+    """Token id lists -> (B, max length) padded with `pad` (at least one column)."""
+    out = torch.full((len(ids), max([1, *map(len, ids)])), pad, dtype=torch.long)
+    for b, x in enumerate(ids):
+        out[b, : len(x)] = torch.tensor(x, dtype=torch.long)
+    return out
+
+
+def autoencoder_id(encoder_state: dict[str, torch.Tensor], tokenizer_json: str) -> str:
+    """The concept space's id: a hash of the encoding side's weights and tokenizer (new weights, new id), so the
+    embedding cache, banks and checkpoints never mix vectors of two autoencoders."""
+    h = hashlib.sha256(tokenizer_json.encode())
+    for name in sorted(encoder_state):
+        h.update(name.encode())
+        h.update(encoder_state[name].detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    return f"autoencoder-{h.hexdigest()[:16]}"
+
+
+def encoder_state(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The encoding side's weights (`encoder.*`) of an autoencoder checkpoint's state_dict, without the prefix."""
+    return {k[len("encoder."):]: v for k, v in state_dict.items() if k.startswith("encoder.")}
+
+
+class AutoencoderEncoder(Encoder):
+    """The encoding side of an `lcm fit` sentence-autoencoder checkpoint (`data.encoder: {class_path:
+    lcm.encoders.AutoencoderEncoder, init_args: {checkpoint: PATH}}`).
+
+    Args:
+        checkpoint: the autoencoder checkpoint (`runs/<name>/version_N/checkpoints/best.ckpt`).
+        device: where it encodes.
+    """
+
+    def __init__(self, checkpoint: str, device: str = "cpu"):
+        self.checkpoint, self.device = str(checkpoint), device
+
+    def init_args(self) -> dict:
+        return {"checkpoint": self.checkpoint, "device": self.device}
+
+    @cached_property
+    def _loaded(self) -> tuple[SentenceEncoderNet, object, str]:
+        from tokenizers import Tokenizer
+
+        path = Path(self.checkpoint)
+        if not path.is_file():
+            raise LCMError(f"no autoencoder checkpoint at {path} "
+                           "(train one: lcm fit -c train/configs/autoencoder_quickstart.yaml)")
+        try:
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # noqa: BLE001 - unpickling errors come in many types
+            raise LCMError(f"{path} is not a loadable checkpoint ({type(e).__name__})") from e
+        record = ckpt.get("lcm") or {}
+        if record.get("kind") != KIND or not record.get("tokenizer"):
+            raise LCMError(f"{path} is not a sentence-autoencoder checkpoint (its record kind is {record.get('kind')!r})")
+        hp = ckpt["hyper_parameters"]
+        tok = Tokenizer.from_str(record["tokenizer"])
+        net = SentenceEncoderNet(SentenceEncoderConfig(**hp["encoder"]), hp["vocab_size"], tok.token_to_id("<pad>"))
+        state = encoder_state(ckpt["state_dict"])
+        net.load_state_dict(state)
+        return net.eval().to(self.device), tok, autoencoder_id(state, record["tokenizer"])
+
+    @property
+    def id(self) -> str:
+        return self._loaded[2]
+
+    @property
+    def dim(self) -> int:
+        return self._loaded[0].cfg.dim
+
+    @torch.no_grad()
+    def encode(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
+        net, tok, _ = self._loaded
+        pad = tok.token_to_id("<pad>")
+        out = []
+        for i in range(0, len(texts), batch_size):
+            ids = [e.ids for e in tok.encode_batch(list(texts[i:i + batch_size]), add_special_tokens=False)]
+            out.append(net(pad_batch(ids, pad).to(self.device)).float().cpu().numpy())
+        return np.concatenate(out) if out else np.zeros((0, self.dim), np.float32)

@@ -1,0 +1,133 @@
+"""The sentence autoencoder: trained by `lcm fit`, then the encoder of a concept space and its exact decoder."""
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from conftest import CONFIGS, fit_in, run_lcm
+
+from lcm.autoencoder import SentenceAutoencoderLM
+from lcm.decoding import GenerativeDecoder
+from lcm.encoders import AutoencoderEncoder
+from lcm.errors import LCMError
+
+TINY_AE = ["--data.init_args.source.init_args.n", "80", "--data.init_args.batch_size", "16",
+           "--data.init_args.show_progress", "false", "--model.init_args.encoder.d_model", "32",
+           "--model.init_args.encoder.n_layer", "1", "--model.init_args.encoder.dim", "24",
+           "--model.init_args.arch.d_model", "32", "--model.init_args.arch.n_layer", "1", "--model.init_args.vocab_size", "400",
+           "--model.init_args.semantic_weight", "0.5", "--trainer.max_epochs", "2", "--trainer.enable_progress_bar", "false"]
+TEXTS = ["Tom has 12 apples.", "He gives 5 to Ann.", "So he has 7 apples left."]
+
+
+@pytest.fixture(scope="module")
+def ae_ckpt(tmp_path_factory):
+    work = tmp_path_factory.mktemp("autoencoder")
+    run = fit_in(work, "autoencoder_quickstart.yaml", TINY_AE)
+    assert "train/semantic" in (run / "metrics.csv").read_text().splitlines()[0]  # the semantic term ran
+    return run / "checkpoints" / "best.ckpt"
+
+
+def test_encoder_and_decoder_sides_are_the_same_space(ae_ckpt):
+    """Save/load symmetry: the encoding side loaded alone (`AutoencoderEncoder`, weights-only) gives the vectors the
+    trained module gives, under the same id; the module reads them back as the concept space's decoder."""
+    model = SentenceAutoencoderLM.from_checkpoint(ae_ckpt)
+    encoder = AutoencoderEncoder(str(ae_ckpt))
+    ours, plugged = model.encode_texts(TEXTS), encoder.encode(TEXTS)
+    assert ours.shape == plugged.shape == (3, 24) and encoder.dim == 24
+    assert np.allclose(ours, plugged, atol=1e-6) and np.allclose(np.linalg.norm(plugged, axis=1), 1, atol=1e-5)
+    assert encoder.id == model.meta["encoder_id"] and encoder.id.startswith("autoencoder-")
+    assert encoder.config() == {"class_path": "lcm.encoders.autoencoder.AutoencoderEncoder",
+                                "init_args": {"checkpoint": str(ae_ckpt), "device": "cpu"}}
+    decoded = GenerativeDecoder(model, encoder).decode(plugged)  # no bank: the decoder writes the sentence
+    assert len(decoded) == 3 and all(d.source == "generated" and -1 <= d.score <= 1 for d in decoded)
+    from lcm.encoders import SentenceTransformerEncoder
+
+    with pytest.raises(LCMError, match="trained on encoder"):  # another space's vectors are refused
+        GenerativeDecoder(model, SentenceTransformerEncoder())
+
+
+def test_the_space_id_changes_with_the_encoding_weights_only(ae_ckpt, tmp_path):
+    ckpt = torch.load(ae_ckpt, weights_only=False)
+    base = AutoencoderEncoder(str(ae_ckpt)).id
+    for prefix, changes in (("encoder.", True), ("net.", False)):  # the encoding side / the decoding side
+        edited = {**ckpt, "state_dict": dict(ckpt["state_dict"])}
+        name = next(k for k in edited["state_dict"] if k.startswith(prefix) and k.endswith("weight"))
+        edited["state_dict"][name] = edited["state_dict"][name] + 0.01
+        path = tmp_path / f"{prefix}ckpt"
+        torch.save(edited, path)
+        assert (AutoencoderEncoder(str(path)).id != base) == changes, prefix
+
+
+def test_token_dropout_and_the_semantic_term(ae_ckpt):
+    model = SentenceAutoencoderLM.from_checkpoint(ae_ckpt)
+    model.hparams.token_dropout = 0.5
+    clean = model.encoder_tokens(TEXTS)  # eval mode: every token
+    model.train()
+    np.random.seed(0)
+    dropped = model.encoder_tokens(TEXTS)
+    assert ((dropped != model.tokenizer.pad_id).sum(1) < (clean != model.tokenizer.pad_id).sum(1)).all()
+    z = torch.nn.functional.normalize(torch.randn(4, 24), dim=-1)
+    assert float(SentenceAutoencoderLM.semantic_loss(z, 3 * z)) == pytest.approx(0, abs=1e-6)  # same cosines
+    assert float(SentenceAutoencoderLM.semantic_loss(z, torch.randn(4, 24))) > 0
+
+
+def test_wrong_checkpoints_and_dimensions_are_one_error_line(ae_ckpt, trained_run, tmp_path, capsys):
+    with pytest.raises(LCMError, match="not a sentence-autoencoder checkpoint"):
+        AutoencoderEncoder(str(trained_run / "checkpoints" / "best.ckpt")).dim
+    with pytest.raises(LCMError, match="no autoencoder checkpoint"):
+        AutoencoderEncoder(str(tmp_path / "missing.ckpt")).id
+    shutil.copy(ae_ckpt, tmp_path / "ae.ckpt")  # a concept config in the autoencoder's space must say its dimension
+    code, err = run_lcm(["fit", "-c", str(CONFIGS / "quickstart.yaml"), "--data.encoder.class_path",
+                         "lcm.encoders.AutoencoderEncoder", "--data.encoder.init_args.checkpoint", str(tmp_path / "ae.ckpt"),
+                         "--data.source.init_args.n", "40", "--data.show_progress", "false",
+                         "--trainer.fast_dev_run", "1", "--data.cache_dir", str(tmp_path / "cache")], capsys)
+    assert code == 2 and "has dimension 24 but model.arch.embed_dim is 384" in err and len(err.strip().splitlines()) == 1
+
+
+def test_concept_model_trains_in_the_autoencoder_space_and_reads_out_with_its_decoder(ae_ckpt, tmp_path):
+    from lcm.generate import ConceptGenerator
+
+    run = fit_in(tmp_path, "quickstart.yaml", ["--data.encoder.class_path", "lcm.encoders.AutoencoderEncoder",
+                                               "--data.encoder.init_args.checkpoint", str(ae_ckpt),
+                                               "--model.arch.embed_dim", "24", "--data.source.init_args.n", "40",
+                                               "--data.show_progress", "false", "--model.arch.d_model", "32",
+                                               "--model.arch.n_layer", "1", "--model.arch.n_head", "2",
+                                               "--trainer.max_epochs", "1", "--trainer.enable_progress_bar", "false"])
+    decoder = GenerativeDecoder(SentenceAutoencoderLM.from_checkpoint(ae_ckpt), AutoencoderEncoder(str(ae_ckpt)))
+    gen = ConceptGenerator.from_checkpoint(run / "checkpoints" / "last.ckpt", decoder=decoder)
+    out = gen.generate(TEXTS[0], max_steps=2, stop_on_repeat=False, eot_threshold=1.01)
+    assert isinstance(gen.encoder, AutoencoderEncoder) and len(out.steps) == 2
+    assert all(s.source == "generated" for s in out.steps if not s.is_plan)
+
+
+def test_shipped_config_fast_dev_run(tmp_path, capsys, monkeypatch):
+    work = tmp_path
+    monkeypatch.chdir(tmp_path)  # fast_dev_run has no run folder: Lightning writes its checkpoint under the cwd
+    code, err = run_lcm(["fit", "-c", str(CONFIGS / "autoencoder_quickstart.yaml"), "--trainer.fast_dev_run", "1",
+                         "--data.init_args.source.init_args.n", "40", "--data.init_args.show_progress", "false",
+                         "--data.init_args.cache_dir", str(work / "cache"), "--trainer.logger.init_args.save_dir",
+                         str(work / "runs")], capsys)
+    assert code == 0, err
+
+
+def test_roundtrip_reads_an_autoencoder_with_its_own_bank_space_and_a_noise_curve(ae_ckpt, tmp_path, capsys):
+    """`lcm eval roundtrip --decoder AE.ckpt`: the autoencoder's own encoder, the run's bank re-encoded into its
+    space, and the greedy decoder's robustness to embedding noise (sigma 0 equals the clean greedy row)."""
+    import json
+
+    from lcm.eval.roundtrip import main
+
+    text = tmp_path / "prose.txt"
+    text.write_text("Tom has 12 apples. He gives 5 to Ann.\n\nSo he has 7 apples left.\n")
+    out = tmp_path / "rt.json"
+    main(["--decoder", str(ae_ckpt), "--text", str(text), "--beam", "1", "--noise", "0", "0.3", "--out", str(out)])
+    report = json.loads(out.read_text())
+    assert report["sentences"] == 3 and set(report["noise_curve"]) == {"0", "0.3"}
+    clean, zero = report["results"]["decoder (greedy)"], report["noise_curve"]["0"]
+    assert zero["exact_match"] == clean["exact_match"] and zero["token_f1"] == pytest.approx(clean["token_f1"])
+    from lcm.eval.roundtrip import bank_in_space
+
+    encoder = AutoencoderEncoder(str(ae_ckpt))
+    bank = bank_in_space(ae_ckpt.parent / "bank", encoder)  # stored in MiniLM's space (the teacher): re-encoded
+    assert bank.encoder_id == encoder.id and np.allclose(bank.vectors[:5], encoder.encode(bank.texts[:5]), atol=1e-6)
+    assert "sigma 0.3" in capsys.readouterr().out
