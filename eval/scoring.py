@@ -145,12 +145,10 @@ def relative_cost(results: dict[str, dict], denoiser_evals_per_call: dict[str, i
 
 
 def chance_accuracy(golds: list[str], docs: list | None = None) -> float | None:
-    """Accuracy of always answering the most frequent gold answer (0.5 for balanced True/False); for forks
-    problems, 1 / its number of possible answers (24 properties; the held-out sample's majority share would
-    overstate it); None for open answers (gsm numbers)."""
-    if docs and all(d.meta.get("source") == "forks" for d in docs):
-        from lcm.train.forks import PROPERTIES
-
-        return 1 / len(PROPERTIES)
+    """Accuracy of guessing: the mean of 1 / the number of possible answers when every problem's task declares it
+    (`meta["answer_options"]`: forks 24, logic chains 2; the held-out sample's majority share would overstate a
+    24-way task), else of always answering the most frequent gold answer; None for open answers (gsm numbers)."""
+    if docs and all(d.meta.get("answer_options") for d in docs):
+        return float(np.mean([1 / d.meta["answer_options"] for d in docs]))
     top = Counter(golds).most_common(1)[0][1]
     return top / len(golds) if len(set(golds)) <= 10 else None

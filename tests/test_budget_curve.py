@@ -48,14 +48,16 @@ def test_bad_budget_is_one_error():
         main(["-c", "eval/configs/forks.yaml", "--steps", "100", "--every", "200"])
 
 
-def test_forks_chance_is_one_answer_in_24():
-    """Forks has 24 possible answers: chance is 1/24, not the held-out sample's majority share (compare used to
-    report none for forks)."""
+def test_chance_is_one_over_the_answers_each_task_declares():
+    """Forks declares 24 possible answers, logic chains 2 (`meta["answer_options"]`): chance is 1/24 and 1/2, not
+    the held-out sample's majority share (compare used to report none for forks)."""
     from lcm.eval.scoring import chance_accuracy
-    from lcm.train import Forks
+    from lcm.train import Forks, LogicChains
 
     docs = list(Forks(n=30).documents(256))
     assert chance_accuracy([d.answer for d in docs], docs) == pytest.approx(1 / 24)
+    logic = list(LogicChains(n=7).documents(256))  # 7 problems: the majority share is not 1/2
+    assert chance_accuracy([d.answer for d in logic], logic) == 0.5
     assert chance_accuracy(["True", "False", "True", "True"]) == 0.75  # a closed answer set: the majority share
 
 

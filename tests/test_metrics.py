@@ -25,8 +25,8 @@ def test_context_scores_hand_values():
 
 
 def test_context_metrics_swap_the_context_within_the_batch(trained_run):
-    """Validation's ctx_shift / ctx_gain: identical sequences swapped give 0 exactly (nothing changed), distinct ones
-    do not; every Base-LCM run logs them."""
+    """Validation's ctx_shift / ctx_gain: identical sequences swapped give 0 (up to float noise between the rows of a
+    batch), distinct ones do not; every Base-LCM run logs them."""
     from lcm.concepts import ConceptType
     from lcm.generate import ConceptGenerator
 
@@ -39,7 +39,8 @@ def test_context_metrics_swap_the_context_within_the_batch(trained_run):
             pred, _, mask = model._predict(batch)
             out = model._context_metrics(batch, pred, mask)
         (shift, n), (gain, _) = out["ctx_shift"], out["ctx_gain"]
-        assert n == 12 and (float(shift) == 0 and float(gain) == 0) == same, (same, float(shift))
+        unchanged = abs(float(shift)) < 1e-5 and abs(float(gain)) < 1e-5  # rows of one batch: float noise only
+        assert n == 12 and unchanged == same and (same or float(shift) > 1e-3), (same, float(shift))
     assert model._context_metrics({"x": x[:1], "types": types[:1]}, pred[:1], mask[:1]) == {}  # nothing to swap with
     header = (trained_run / "metrics.csv").read_text().splitlines()[0]
     assert "val/ctx_shift" in header and "val/ctx_gain" in header

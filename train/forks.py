@@ -205,7 +205,8 @@ class Forks(CorpusSource):
         hops = rng.randint(self.min_hops, self.max_hops)
         prompt, paragraphs, answer = forks_problem(rng, hops, self.fork_p, self.detour_p)
         return Document(prompt=cap_all(prompt, max_chars), paragraphs=[cap_all(p, max_chars) for p in paragraphs],
-                        answer=answer, meta={"source": "forks", "index": i, "hops": hops})
+                        answer=answer, meta={"source": "forks", "index": i, "hops": hops,
+                                                     "answer_options": len(PROPERTIES)})
 
     def documents(self, max_chars: int) -> Iterator[Document]:
         for e in range(self.problem_sets):

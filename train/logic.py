@@ -82,4 +82,5 @@ class LogicChains(CorpusSource):
             hops = rng.randint(self.min_hops, self.max_hops)
             prompt, paragraphs, answer = logic_problem(rng, hops)
             yield Document(prompt=cap_all(prompt, max_chars), paragraphs=[cap_all(p, max_chars) for p in paragraphs],
-                           answer=answer, meta={"source": "logic_chains", "index": i, "hops": hops})
+                           answer=answer, meta={"source": "logic_chains", "index": i, "hops": hops,
+                                                    "answer_options": 2})
