@@ -155,20 +155,22 @@ def test_packed_documents_do_not_see_each_other(positions):
     assert target_mask(types)[0, 4] and not target_mask(types, doc)[0, 4]
 
 
-def test_packed_diffusion_denoiser_stays_in_its_document():
+@pytest.mark.parametrize("tower", ["two", "one"])
+def test_packed_diffusion_denoiser_stays_in_its_document(tower):
     torch.manual_seed(0)
     model = DiffusionLCM(LCMConfig(embed_dim=12, d_model=16, n_layer=2, n_head=2, max_seq_len=16, dropout=0.0),
-                         DiffusionConfig(denoiser_layers=2, timesteps=20, ddim_steps=4)).eval()
+                         DiffusionConfig(denoiser_layers=2, timesteps=20, ddim_steps=4, tower=tower)).eval()
     net = model.net
+    for p in net.parameters():  # off AdaLN-Zero's identity start: the denoiser must really read its context
+        p.data.add_(0.05 * torch.randn_like(p))
     a, b = torch.randn(1, 4, 12), torch.randn(1, 6, 12)
     doc = torch.tensor([[0] * 4 + [1] * 6])
     pos = torch.tensor([list(range(4)) + list(range(6))])
     x_tau, tau = torch.randn(1, 10, 12), torch.randint(0, 20, (1, 10))
     qpos = torch.arange(10)[None]
     with torch.no_grad():
-        ctx = net.context.hidden_states(torch.cat([a, b], dim=1), doc, pos)
-        packed = net.denoise(ctx, x_tau, tau, qpos, None, doc)
-        alone = net.denoise(net.context.hidden_states(b), x_tau[:, 4:], tau[:, 4:], qpos[:, :6], None)
+        packed = net.denoise(net.encode_context(torch.cat([a, b], dim=1), doc, pos), x_tau, tau, qpos, None)
+        alone = net.denoise(net.encode_context(b), x_tau[:, 4:], tau[:, 4:], qpos[:, :6], None)
     torch.testing.assert_close(packed[:, 4:], alone, atol=1e-5, rtol=1e-4)
 
 
