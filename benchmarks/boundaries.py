@@ -38,7 +38,7 @@ def held_out(config: str, n: int) -> tuple[list[str], list[str]]:
 
     cli = make_cli(["-c", config, "--data.init_args.show_progress", "false"], run=False)
     docs = cli.datamodule.documents("test")[:n]
-    return [d.prompt_text for d in docs], [d.answer for d in docs]
+    return [d.prompt_text for d in docs], [d.answer for d in docs], docs
 
 
 def outcome(gens: list, golds: list[str]) -> dict:
@@ -63,10 +63,14 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-stop-on-repeat", dest="stop_on_repeat", action="store_false",
                    help="no loop stop (generation's stop_on_repeat=False)")
+    p.add_argument("--gold-plans", action="store_true",
+                   help="planning models: supply each problem's gold paragraphs as the plans (an oracle diagnostic: the "
+                        "plan vector of a paragraph's own sentences also carries its content)")
     p.add_argument("--label", default="", help="name of this measurement in the JSON (e.g. before / after)")
     p.add_argument("--out", type=Path, default=RESULTS / "boundaries.json")
     args = p.parse_args()
-    problems, golds = held_out(args.config, args.problems)
+    problems, golds, docs = held_out(args.config, args.problems)
+    plans = [["\n".join(par) for par in d.paragraphs] for d in docs] if args.gold_plans else None
     gen = ConceptGenerator.from_checkpoint(args.ckpt)
     sampler = type(gen.model).__name__
     levels = args.noise if "noise" in gen.model.sampling_settings.__dataclass_fields__ else [None]
@@ -76,7 +80,7 @@ def main() -> None:
         kw = {"noise": noise} if noise is not None else {}
         if not args.stop_on_repeat:
             kw["stop_on_repeat"] = False
-        groups = gen.generate(problems, num_samples=args.k, seed=args.seed, max_steps=args.max_steps, **kw)
+        groups = gen.generate(problems, num_samples=args.k, seed=args.seed, max_steps=args.max_steps, plans=plans, **kw)
         groups = [[g] for g in groups] if args.k == 1 else groups
         flat = [g for group in groups for g in group]
         rows.append({"noise": noise, **outcome(flat, [gold for gold in golds for _ in range(args.k)]),
@@ -90,7 +94,7 @@ def main() -> None:
                       *(f"{r[c]:.3f}" if c not in ("steps", "breaks") else f"{r[c]:.2f}" for c in cols[1:]))
     Console().print(table)
     write_json(args.out, {"label": args.label, "ckpt": str(args.ckpt), "config": args.config, "model": sampler,
-                          "stop_on_repeat": args.stop_on_repeat,
+                          "stop_on_repeat": args.stop_on_repeat, "gold_plans": args.gold_plans,
                           "problems": len(problems), "k": args.k, "max_steps": args.max_steps, "rows": rows,
                           "date": dt.datetime.now().isoformat(timespec="seconds")})
     print(f"wrote {args.out}")
