@@ -32,7 +32,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 STOPS = ("end_of_text", "repetition", "max_steps")
 
 
-def held_out(config: str, n: int) -> tuple[list[str], list[str]]:
+def held_out(config: str, n: int) -> tuple[list[str], list[str], list]:
     """The first n held-out problems of a training config and their gold answers."""
     from lcm.train.cli import make_cli
 
