@@ -54,6 +54,7 @@ class SentenceEncoderNet(nn.Module):
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         tokens = tokens[:, : self.cfg.max_tokens]
         real = tokens != self.pad  # (B, L)
+        real[~real.any(1), 0] = True  # an empty sentence reads its one pad position (all-masked attention is NaN)
         h = self.tok_emb(tokens) + self.pos_emb(torch.arange(tokens.shape[1], device=tokens.device))
         h = self.layers(h, src_key_padding_mask=~real)  # (B, L, d)
         pooled = (h * real[..., None]).sum(1) / real.sum(1, keepdim=True).clamp_min(1)  # mean over real tokens

@@ -156,6 +156,8 @@ def main(argv: list[str] | None = None) -> None:
     ns = p.parse_args(argv)
     systems = {}
     for entry in ns.system:
+        if entry[0] in systems:
+            raise LCMError(f"--system {entry[0]!r} is given twice: list all its checkpoints after one --system")
         if len(entry) < 2:
             raise LCMError(f"--system {entry[0]!r} names no checkpoint: give --system NAME CKPT [CKPT ...]")
         missing = [c for c in entry[1:] if not Path(c).is_file()]

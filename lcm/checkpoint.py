@@ -114,9 +114,10 @@ def upgrade_hparams(hparams: dict) -> dict:
     --ckpt_path (which applies the checkpoint's hyper-parameters to the config)."""
     hparams = nest_legacy_optim({k: v for k, v in hparams.items() if k not in LIGHTNING_KEYS})
     diffusion = hparams.get("diffusion")
-    if isinstance(diffusion, dict) and "steps" in diffusion and "ddim_steps" not in diffusion:
-        rest = {k: v for k, v in diffusion.items() if k != "steps"}
-        hparams = {**hparams, "diffusion": {**rest, "ddim_steps": diffusion["steps"]}}
+    if isinstance(diffusion, dict):
+        from lcm.diffusion import legacy_diffusion_settings
+
+        hparams = {**hparams, "diffusion": legacy_diffusion_settings(diffusion)}
     return hparams
 
 

@@ -80,16 +80,23 @@ class DiffusionConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "DiffusionConfig":
-        """From a checkpoint's hyperparameters; checkpoints written before the rename store `steps` for `ddim_steps`,
-        and those written before the paper's sigmoid schedule (no `sigmoid_alpha`) meant `sigmoid_ramp` by "sigmoid"."""
-        d = dict(d)
-        if d.get("schedule") == "sigmoid" and "sigmoid_alpha" not in d:
-            d["schedule"] = "sigmoid_ramp"
-        if "steps" in d:
-            if "ddim_steps" in d:
-                raise ValueError("diffusion settings give both `steps` (its old name) and `ddim_steps`")
-            d["ddim_steps"] = d.pop("steps")
-        return cls(**d)
+        """From a checkpoint's hyperparameters, read as `legacy_diffusion_settings` reads older ones."""
+        if "steps" in d and "ddim_steps" in d:
+            raise ValueError("diffusion settings give both `steps` (its old name) and `ddim_steps`")
+        return cls(**legacy_diffusion_settings(d))
+
+
+def legacy_diffusion_settings(d: dict) -> dict:
+    """A checkpoint's diffusion settings in today's names and meanings, so an older checkpoint loads -- by generation
+    or by the CLI's --ckpt_path -- as it was trained and sampled: `steps` is `ddim_steps`; "sigmoid" without
+    `sigmoid_alpha` is the earlier curve, `sigmoid_ramp`; no `guidance_space` means the earlier sampler, "x0"."""
+    d = dict(d)
+    if "steps" in d and "ddim_steps" not in d:
+        d["ddim_steps"] = d.pop("steps")
+    if d.get("schedule") == "sigmoid" and "sigmoid_alpha" not in d:
+        d["schedule"] = "sigmoid_ramp"
+    d.setdefault("guidance_space", "x0")
+    return d
 
 
 # ---- noise schedules ----------------------------------------------------------------------------

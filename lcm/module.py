@@ -296,7 +296,7 @@ class ConceptLM(CompileOnFit, DataConsumer, L.LightningModule):
 
     def _context_metrics(self, batch: dict, pred_all: torch.Tensor, mask: torch.Tensor) -> dict:
         """`ctx_shift` / `ctx_gain` (`lcm.metrics.context_scores`): every sequence of the batch predicted again from
-        the next sequence's concepts (the batch rolled by one; a diffusion model samples with the same seeded noise,
+        the previous sequence's concepts (the batch rolled by one; a diffusion model samples with the same seeded noise,
         so only the context differs), compared at the positions that are targets in both. pred_all (B, T-1, D)
         normalized, mask (B, T-1). Empty for a batch of one sequence."""
         if batch["x"].shape[0] < 2:

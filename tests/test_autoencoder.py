@@ -36,6 +36,8 @@ def test_encoder_and_decoder_sides_are_the_same_space(ae_ckpt):
     assert ours.shape == plugged.shape == (3, 24) and encoder.dim == 24
     assert np.allclose(ours, plugged, atol=1e-6) and np.allclose(np.linalg.norm(plugged, axis=1), 1, atol=1e-5)
     assert encoder.id == model.meta["encoder_id"] and encoder.id.startswith("autoencoder-")
+    empty = encoder.encode(["", "Tom has 12 apples."])  # a decoder can write "": its concept must stay finite
+    assert np.isfinite(empty).all() and np.allclose(empty, model.encode_texts(["", "Tom has 12 apples."]), atol=1e-6)
     assert encoder.config() == {"class_path": "lcm.encoders.autoencoder.AutoencoderEncoder",
                                 "init_args": {"checkpoint": str(ae_ckpt), "device": "cpu"}}
     decoded = GenerativeDecoder(model, encoder).decode(plugged)  # no bank: the decoder writes the sentence

@@ -50,6 +50,11 @@ def test_sigmoid_schedule_is_the_lcm_papers():
     old = DiffusionConfig.from_dict({"schedule": "sigmoid", "timesteps": 100})  # a checkpoint from before eq. 14
     assert old.schedule == "sigmoid_ramp" and DiffusionConfig.from_dict(
         {"schedule": "sigmoid", "sigmoid_alpha": 1.5}).schedule == "sigmoid"
+    from lcm.checkpoint import upgrade_hparams  # the CLI's --ckpt_path reads old checkpoints the same way
+
+    legacy = upgrade_hparams({"diffusion": {"schedule": "sigmoid", "steps": 20}})["diffusion"]
+    assert legacy == {"schedule": "sigmoid_ramp", "ddim_steps": 20, "guidance_space": "x0"}  # as trained and sampled
+    assert old.guidance_space == "x0" and DiffusionConfig.from_dict({"guidance_space": "epsilon"}).guidance_space == "epsilon"
     for bad in ({"schedule": "linear"}, {"sigmoid_alpha": 0.0}):
         with pytest.raises(ValueError):
             DiffusionConfig(**bad)

@@ -58,3 +58,8 @@ def test_frontier_bad_input_is_one_error_line(tmp_path, capsys):
     assert code == 2 and "no checkpoint at" in err and len(err.strip().splitlines()) == 1
     code, err = run_lcm(["eval", "frontier", "--config", str(CONFIGS / "quickstart.yaml"), "--system", "x"], capsys)
     assert code == 2 and "names no checkpoint" in err
+    ckpt = tmp_path / "a.ckpt"
+    ckpt.write_bytes(b"")
+    code, err = run_lcm(["eval", "frontier", "--config", str(CONFIGS / "quickstart.yaml"), "--system", "x", str(ckpt),
+                         "--system", "x", str(ckpt)], capsys)
+    assert code == 2 and "given twice" in err
