@@ -27,6 +27,7 @@ from rich.table import Table
 from lcm.eval import reasoning_metrics as rm
 from lcm.generate import ConceptGenerator
 from lcm.io import write_json
+from lcm.sampling import sampling_options
 
 RESULTS = Path(__file__).resolve().parent / "results"
 STOPS = ("end_of_text", "repetition", "max_steps")
@@ -73,7 +74,7 @@ def main() -> None:
     plans = [["\n".join(par) for par in d.paragraphs] for d in docs] if args.gold_plans else None
     gen = ConceptGenerator.from_checkpoint(args.ckpt)
     sampler = type(gen.model).__name__
-    levels = args.noise if "noise" in gen.model.sampling_settings.__dataclass_fields__ else [None]
+    levels = args.noise if "noise" in sampling_options(gen.model) else [None]
     rows = []
     for noise in levels:
         start = time.perf_counter()

@@ -22,7 +22,7 @@ import numpy as np
 
 from lcm.errors import LCMError
 from lcm.eval import reasoning_metrics as rm
-from lcm.eval.compare_config import CompareConfig, ConceptSystem, Sampling, load_config
+from lcm.eval.compare_config import CompareConfig, Sampling, load_config
 from lcm.eval.lr_sweep import lr_override, sweep, validation_curve
 from lcm.eval.report import BANK_RESTRICTED, FOLLOWER, TOKEN, TOKEN_ROWS, table, write_report
 from lcm.eval.sampling_runs import concept_samples, entropy_curve, token_keywords, token_samples
@@ -88,30 +88,28 @@ def train_all(cfg: CompareConfig, lrs: dict[str, float] | None = None) -> dict[s
 def run_concepts(cfg: CompareConfig, data: HeldOut, runs: dict[str, Path], results: dict, info: dict) -> None:
     """Sample and score every concept system into `results` / `info`."""
     for s in cfg.concept:
-        # concept models get each prompt as the sentences training split it into (a line-structured prompt is
-        # not re-split); the token model reads the same problem rendered as text, as it was trained
-        groups, seconds, meta = concept_samples(runs[s.name] / "checkpoints" / "best.ckpt", data.prompts, cfg,
-                                                s.sampling, cfg.show_progress, s.name)
-        results[s.name] = summarize(groups, data.golds, data.refs, seconds, data.hops)
-        info[s.name] = {"config": s.config, "sampling": s.sampling.kwargs(), **meta,
-                        "load_avg_1min": os.getloadavg()[0]}  # other processes slow every system: recorded
+        ckpt = runs[s.name] / "checkpoints" / "best.ckpt"
+        meta = run_concept_row(cfg, data, ckpt, s.name, s.config, s.sampling, results, info)
         if cfg.concept_greedy and meta["has_noise"] and s.sampling.noise:  # None / 0: already greedy
-            run_concept_greedy(cfg, data, runs[s.name], s, results, info)
+            # beside the token model's greedy row: noise 0 makes Base-LCM deterministic, so one solution per problem
+            run_concept_row(replace(cfg, k=1), data, ckpt, greedy_row(s.name), s.config, Sampling(noise=0.0), results,
+                            info)
 
 
 def greedy_row(concept: str) -> str:
     return f"{concept} (greedy)"
 
 
-def run_concept_greedy(cfg: CompareConfig, data: HeldOut, run: Path, s: ConceptSystem, results: dict,
-                       info: dict) -> None:
-    """A Base-LCM system's greedy row beside the token model's: noise 0, one solution per problem (the model is
-    then deterministic), so greedy is compared with greedy and sampled with sampled."""
-    name, greedy = greedy_row(s.name), Sampling(noise=0.0)
-    groups, seconds, meta = concept_samples(run / "checkpoints" / "best.ckpt", data.prompts, replace(cfg, k=1),
-                                            greedy, cfg.show_progress, name)
+def run_concept_row(cfg: CompareConfig, data: HeldOut, ckpt: Path, name: str, config: str, sampling: Sampling,
+                    results: dict, info: dict) -> dict:
+    """One row of a concept system: cfg.k samples per problem at `sampling`, scored into `results` / `info`;
+    returns the sampling metadata. Concept models get each prompt as the sentences training split it into (a
+    line-structured prompt is not re-split); the token model reads the same problem rendered as text."""
+    groups, seconds, meta = concept_samples(ckpt, data.prompts, cfg, sampling, cfg.show_progress, name)
     results[name] = summarize(groups, data.golds, data.refs, seconds, data.hops)
-    info[name] = {"config": s.config, "sampling": greedy.kwargs(), **meta, "load_avg_1min": os.getloadavg()[0]}
+    info[name] = {"config": config, "sampling": sampling.kwargs(), **meta,
+                  "load_avg_1min": os.getloadavg()[0]}  # other processes slow every system: recorded
+    return meta
 
 
 def run_token(cfg: CompareConfig, data: HeldOut, run: Path, results: dict, info: dict,

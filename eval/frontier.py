@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-from dataclasses import fields
 from pathlib import Path
 
 import numpy as np
@@ -30,12 +29,12 @@ import numpy as np
 from lcm.errors import LCMError
 from lcm.eval import reasoning_metrics as rm
 from lcm.io import atomic_path, write_json
+from lcm.sampling import sampling_options
 
 
 def settings_for(model, noise: list[float], guidance: list[float], eta: list[float]) -> list[dict]:
     """The sampling settings a model kind takes: Base-LCM one per noise value, diffusion the guidance x eta grid."""
-    options = {f.name for f in fields(type(model).sampling_settings)}
-    if "noise" in options:
+    if "noise" in sampling_options(model):
         return [{"noise": v} for v in noise]
     return [{"guidance": g, "eta": e} for g, e in itertools.product(guidance, eta)]
 

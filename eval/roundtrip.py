@@ -59,14 +59,14 @@ def heldout_sentences(config: Path) -> list[str]:
     return list(dict.fromkeys(texts))
 
 
-def evaluate(sentences: list[str], systems: dict, encoder) -> tuple[dict[str, dict], list[dict]]:
-    """Encode once, decode with each system, score. systems: {name: ConceptDecoder}. Returns the scores per
+def evaluate(sentences: list[str], systems: dict, emb: np.ndarray) -> tuple[dict[str, dict], list[dict]]:
+    """Decode the sentences' embeddings `emb` (N, D) with each system and score. systems: {name: ConceptDecoder}.
+    Returns the scores per
     system and, per sentence, what each system gave back (text, source, cosine of its embedding to the
     sentence's)."""
     from lcm.decoding import cosine_rows
     from lcm.eval.text_metrics import roundtrip_scores
 
-    emb = encoder.encode(sentences)  # (N, D) what each decoder must invert
     results, samples = {}, [{"sentence": s, "outputs": {}} for s in sentences]
     for name, system in systems.items():
         start = time.perf_counter()
@@ -177,9 +177,9 @@ def main(argv: list[str] | None = None) -> None:
         sentences = sentences[: ns.limit]
         systems, encoder, bank = build_systems(ns.decoder, ns.bank, ns.beam, ns.k, ns.threshold)
         in_bank = set(bank.texts)
-        results, samples = evaluate(sentences, systems, encoder)
-        curve = (noise_curve(sentences, encoder.encode(sentences), systems["decoder (greedy)"], ns.noise)
-                 if ns.noise else None)
+        emb = encoder.encode(sentences)  # (N, D) what each decoder must invert
+        results, samples = evaluate(sentences, systems, emb)
+        curve = noise_curve(sentences, emb, systems["decoder (greedy)"], ns.noise) if ns.noise else None
     except LCMError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

@@ -7,7 +7,7 @@ for the entropy-performance curve.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Literal
 
@@ -17,6 +17,7 @@ from lcm.errors import LCMError
 from lcm.eval import reasoning_metrics as rm
 from lcm.eval.compare_config import CompareConfig, Sampling
 from lcm.progress import progress_bar
+from lcm.sampling import sampling_options
 
 
 @dataclass
@@ -88,7 +89,7 @@ def concept_samples(ckpt: Path, problems: list[str] | list[list[str]], cfg: Comp
     out = [[concept_sample(g, model) for g in group] for group in generations]
     attach_step_embeddings(out, gen.encoder)
     params = sum(p.numel() for p in model.net.parameters())
-    has_noise = "noise" in {f.name for f in fields(type(model).sampling_settings)}  # Base-LCM: noise 0 is greedy
+    has_noise = "noise" in sampling_options(model)  # Base-LCM: noise 0 is greedy
     return out, seconds, {"params": params, "model_class": type(model).__name__,
                           "denoiser_evals_per_call": model.denoiser_evals(**kw), "has_noise": has_noise}
 

@@ -195,6 +195,17 @@ def guide_epsilon(x_tau: torch.Tensor, abar: torch.Tensor, x0_cond: torch.Tensor
     return ((x - root_1ma * eps) / root_a).to(x0_cond.dtype)
 
 
+def query_visibility(T: int, qpos: torch.Tensor, doc: torch.Tensor | None, keep: torch.Tensor | None) -> torch.Tensor:
+    """(B, Q, T) bool: which of T context positions each denoiser query may see -- positions 0..qpos[q] of its own
+    document (packed windows: `doc` (B, T)), none when keep[q] is False (keep (B, Q) or None: all keep)."""
+    visible = torch.arange(T, device=qpos.device)[None, None, :] <= qpos[..., None]  # (B, Q, T)
+    if doc is not None:
+        visible = visible & (doc[:, None, :] == doc.gather(1, qpos)[..., None])
+    if keep is not None:
+        visible = visible & keep[..., None]
+    return visible
+
+
 # ---- denoiser -----------------------------------------------------------------------------------
 def timestep_embedding(tau: torch.Tensor, dim: int) -> torch.Tensor:
     """Sinusoidal embedding of integer noise levels (...,) -> (..., dim)."""
@@ -360,11 +371,7 @@ class TwoTowerLCM(DiffusionNet):
         states, doc = ctx.states, ctx.doc
         B, T, d = states.shape
         kv = torch.cat([self.null_context.expand(B, 1, d).to(states.dtype), states], dim=1)  # (B, 1+T, d)
-        visible = torch.arange(T, device=states.device)[None, None, :] <= qpos[..., None]  # (B, Q, T)
-        if doc is not None:
-            visible = visible & (doc[:, None, :] == doc.gather(1, qpos)[..., None])
-        if keep is not None:
-            visible = visible & keep[..., None]
+        visible = query_visibility(T, qpos, doc, keep)  # (B, Q, T)
         mask = torch.cat([torch.ones_like(visible[..., :1]), visible], dim=-1)[:, None]  # (B, 1, Q, 1+T)
         temb = self.time_mlp(timestep_embedding(tau, d).to(states.dtype))  # (B, Q, d)
         h = self.in_proj(x_tau)

@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from lcm.diffusion import Context, DiffusionConfig, DiffusionNet, timestep_embedding
+from lcm.diffusion import Context, DiffusionConfig, DiffusionNet, query_visibility, timestep_embedding
 from lcm.model import BaseLCM, LCMConfig, rotary_tables
 
 
@@ -86,12 +86,9 @@ def query_mask(T: int, qpos: torch.Tensor, doc: torch.Tensor | None, keep: torch
     device = qpos.device
     idx = torch.arange(T, device=device)
     clean = (idx[None, :, None] >= idx[None, None, :]).expand(B, T, T)  # (B, T, T) causal
-    sees = idx[None, None, :] <= qpos[..., None]  # (B, Q, T)
     if doc is not None:
         clean = clean & (doc[:, :, None] == doc[:, None, :])
-        sees = sees & (doc[:, None, :] == doc.gather(1, qpos)[..., None])
-    if keep is not None:
-        sees = sees & keep[..., None]
+    sees = query_visibility(T, qpos, doc, keep)  # (B, Q, T): as the two-tower denoiser's queries see the context
     top = torch.cat([clean, torch.zeros(B, T, Q, dtype=torch.bool, device=device)], dim=2)  # (B, T, T + Q)
     bottom = torch.cat([sees, torch.eye(Q, dtype=torch.bool, device=device).expand(B, Q, Q)], dim=2)  # (B, Q, T + Q)
     return torch.cat([top, bottom], dim=1)[:, None]

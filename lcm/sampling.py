@@ -78,6 +78,11 @@ class DiffusionSampling(SamplingSettings):
             raise ValueError(f"eta must be a finite number >= 0, not {self.eta}")
 
 
+def sampling_options(model) -> set[str]:
+    """The per-call sampling options a concept model takes (Base-LCM: noise; diffusion: guidance, ddim_steps, eta)."""
+    return {f.name for f in fields(type(model).sampling_settings)}
+
+
 def sampling_settings(model, **options) -> SamplingSettings:
     """`options` checked against the settings class a concept model names (`sampling_settings`)."""
     return type(model).sampling_settings.from_options(**options)
