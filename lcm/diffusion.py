@@ -60,6 +60,11 @@ class DiffusionConfig:
     # "two": contextualizer + denoiser (TwoTowerLCM); "one": one causal transformer over clean concepts and noisy
     # queries (lcm.one_tower.OneTowerLCM; `denoiser_layers` is then unused: `arch.n_layer` is its depth)
     tower: Literal["two", "one"] = "two"
+    # weight of an auxiliary Base-LCM objective on the context (not in Meta's recipe): each context position's state
+    # predicts the next concept through a linear head (two-tower: the contextualizer's output projection; one-tower:
+    # the tower's own) by the same type-weighted MSE. Without it the contextualizer learns only through the denoiser,
+    # which at most noise levels can lean on x_τ; on logic chains it never learned the plans (docs/diffusion.md).
+    context_loss: float = 0.0
 
     def __post_init__(self) -> None:
         if self.timesteps < 2 or not 1 <= self.ddim_steps <= self.timesteps:
@@ -77,6 +82,8 @@ class DiffusionConfig:
             raise ValueError(f"tower must be 'two' or 'one' (got {self.tower!r})")
         if self.guidance_space not in ("epsilon", "x0"):
             raise ValueError(f"guidance_space must be 'epsilon' or 'x0' (got {self.guidance_space!r})")
+        if not self.context_loss >= 0:
+            raise ValueError(f"context_loss must be >= 0 (got {self.context_loss})")
 
     @classmethod
     def from_dict(cls, d: dict) -> "DiffusionConfig":
@@ -283,6 +290,11 @@ class DiffusionNet(nn.Module):
     def context_states(self, ctx: Context) -> torch.Tensor:
         raise NotImplementedError
 
+    def context_prediction(self, ctx: Context) -> torch.Tensor:
+        """(B, T, D) the next normalized concept after every context position, regressed from the context states (the
+        `context_loss` head; a Base-LCM's prediction)."""
+        raise NotImplementedError
+
     def transformer_blocks(self) -> list[nn.Module]:
         """The blocks `model.compile` compiles (the training step calls these, not the network's forward)."""
         raise NotImplementedError
@@ -339,7 +351,7 @@ class TwoTowerLCM(DiffusionNet):
     def __init__(self, cfg: LCMConfig, diffusion: DiffusionConfig):
         super().__init__(cfg, diffusion)
         d = cfg.d_model
-        self.context = BaseLCM(cfg, output=False)
+        self.context = BaseLCM(cfg, output=diffusion.context_loss > 0)  # the output projection: context_loss's head
         self.null_context = nn.Parameter(torch.zeros(1, 1, d))
         self.in_proj = nn.Linear(cfg.embed_dim, d)
         self.time_mlp = nn.Sequential(nn.Linear(d, d), nn.SiLU(), nn.Linear(d, d))
@@ -360,6 +372,11 @@ class TwoTowerLCM(DiffusionNet):
 
     def context_states(self, ctx: Context) -> torch.Tensor:
         return ctx.states
+
+    def context_prediction(self, ctx: Context) -> torch.Tensor:
+        if self.context.out_proj is None:
+            raise ValueError("this contextualizer has no output head: train with diffusion.context_loss > 0")
+        return self.context.out_proj(ctx.states)
 
     def transformer_blocks(self) -> list[nn.Module]:
         return [*self.context.blocks, *self.blocks]
@@ -429,8 +446,16 @@ class DiffusionLCM(ConceptLM):
         tau = torch.randint(0, self.diffusion.timesteps, (B, T), device=x0.device)
         keep = torch.rand(B, T, device=x0.device) >= self.diffusion.cfg_dropout
         loss = self._denoising_error(batch, ctx, x0, tau, torch.randn_like(x0), keep)
+        if self.diffusion.context_loss > 0:
+            context = self._context_error(batch, ctx, x0)
+            self.log_dict({"train/x0_loss": loss, "train/context_loss": context}, batch_size=B)
+            loss = loss + self.diffusion.context_loss * context
         self.log("train/loss", loss, prog_bar=True, batch_size=B)
         return loss
+
+    def _context_error(self, batch: dict, ctx: Context, x0: torch.Tensor) -> torch.Tensor:
+        """`context_loss`'s term: the type-weighted MSE of the context head's next-concept regression (Base-LCM's)."""
+        return self._loss(self.net.context_prediction(ctx), x0, batch["types"], target_mask(batch["types"], batch.get("doc")))
 
     def _context_and_targets(self, batch: dict) -> tuple[Context, torch.Tensor]:
         """The network's Context of concepts 0..T-2 and the normalized targets 1..T-1 (B, T-1, D)."""
@@ -471,6 +496,9 @@ class DiffusionLCM(ConceptLM):
             noise = torch.randn(x0.shape, generator=generator, dtype=torch.float32).to(x0)
             errors.append(self._denoising_error(batch, ctx, x0, tau, noise, None))
         self.log(f"{split}/x0_mse", torch.stack(errors).mean(), batch_size=n, on_epoch=True, sync_dist=True)
+        if self.diffusion.context_loss > 0:
+            self.log(f"{split}/context_mse", self._context_error(batch, ctx, x0), batch_size=n, on_epoch=True,
+                     sync_dist=True)
 
     def _sample_all(self, xn: torch.Tensor, doc: torch.Tensor | None = None,
                     pos: torch.Tensor | None = None) -> torch.Tensor:

@@ -46,6 +46,11 @@ class OneTowerLCM(DiffusionNet):
         """(B, T, d) final-layer states at the clean positions: a Base-LCM's hidden states of the same tower."""
         return self.tower.hidden_states(ctx.states, ctx.doc, ctx.pos)
 
+    def context_prediction(self, ctx: Context) -> torch.Tensor:
+        """The tower read as the Base-LCM it is (its output projection at the clean positions): one more pass over the
+        clean prefix, on top of `denoise`'s pass over prefix and queries."""
+        return self.tower.out_proj(self.context_states(ctx))
+
     def transformer_blocks(self) -> list[nn.Module]:
         return list(self.tower.blocks)
 

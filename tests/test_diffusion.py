@@ -276,16 +276,17 @@ def test_diffusion_checkpoint_round_trip_and_k_samples(diffusion_run):
 
 def test_one_tower_trains_saves_and_samples_through_the_same_config_and_api(tmp_path_factory):
     """`diffusion.tower: one` in any diffusion config: `lcm fit`, the checkpoint, `generate` (seeded, k samples) and
-    the validation scores work as for the two-tower model."""
+    the validation scores work as for the two-tower model; `diffusion.context_loss` from the command line arrives."""
     from lcm.one_tower import OneTowerLCM
 
     run = fit_in(tmp_path_factory.mktemp("one_tower"), "quickstart_diffusion.yaml",
-                 TINY_DIFFUSION + ["--model.init_args.diffusion.tower", "one"])
+                 TINY_DIFFUSION + ["--model.init_args.diffusion.tower", "one", "--model.init_args.diffusion.context_loss", "0.5"])
     header = (run / "metrics.csv").read_text().splitlines()[0]
-    assert all(k in header for k in ("val/x0_mse", "val/ctx_shift", "val/step_retrieval_acc"))
+    assert all(k in header for k in ("val/x0_mse", "val/ctx_shift", "val/step_retrieval_acc", "val/context_mse",
+                                     "train/context_loss", "train/x0_loss"))
     gen = ConceptGenerator.from_checkpoint(run / "checkpoints" / "best.ckpt")
     assert type(gen.model) is DiffusionLCM and type(gen.model.net) is OneTowerLCM
-    assert gen.model.hparams["diffusion"]["tower"] == "one"
+    assert gen.model.hparams["diffusion"]["tower"] == "one" and gen.model.diffusion.context_loss == 0.5
     samples = gen.generate(PROBLEM, num_samples=3, seed=0, max_steps=3, stop_on_repeat=False, ddim_steps=4)
     again = gen.generate(PROBLEM, num_samples=3, seed=0, max_steps=3, stop_on_repeat=False, ddim_steps=4)
     assert len(samples) == 3 and [[t.text for t in s.steps] for s in samples] == [[t.text for t in s.steps] for s in again]
@@ -395,3 +396,37 @@ def test_diffusion_with_planning_and_supplied_plans(tmp_path):
     assert gen.planning and type(gen.model) is DiffusionLCM
     outs = gen.generate(PROBLEM, plans=["First find what is left."], num_samples=2, seed=0, max_steps=4)
     assert len(outs) == 2 and all(o.steps[0].is_plan and o.steps[0].source == "supplied" for o in outs)
+
+
+@pytest.mark.parametrize("tower", ["two", "one"])
+def test_context_loss_adds_a_weighted_base_lcm_regression_of_the_context(tower):
+    """`diffusion.context_loss` w: the training loss is the denoising loss + w × the type-weighted MSE of a causal
+    next-concept regression from the context states (two-tower: the contextualizer's output head; one-tower: the
+    tower read as the Base-LCM it is). w = 0 builds no head: older two-tower checkpoints keep their layout."""
+    from lcm.concepts import ConceptType
+
+    assert not any("context.out_proj" in k for k in TwoTowerLCM(TINY_ARCH, DiffusionConfig()).state_dict())
+    with pytest.raises(ValueError, match="context_loss"):
+        DiffusionConfig(context_loss=-1.0)
+    torch.manual_seed(0)
+    model = DiffusionLCM(TINY_ARCH, DiffusionConfig(denoiser_layers=1, tower=tower, context_loss=0.5))
+    types = torch.tensor([[0, 3, 1, 1, 4, 3, 1, 2]] * 2)
+    batch = {"x": torch.randn(2, 8, 12), "types": types}
+    ctx, x0 = model._context_and_targets(batch)
+    pred = model.net.context_prediction(ctx)  # (B, T-1, D): causal, as Base-LCM's
+    assert pred.shape == (2, 7, 12)
+    later = {"x": batch["x"].clone(), "types": types}
+    later["x"][:, 5:] = torch.randn(2, 3, 12)
+    assert torch.allclose(model.net.context_prediction(model._context_and_targets(later)[0])[:, :5], pred[:, :5], atol=1e-6)
+    if tower == "one":  # the tower's own Base-LCM forward
+        assert torch.allclose(pred, model.net.tower(model.normalizer.normalize(batch["x"][:, :-1])), atol=1e-6)
+    mask = types[:, 1:] != int(ConceptType.PROMPT)
+    expected = (pred - x0).pow(2).mean(-1)[mask].mean()  # unit loss weights
+    assert torch.allclose(model._context_error(batch, ctx, x0), expected, atol=1e-6)
+    model.log = model.log_dict = lambda *a, **k: None  # no trainer attached
+    torch.manual_seed(1)
+    with_aux = model.training_step(batch, 0)
+    model.diffusion.context_loss = 0.0
+    torch.manual_seed(1)
+    without = model.training_step(batch, 0)
+    assert torch.allclose(with_aux - without, 0.5 * expected, atol=1e-5) and expected > 0
