@@ -40,7 +40,7 @@ class SentenceAutoencoderLM(SentenceDecoderLM):
     Args:
         encoder: the encoding side's shape (`dim` = the concept space's dimension).
         arch: the decoding side's transformer shape (its `embed_dim` is set to `encoder.dim`).
-        vocab_size, n_prefix, max_new_tokens, optim: as `SentenceDecoderLM`.
+        vocab_size, n_prefix, max_new_tokens, optim, split_digits: as `SentenceDecoderLM` (one tokenizer for both sides).
         noise_std: Gaussian noise on z the decoder reads in training (as `SentenceDecoderLM`).
         token_dropout: probability of dropping each input token of the encoder in training (one token is kept).
         semantic_weight: weight of the MSE between the batch's pairwise cosines of z and of the data encoder's
@@ -51,7 +51,8 @@ class SentenceAutoencoderLM(SentenceDecoderLM):
 
     def __init__(self, encoder: SentenceEncoderConfig = SentenceEncoderConfig(), arch: LCMConfig = DEFAULT_DECODER_ARCH,
                  vocab_size: int = 4096, n_prefix: int = 4, noise_std: float = 0.3, token_dropout: float = 0.1,
-                 semantic_weight: float = 0.0, max_new_tokens: int = 64, optim: OptimConfig = OptimConfig()):
+                 semantic_weight: float = 0.0, max_new_tokens: int = 64, optim: OptimConfig = OptimConfig(),
+                 split_digits: bool = False):
         if isinstance(encoder, dict):  # from a checkpoint's hyperparameters
             encoder = SentenceEncoderConfig(**encoder)
         if isinstance(arch, dict):
@@ -60,7 +61,7 @@ class SentenceAutoencoderLM(SentenceDecoderLM):
             raise LCMError(f"token_dropout must be in [0, 1) and semantic_weight >= 0 (got {token_dropout}, {semantic_weight})")
         arch = replace(arch, embed_dim=encoder.dim)  # the decoder reads the bottleneck
         super().__init__(arch, vocab_size=vocab_size, n_prefix=n_prefix, noise_std=noise_std,
-                         max_new_tokens=max_new_tokens, optim=optim)
+                         max_new_tokens=max_new_tokens, optim=optim, split_digits=split_digits)
         self.save_hyperparameters({**self.hparams, "encoder": asdict(encoder), "token_dropout": token_dropout,
                                    "semantic_weight": semantic_weight})
         self.encoder_config = encoder

@@ -176,13 +176,15 @@ class SentenceDecoderLM(TokenizerInCheckpoint, DataConsumer, L.LightningModule):
             uniformly from [0, noise_std] per sentence (0 = off). A noise of norm s on a unit vector leaves
             cosine ~ 1/sqrt(1 + s^2) to the clean one: 0.5 covers predictions at cosine 0.9.
         max_new_tokens: cap on generated tokens at validation.
+        split_digits: the tokenizer spells numbers digit by digit (`SentenceTokenizer.train`).
         optim: AdamW + warmup/cosine (`lcm.optim.OptimConfig`, as for the concept model).
     """
 
     KIND, WHAT, TRAIN_HINT = "decoder", "sentence-decoder", "lcm fit -c train/configs/decoder_quickstart.yaml"
 
     def __init__(self, arch: LCMConfig = DEFAULT_DECODER_ARCH, vocab_size: int = 4096, n_prefix: int = 4,
-                 noise_std: float = 0.0, max_new_tokens: int = 64, optim: OptimConfig = OptimConfig()):
+                 noise_std: float = 0.0, max_new_tokens: int = 64, optim: OptimConfig = OptimConfig(),
+                 split_digits: bool = False):
         super().__init__()
         if isinstance(arch, dict):  # from a checkpoint's hyperparameters
             arch = LCMConfig(**arch)
@@ -193,7 +195,7 @@ class SentenceDecoderLM(TokenizerInCheckpoint, DataConsumer, L.LightningModule):
         self.optim = OptimConfig.of(optim)
         self.save_hyperparameters({"arch": asdict(arch), "vocab_size": vocab_size, "n_prefix": n_prefix,
                                    "noise_std": noise_std, "max_new_tokens": max_new_tokens,
-                                   "optim": self.optim.hparams()})
+                                   "optim": self.optim.hparams(), "split_digits": split_digits})
         self.arch = arch
         self.net = PrefixDecoder(arch, vocab_size, n_prefix)
         self.tokenizer: SentenceTokenizer | None = None
@@ -208,7 +210,8 @@ class SentenceDecoderLM(TokenizerInCheckpoint, DataConsumer, L.LightningModule):
         self.keep_data(data)
         if self.tokenizer is None:
             texts = data.train_texts()
-            self.tokenizer = SentenceTokenizer.train(texts, self.hparams.vocab_size)
+            self.tokenizer = SentenceTokenizer.train(texts, self.hparams.vocab_size,
+                                                     split_digits=self.hparams.get("split_digits", False))
             self.meta = {**data.encoder.meta(), "kind": self.KIND}
             cut = sum(len(x) + 2 > self.net.max_tokens for x in self.tokenizer.encode(texts))  # + <bos>, <eos>
             if cut:

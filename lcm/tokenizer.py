@@ -26,11 +26,16 @@ class SentenceTokenizer:
         self.pad_id, self.bos_id, self.eos_id = ids
 
     @classmethod
-    def train(cls, texts: list[str], vocab_size: int = 4096, min_frequency: int = 2) -> "SentenceTokenizer":
+    def train(cls, texts: list[str], vocab_size: int = 4096, min_frequency: int = 2,
+              split_digits: bool = False) -> "SentenceTokenizer":
+        """BPE on `texts`. split_digits: every digit is its own token (as Llama's and PaLM's tokenizers), so a number
+        is spelled digit by digit -- an unseen number is then made of seen tokens, not of merges never trained."""
         if not texts:
             raise LCMError("cannot train a tokenizer on no sentences")
         tok = Tokenizer(models.BPE())
-        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tok.pre_tokenizer = (pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), byte_level])
+                             if split_digits else byte_level)
         tok.decoder = decoders.ByteLevel()
         trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=list(SPECIALS),
                                       initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)

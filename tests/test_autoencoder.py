@@ -15,7 +15,8 @@ TINY_AE = ["--data.init_args.source.init_args.n", "80", "--data.init_args.batch_
            "--data.init_args.show_progress", "false", "--model.init_args.encoder.d_model", "32",
            "--model.init_args.encoder.n_layer", "1", "--model.init_args.encoder.dim", "24",
            "--model.init_args.arch.d_model", "32", "--model.init_args.arch.n_layer", "1", "--model.init_args.vocab_size", "400",
-           "--model.init_args.semantic_weight", "0.5", "--trainer.max_epochs", "2", "--trainer.enable_progress_bar", "false"]
+           "--model.init_args.semantic_weight", "0.5", "--model.init_args.split_digits", "true",
+           "--trainer.max_epochs", "2", "--trainer.enable_progress_bar", "false"]
 TEXTS = ["Tom has 12 apples.", "He gives 5 to Ann.", "So he has 7 apples left."]
 
 
@@ -31,6 +32,7 @@ def test_encoder_and_decoder_sides_are_the_same_space(ae_ckpt):
     """Save/load symmetry: the encoding side loaded alone (`AutoencoderEncoder`, weights-only) gives the vectors the
     trained module gives, under the same id; the module reads them back as the concept space's decoder."""
     model = SentenceAutoencoderLM.from_checkpoint(ae_ckpt)
+    assert model.hparams["split_digits"] and len(model.tokenizer.encode(["1234"])[0]) == 4  # the CLI's value arrived
     encoder = AutoencoderEncoder(str(ae_ckpt))
     ours, plugged = model.encode_texts(TEXTS), encoder.encode(TEXTS)
     assert ours.shape == plugged.shape == (3, 24) and encoder.dim == 24

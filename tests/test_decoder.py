@@ -48,6 +48,19 @@ def test_tokenizer_round_trip_and_serialization():
         SentenceTokenizer.train([])
 
 
+def test_split_digits_spells_numbers_digit_by_digit_and_still_round_trips():
+    corpus = [f"Tom has {n} apples and {n * 7} pears." for n in range(100, 400)] * 2
+    merged, split = SentenceTokenizer.train(corpus, vocab_size=400), SentenceTokenizer.train(corpus, 400, split_digits=True)
+    unseen = "A farm sold 98765 eggs for $4321.05 today."
+    ids = split.encode([unseen])[0]
+    assert [split.decode([[i]])[0] for i in ids if split.decode([[i]])[0].strip().isdigit()] == list("98765432105")
+    assert any(len(merged.decode([[i]])[0].strip()) > 1 and merged.decode([[i]])[0].strip().isdigit()
+               for i in merged.encode(["Tom has 150 apples."])[0])  # without it BPE merges digits
+    texts = [unseen, "Ünïcödé 12 — 3.5 😀", "  7  spaces 0 ", ""]
+    assert split.decode(split.encode(texts)) == texts
+    assert SentenceTokenizer.from_str(split.to_str()).encode(texts) == split.encode(texts)  # kept in checkpoints
+
+
 def test_decoder_fit_logs_heldout_metrics_and_writes_bank(decoder_run):
     metrics = (decoder_run / "metrics.csv").read_text()
     for key in ("val/loss", "val/token_acc", "val/exact_match"):
