@@ -7,7 +7,9 @@ every other config), with two augmentations so that imperfect *predicted* concep
 lesson about SONAR's fragility): each input token is dropped with probability `token_dropout` (denoising), and the
 decoder reads z plus Gaussian noise (`noise_std`, as the sentence decoder). An optional semantic term
 (`semantic_weight`) pulls the pairwise cosines of a batch's z towards those of the data's encoder (MiniLM), so that
-nearby concepts mean nearby sentences.
+nearby concepts mean nearby sentences. `number_resample` rewrites the numbers of a share of the training sentences
+with random ones of the same digit count: the input is the target, so every rewritten sentence is a valid example,
+and the model sees numbers it must copy rather than the few the corpus repeats.
 
 Once trained, the checkpoint is both halves of a concept space: `lcm.encoders.AutoencoderEncoder` (the encoding side,
 `data.encoder` of any config) and this module as a sentence decoder (`decode_texts`; `lcm.decoding.GenerativeDecoder`
@@ -15,6 +17,8 @@ reads concepts out with it, no bank needed).
 """
 from __future__ import annotations
 
+import random
+import re
 from dataclasses import asdict, replace
 
 import numpy as np
@@ -33,6 +37,19 @@ from lcm.errors import LCMError
 from lcm.model import LCMConfig
 from lcm.optim import OptimConfig
 
+DIGITS = re.compile(r"\d+")
+
+
+def resample_numbers(text: str, rng: random.Random) -> str:
+    """`text` with every run of digits replaced by a random run of the same length (no new leading zero):
+    "$420,000 x 7/100" -> "$913,528 x 4/362". Separators and everything else are kept."""
+    def fresh(m: re.Match) -> str:
+        n = len(m.group())
+        first = str(rng.randint(1, 9)) if n > 1 and m.group()[0] != "0" else str(rng.randint(0, 9))
+        return first + "".join(str(rng.randint(0, 9)) for _ in range(n - 1))
+
+    return DIGITS.sub(fresh, text)
+
 
 class SentenceAutoencoderLM(SentenceDecoderLM):
     """Encoder + prefix decoder, trained to reconstruct sentences (`lcm fit -c train/configs/autoencoder_*.yaml`).
@@ -43,6 +60,8 @@ class SentenceAutoencoderLM(SentenceDecoderLM):
         vocab_size, n_prefix, max_new_tokens, optim, split_digits: as `SentenceDecoderLM` (one tokenizer for both sides).
         noise_std: Gaussian noise on z the decoder reads in training (as `SentenceDecoderLM`).
         token_dropout: probability of dropping each input token of the encoder in training (one token is kept).
+        number_resample: share of training sentences whose numbers are rewritten at random (`resample_numbers`), drawn
+            afresh at every step (0 = off).
         semantic_weight: weight of the MSE between the batch's pairwise cosines of z and of the data encoder's
             embeddings (0 = off).
     """
@@ -52,17 +71,19 @@ class SentenceAutoencoderLM(SentenceDecoderLM):
     def __init__(self, encoder: SentenceEncoderConfig = SentenceEncoderConfig(), arch: LCMConfig = DEFAULT_DECODER_ARCH,
                  vocab_size: int = 4096, n_prefix: int = 4, noise_std: float = 0.3, token_dropout: float = 0.1,
                  semantic_weight: float = 0.0, max_new_tokens: int = 64, optim: OptimConfig = OptimConfig(),
-                 split_digits: bool = False):
+                 split_digits: bool = False, number_resample: float = 0.0):
         if isinstance(encoder, dict):  # from a checkpoint's hyperparameters
             encoder = SentenceEncoderConfig(**encoder)
         if isinstance(arch, dict):
             arch = LCMConfig(**arch)
-        if not 0 <= token_dropout < 1 or semantic_weight < 0:
-            raise LCMError(f"token_dropout must be in [0, 1) and semantic_weight >= 0 (got {token_dropout}, {semantic_weight})")
+        if not 0 <= token_dropout < 1 or semantic_weight < 0 or not 0 <= number_resample <= 1:
+            raise LCMError(f"token_dropout must be in [0, 1), semantic_weight >= 0 and number_resample in [0, 1] "
+                           f"(got {token_dropout}, {semantic_weight}, {number_resample})")
         arch = replace(arch, embed_dim=encoder.dim)  # the decoder reads the bottleneck
         super().__init__(arch, vocab_size=vocab_size, n_prefix=n_prefix, noise_std=noise_std,
                          max_new_tokens=max_new_tokens, optim=optim, split_digits=split_digits)
         self.save_hyperparameters({**self.hparams, "encoder": asdict(encoder), "token_dropout": token_dropout,
+                                   "number_resample": number_resample,
                                    "semantic_weight": semantic_weight})
         self.encoder_config = encoder
         # sized for the configured vocabulary, as the decoder's embedding (the trained tokenizer has at most that many)
@@ -114,6 +135,7 @@ class SentenceAutoencoderLM(SentenceDecoderLM):
         return self.encoder(self.encoder_tokens(batch["text"]))
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        batch = self.resampled(batch)
         loss = super().training_step(batch, batch_idx)
         w = self.hparams.semantic_weight
         if w > 0 and len(batch["text"]) > 1:
@@ -121,6 +143,16 @@ class SentenceAutoencoderLM(SentenceDecoderLM):
             self.log("train/semantic", semantic, batch_size=len(batch["text"]))
             loss = loss + w * semantic
         return loss
+
+    def resampled(self, batch: dict) -> dict:
+        """The batch with `number_resample` of its sentences' numbers rewritten (python's `random`, which
+        `seed_everything` seeds). The semantic term still compares with the teacher's embedding of the original
+        sentence: MiniLM barely encodes numbers."""
+        p = self.hparams.get("number_resample", 0.0)
+        if p <= 0:
+            return batch
+        rng = random.Random(random.getrandbits(64))
+        return {**batch, "text": [resample_numbers(t, rng) if rng.random() < p else t for t in batch["text"]]}
 
     @staticmethod
     def semantic_loss(z: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:

@@ -16,6 +16,7 @@ TINY_AE = ["--data.init_args.source.init_args.n", "80", "--data.init_args.batch_
            "--model.init_args.encoder.n_layer", "1", "--model.init_args.encoder.dim", "24",
            "--model.init_args.arch.d_model", "32", "--model.init_args.arch.n_layer", "1", "--model.init_args.vocab_size", "400",
            "--model.init_args.semantic_weight", "0.5", "--model.init_args.split_digits", "true",
+           "--model.init_args.number_resample", "0.5",
            "--trainer.max_epochs", "2", "--trainer.enable_progress_bar", "false"]
 TEXTS = ["Tom has 12 apples.", "He gives 5 to Ann.", "So he has 7 apples left."]
 
@@ -73,6 +74,29 @@ def test_token_dropout_and_the_semantic_term(ae_ckpt):
     z = torch.nn.functional.normalize(torch.randn(4, 24), dim=-1)
     assert float(SentenceAutoencoderLM.semantic_loss(z, 3 * z)) == pytest.approx(0, abs=1e-6)  # same cosines
     assert float(SentenceAutoencoderLM.semantic_loss(z, torch.randn(4, 24))) > 0
+
+
+def test_number_resampling_rewrites_digits_only_and_reaches_training(ae_ckpt):
+    import random
+    import re
+
+    from lcm.autoencoder import resample_numbers
+
+    text = "Emma paid $420,000 x 7/100 = $29,400 for 05 rooms and 0 cars."
+    out = resample_numbers(text, random.Random(0))
+    assert out != text and re.sub(r"\d", "#", out) == re.sub(r"\d", "#", text)  # same frame, same digit counts
+    assert re.search(r"\$[1-9]\d\d,", out)  # no new leading zero
+    assert resample_numbers("No numbers here.", random.Random(0)) == "No numbers here."
+    model = SentenceAutoencoderLM.from_checkpoint(ae_ckpt)
+    assert model.hparams["number_resample"] == 0.5  # the CLI's value arrived
+    batch = {"text": [text] * 40, "emb": torch.zeros(40, 384)}
+    random.seed(0)
+    changed = [t != text for t in model.resampled(batch)["text"]]
+    assert 10 < sum(changed) < 30  # about half of the sentences
+    model.hparams.number_resample = 0.0
+    assert model.resampled(batch) is batch
+    with pytest.raises(LCMError, match="number_resample"):
+        SentenceAutoencoderLM(number_resample=1.5)
 
 
 def test_wrong_checkpoints_and_dimensions_are_one_error_line(ae_ckpt, trained_run, tmp_path, capsys):
