@@ -67,6 +67,9 @@ def main() -> None:
     p.add_argument("--gold-plans", action="store_true",
                    help="planning models: supply each problem's gold paragraphs as the plans (an oracle diagnostic: the "
                         "plan vector of a paragraph's own sentences also carries its content)")
+    p.add_argument("--plan-source", choices=["sampled", "regressed"], default=None,
+                   help="diffusion planning models: sampled plans or plans regressed by the context head (default: the "
+                        "checkpoint's)")
     p.add_argument("--label", default="", help="name of this measurement in the JSON (e.g. before / after)")
     p.add_argument("--out", type=Path, default=RESULTS / "boundaries.json")
     args = p.parse_args()
@@ -81,6 +84,8 @@ def main() -> None:
         kw = {"noise": noise} if noise is not None else {}
         if not args.stop_on_repeat:
             kw["stop_on_repeat"] = False
+        if args.plan_source:
+            kw["plan_source"] = args.plan_source
         groups = gen.generate(problems, num_samples=args.k, seed=args.seed, max_steps=args.max_steps, plans=plans, **kw)
         groups = [[g] for g in groups] if args.k == 1 else groups
         flat = [g for group in groups for g in group]
@@ -96,6 +101,7 @@ def main() -> None:
     Console().print(table)
     write_json(args.out, {"label": args.label, "ckpt": str(args.ckpt), "config": args.config, "model": sampler,
                           "stop_on_repeat": args.stop_on_repeat, "gold_plans": args.gold_plans,
+                          "plan_source": args.plan_source,
                           "problems": len(problems), "k": args.k, "max_steps": args.max_steps, "rows": rows,
                           "date": dt.datetime.now().isoformat(timespec="seconds")})
     print(f"wrote {args.out}")

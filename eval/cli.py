@@ -42,6 +42,9 @@ def generate_main(args: list[str]) -> None:
     parser.add_argument("--guidance", type=float, default=None, help="diffusion only: classifier-free guidance scale")
     parser.add_argument("--ddim-steps", type=int, default=None, help="diffusion only: DDIM steps per concept")
     parser.add_argument("--eta", type=float, default=None, help="diffusion only: DDIM eta (0: deterministic steps)")
+    parser.add_argument("--plan-source", choices=["sampled", "regressed"], default=None,
+                        help="diffusion planning models only: sampled plans, or regressed by the context head "
+                             "(a model trained with diffusion.context_loss > 0); default: the checkpoint's")
     parser.add_argument("--no-stop-on-repeat", dest="stop_on_repeat", action="store_false",
                         help="keep going when the solution loops (its last L steps repeat the L before them, "
                              "L <= 4; default: stop there)")
@@ -58,6 +61,7 @@ def generate_main(args: list[str]) -> None:
     outs = gen.generate(ns.problem, max_steps=ns.max_steps, eot_threshold=ns.eot_threshold,
                         break_threshold=ns.break_threshold, feedback=ns.feedback, plans=plans, seed=ns.seed,
                         noise=ns.noise, guidance=ns.guidance, ddim_steps=ns.ddim_steps, eta=ns.eta,
+                        plan_source=ns.plan_source,
                         stop_on_repeat=ns.stop_on_repeat)
     for out in outs:
         print(f"problem: {out.problem}")

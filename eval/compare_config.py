@@ -26,6 +26,7 @@ class Sampling:
     guidance: float | None = None  # diffusion: classifier-free guidance scale
     ddim_steps: int | None = None  # diffusion: DDIM steps
     eta: float | None = None  # diffusion: DDIM eta
+    plan_source: str | None = None  # diffusion planning models: "sampled" or "regressed" plans
 
     def kwargs(self) -> dict:
         """The settings written in the config (those that override the checkpoint's), as the keywords of

@@ -26,11 +26,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lcm.concepts import ConceptType
 from lcm.errors import LCMError
 from lcm.model import BaseLCM, LCMConfig, SwiGLU, init_gpt_weights
 from lcm.module import ConceptLM, packed, target_mask
 from lcm.optim import OptimConfig
-from lcm.sampling import DiffusionSampling, randn_like
+from lcm.sampling import PLAN_SOURCES, DiffusionSampling, randn_like
 
 
 @dataclass
@@ -65,6 +66,10 @@ class DiffusionConfig:
     # the tower's own) by the same type-weighted MSE. Without it the contextualizer learns only through the denoiser,
     # which at most noise levels can lean on x_τ; on logic chains it never learned the plans (docs/diffusion.md).
     context_loss: float = 0.0
+    # planning models: where a plan comes from at generation and in the validation scores -- "sampled" by the
+    # diffusion sampler like every concept, or "regressed" by the context head (needs context_loss > 0): the plan is
+    # the deterministic prediction Base-LCM would make, the steps are still sampled
+    plan_source: Literal["sampled", "regressed"] = "sampled"
 
     def __post_init__(self) -> None:
         if self.timesteps < 2 or not 1 <= self.ddim_steps <= self.timesteps:
@@ -84,6 +89,10 @@ class DiffusionConfig:
             raise ValueError(f"guidance_space must be 'epsilon' or 'x0' (got {self.guidance_space!r})")
         if not self.context_loss >= 0:
             raise ValueError(f"context_loss must be >= 0 (got {self.context_loss})")
+        if self.plan_source not in PLAN_SOURCES:
+            raise ValueError(f"plan_source must be one of {PLAN_SOURCES} (got {self.plan_source!r})")
+        if self.plan_source == "regressed" and self.context_loss == 0:
+            raise ValueError("plan_source 'regressed' reads plans from the context head: train with context_loss > 0")
 
     @classmethod
     def from_dict(cls, d: dict) -> "DiffusionConfig":
@@ -505,14 +514,24 @@ class DiffusionLCM(ConceptLM):
         """Normalized concepts (B, T, D) -> a sampled next concept after every position (B, T, D), with the
         inference settings and the fixed `eval_seed` (teacher-forced scores are reproducible). doc / pos
         (B, T): packed windows."""
-        ctx = self.net.encode_context(xn, doc, pos)
-        B, T = xn.shape[:2]
+        return self._sample_context(self.net.encode_context(xn, doc, pos), xn.shape[:2])
+
+    def _sample_context(self, ctx: Context, shape: tuple[int, int]) -> torch.Tensor:
+        """`_sample_all` from an encoded Context of shape (B, T)."""
+        B, T = shape
         generator = torch.Generator().manual_seed(self.eval_seed)
-        return self.net.sample(ctx, torch.arange(T, device=xn.device).expand(B, T), generator)
+        return self.net.sample(ctx, torch.arange(T, device=ctx.states.device).expand(B, T), generator)
 
     def _predict(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Teacher-forced predictions as generation makes them: sampled, or at plan positions (the gold next concept
+        is a plan: generation knows a paragraph starts there) the context head's when `plan_source` is "regressed"."""
         xn = self.normalizer.normalize(batch["x"])
-        return self._sample_all(xn[:, :-1], **packed(batch)), xn[:, 1:], target_mask(batch["types"], batch.get("doc"))
+        ctx = self.net.encode_context(xn[:, :-1], **packed(batch))
+        pred = self._sample_context(ctx, xn[:, :-1].shape[:2])  # (B, T-1, D)
+        if self.diffusion.plan_source == "regressed":
+            plans = (batch["types"][:, 1:] == int(ConceptType.PLAN))[..., None]  # (B, T-1, 1)
+            pred = torch.where(plans, self.net.context_prediction(ctx).to(pred.dtype), pred)
+        return pred, xn[:, 1:], target_mask(batch["types"], batch.get("doc"))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Raw concepts (B, T, D) -> a sampled raw next concept after every position (B, T, D)."""
@@ -523,19 +542,30 @@ class DiffusionLCM(ConceptLM):
         contextualizer's (two-tower) or the tower's at the clean concepts (one-tower)."""
         return self.net.context_states(self.net.encode_context(self.normalizer.normalize(x)))
 
-    def denoiser_evals(self, guidance: float | None = None, ddim_steps: int | None = None, eta: float | None = None) -> int:
-        """Denoiser forward passes per predicted concept: one per DDIM step, two at the steps that run classifier-free
+    def denoiser_evals(self, guidance: float | None = None, ddim_steps: int | None = None, eta: float | None = None,
+                       plan_source: str | None = None) -> int:
+        """Denoiser forward passes per sampled concept: one per DDIM step, two at the steps that run classifier-free
         guidance (the conditional and unconditional passes share one batched call). Keywords as `DiffusionSampling`
-        (eta does not change the count)."""
+        (eta does not change the count; nor does plan_source, though a regressed plan is computed with none)."""
         scale = self.diffusion.guidance if guidance is None else guidance
         return self.net.denoiser_evals(ddim_steps or self.diffusion.ddim_steps, scale)
 
     def next_concept(self, x: torch.Tensor, lengths: torch.Tensor, generator: torch.Generator | None = None,
+                     plan_rows: torch.Tensor | None = None, plan_source: str | None = None,
                      **sampling) -> torch.Tensor:
         """Sampled next concept after each sequence's last position. x (A, T, D) raw -> (A, D) raw.
         `sampling`: ddim_steps, init_noise, guidance, guidance_rescale, eta overrides of the checkpoint's settings
-        (generation passes the checked `DiffusionSampling` ones; Base-LCM's `noise` is not an option here)."""
+        (generation passes the checked `DiffusionSampling` ones; Base-LCM's `noise` is not an option here).
+        plan_rows (A,) bool: rows whose next concept is a plan (a paragraph starts); with `plan_source` (default the
+        checkpoint's) "regressed" they get the context head's prediction instead of a sample."""
         xn = self.normalizer.normalize(x)
         ctx = self.net.encode_context(xn)
-        pred = self.net.sample(ctx, (lengths - 1)[:, None].to(xn.device), generator, **sampling)[:, 0]  # (A, D)
+        last = (lengths - 1).to(xn.device)
+        pred = self.net.sample(ctx, last[:, None], generator, **sampling)[:, 0]  # (A, D)
+        regressed = (plan_source or self.diffusion.plan_source) == "regressed"
+        if regressed and self.diffusion.context_loss == 0:
+            raise LCMError("plan_source 'regressed' needs a model trained with diffusion.context_loss > 0")
+        if regressed and plan_rows is not None and bool(plan_rows.any()):
+            head = self.net.context_prediction(ctx)[torch.arange(len(x), device=xn.device), last]  # (A, D)
+            pred = torch.where(plan_rows.to(xn.device)[:, None], head.to(pred.dtype), pred)
         return self.normalizer.denormalize(pred).float()

@@ -199,7 +199,7 @@ class ConceptGenerator:
                  plans: list[str] | list[list[str]] | None = None, break_threshold: float | None = None,
                  max_paragraph_steps: int = 9, num_samples: int = 1, seed: int | None = None,
                  noise: float | None = None, guidance: float | None = None, ddim_steps: int | None = None,
-                 eta: float | None = None):
+                 eta: float | None = None, plan_source: str | None = None):
         """Generate steps for one problem (returns a `Generation`) or a batch (returns a list).
 
         With `num_samples=k > 1`, k sampled reasoning paths per problem: a list of k `Generation`s for one
@@ -231,11 +231,16 @@ class ConceptGenerator:
                 is otherwise deterministic: its k samples are then identical).
             guidance, ddim_steps, eta: diffusion models only: override the checkpoint's guidance scale / DDIM steps /
                 DDIM eta (0: deterministic given the starting noise; > 0 adds fresh noise at every DDIM step).
+            plan_source: diffusion planning models only: "sampled" or "regressed" plans (by the context head of a
+                model trained with `diffusion.context_loss` > 0); default the checkpoint's.
                 A sampling option the loaded model does not use raises `LCMError` (`lcm.sampling`).
         """
         if num_samples < 1:
             raise LCMError(f"num_samples must be >= 1, not {num_samples}")
-        settings = sampling_settings(self.model, noise=noise, guidance=guidance, ddim_steps=ddim_steps, eta=eta)
+        settings = sampling_settings(self.model, noise=noise, guidance=guidance, ddim_steps=ddim_steps, eta=eta,
+                                     plan_source=plan_source)
+        if plan_source is not None and not self.planning:
+            raise LCMError("plan_source applies to models trained with planning; this one has no plans")
         rule = StepRule(self.eot_text, self.model.break_embedding.detach().cpu().clone(), self.planning,
                         max_steps=max_steps, max_len=self.model.arch.max_seq_len, eot_threshold=eot_threshold,
                         break_threshold=break_threshold, max_paragraph_steps=max_paragraph_steps,
@@ -282,7 +287,8 @@ class ConceptGenerator:
         brk = self.model.break_embedding.to(self.device)
         active = list(rows)
         while active:
-            preds = self._next_concepts([r.inputs for r in active], generator, settings)  # (A, D)
+            plan_rows = torch.tensor([r.at_paragraph_start for r in active])
+            preds = self._next_concepts([r.inputs for r in active], generator, settings, plan_rows)  # (A, D)
             eot_cos = F.cosine_similarity(preds, eot.expand_as(preds), dim=-1).cpu().numpy()
             brk_cos = F.cosine_similarity(preds, brk.expand_as(preds), dim=-1).cpu().numpy()
             pred_np = preds.cpu().numpy()
@@ -345,10 +351,12 @@ class ConceptGenerator:
         return lists
 
     def _next_concepts(self, seqs: list[list[torch.Tensor]], generator: torch.Generator | None,
-                       settings: SamplingSettings) -> torch.Tensor:
-        """Right-padded batch; the model's (possibly sampled) concept after each sequence's last one. (A, D)"""
+                       settings: SamplingSettings, plan_rows: torch.Tensor) -> torch.Tensor:
+        """Right-padded batch; the model's (possibly sampled) concept after each sequence's last one. (A, D)
+        plan_rows (A,) bool: rows at a paragraph start (a diffusion model may regress its plans there)."""
         lengths = torch.tensor([len(s) for s in seqs])
         x = torch.zeros(len(seqs), int(lengths.max()), self.model.arch.embed_dim)
         for b, s in enumerate(seqs):
             x[b, : len(s)] = torch.stack(s)
-        return self.model.next_concept(x.to(self.device), lengths, generator, **settings.model_kwargs())
+        return self.model.next_concept(x.to(self.device), lengths, generator, plan_rows=plan_rows,
+                                       **settings.model_kwargs())

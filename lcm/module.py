@@ -187,11 +187,12 @@ class ConceptLM(CompileOnFit, DataConsumer, L.LightningModule):
         return 0
 
     def next_concept(self, x: torch.Tensor, lengths: torch.Tensor, generator: torch.Generator | None = None,
-                     noise: float = 0.0) -> torch.Tensor:
+                     plan_rows: torch.Tensor | None = None, noise: float = 0.0) -> torch.Tensor:
         """Prediction after each sequence's last concept: x (A, T, D) raw, right-padded; lengths (A,) -> (A, D) raw.
 
         Base-LCM is deterministic; `noise` > 0 samples from it by adding N(0, noise^2) to the prediction in
-        normalized space (each dimension in units of its robust scale). Options: `BaseLCMSampling`."""
+        normalized space (each dimension in units of its robust scale). Options: `BaseLCMSampling`. `plan_rows`
+        (which rows start a paragraph) is unused: Base-LCM predicts plans as it predicts steps."""
         pred = self.net(self.normalizer.normalize(x))  # (A, T, D) normalized
         pred = pred[torch.arange(len(x), device=x.device), lengths.to(x.device) - 1].float()  # (A, D)
         if noise > 0:

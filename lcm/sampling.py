@@ -59,6 +59,9 @@ class BaseLCMSampling(SamplingSettings):
             raise ValueError(f"noise must be a finite number >= 0, not {self.noise}")
 
 
+PLAN_SOURCES = ("sampled", "regressed")  # where a diffusion model's plans come from (`DiffusionConfig.plan_source`)
+
+
 @dataclass(frozen=True)
 class DiffusionSampling(SamplingSettings):
     """Diffusion LCM overrides of the checkpoint's DDIM settings (None = the checkpoint's)."""
@@ -67,6 +70,7 @@ class DiffusionSampling(SamplingSettings):
     guidance: float | None = None  # classifier-free guidance scale; 1 = off
     ddim_steps: int | None = None  # DDIM denoising steps per predicted concept
     eta: float | None = None  # DDIM stochasticity: 0 deterministic given the starting noise, 1 DDPM-like
+    plan_source: str | None = None  # planning: "sampled" plans, or "regressed" by the context head (`context_loss`)
 
     def __post_init__(self) -> None:
         if self.guidance is not None and not (math.isfinite(self.guidance) and self.guidance >= 0):
@@ -76,10 +80,13 @@ class DiffusionSampling(SamplingSettings):
             raise ValueError(f"ddim_steps must be an integer >= 1, not {self.ddim_steps!r}")
         if self.eta is not None and not (math.isfinite(self.eta) and self.eta >= 0):
             raise ValueError(f"eta must be a finite number >= 0, not {self.eta}")
+        if self.plan_source is not None and self.plan_source not in PLAN_SOURCES:
+            raise ValueError(f"plan_source must be one of {PLAN_SOURCES}, not {self.plan_source!r}")
 
 
 def sampling_options(model) -> set[str]:
-    """The per-call sampling options a concept model takes (Base-LCM: noise; diffusion: guidance, ddim_steps, eta)."""
+    """The per-call sampling options a concept model takes (Base-LCM: noise; diffusion: guidance, ddim_steps, eta,
+    plan_source)."""
     return {f.name for f in fields(type(model).sampling_settings)}
 
 

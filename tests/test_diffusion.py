@@ -388,14 +388,28 @@ def test_base_lcm_samples_with_its_noise_option(trained_run):
         gen.generate(PROBLEM, num_samples=0)
 
 
-def test_diffusion_with_planning_and_supplied_plans(tmp_path):
+def test_diffusion_with_planning_and_supplied_plans(tmp_path, diffusion_run):
+    """Planning diffusion: supplied plans; `plan_source` from the config arrives and "regressed" plans are the
+    context head's deterministic prediction (k samples share it), "sampled" ones differ per sample."""
     run = fit_in(tmp_path, "quickstart_diffusion.yaml",
-                 [*TINY_DIFFUSION, "--trainer.max_epochs", "1", "--data.init_args.planning.flat_grouping", "fixed"])
+                 [*TINY_DIFFUSION, "--trainer.max_epochs", "1", "--data.init_args.planning.flat_grouping", "fixed",
+                  "--model.init_args.diffusion.context_loss", "0.5", "--model.init_args.diffusion.plan_source", "regressed"])
     assert "val/plan_cosine" in (run / "metrics.csv").read_text()
     gen = ConceptGenerator.from_checkpoint(run / "checkpoints" / "last.ckpt")
-    assert gen.planning and type(gen.model) is DiffusionLCM
+    assert gen.planning and type(gen.model) is DiffusionLCM and gen.model.diffusion.plan_source == "regressed"
     outs = gen.generate(PROBLEM, plans=["First find what is left."], num_samples=2, seed=0, max_steps=4)
     assert len(outs) == 2 and all(o.steps[0].is_plan and o.steps[0].source == "supplied" for o in outs)
+    kw = {"num_samples": 3, "seed": 0, "max_steps": 1, "stop_on_repeat": False, "eot_threshold": 1.01,
+          "break_threshold": 1.01}
+    regressed = [o.steps[0].embedding for o in gen.generate(PROBLEM, **kw)]
+    sampled = [o.steps[0].embedding for o in gen.generate(PROBLEM, plan_source="sampled", **kw)]
+    assert np.allclose(regressed[0], regressed[1]) and np.allclose(regressed[0], regressed[2])
+    assert not np.allclose(sampled[0], sampled[1])
+    with pytest.raises(LCMError, match="plan_source"):
+        gen.generate(PROBLEM, plan_source="planned")
+    flat = ConceptGenerator.from_checkpoint(diffusion_run / "checkpoints" / "last.ckpt")  # no planning, no head
+    with pytest.raises(LCMError, match="no plans"):
+        flat.generate(PROBLEM, plan_source="regressed")
 
 
 @pytest.mark.parametrize("tower", ["two", "one"])
@@ -423,6 +437,15 @@ def test_context_loss_adds_a_weighted_base_lcm_regression_of_the_context(tower):
     mask = types[:, 1:] != int(ConceptType.PROMPT)
     expected = (pred - x0).pow(2).mean(-1)[mask].mean()  # unit loss weights
     assert torch.allclose(model._context_error(batch, ctx, x0), expected, atol=1e-6)
+    sampled = model._predict(batch)[0]  # plan_source "regressed": the head's prediction where a plan comes next
+    model.diffusion.plan_source = "regressed"
+    mixed = model._predict(batch)[0]
+    plans = types[:, 1:] == int(ConceptType.PLAN)
+    assert torch.allclose(mixed[plans], pred[plans], atol=1e-6) and torch.equal(mixed[~plans], sampled[~plans])
+    assert not torch.allclose(sampled[plans], pred[plans], atol=1e-3)
+    model.diffusion.plan_source = "sampled"
+    with pytest.raises(ValueError, match="context_loss > 0"):
+        DiffusionConfig(plan_source="regressed")
     model.log = model.log_dict = lambda *a, **k: None  # no trainer attached
     torch.manual_seed(1)
     with_aux = model.training_step(batch, 0)
