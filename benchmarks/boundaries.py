@@ -101,7 +101,7 @@ def main() -> None:
     Console().print(table)
     write_json(args.out, {"label": args.label, "ckpt": str(args.ckpt), "config": args.config, "model": sampler,
                           "stop_on_repeat": args.stop_on_repeat, "gold_plans": args.gold_plans,
-                          "plan_source": args.plan_source,
+                          "plan_source": args.plan_source or getattr(getattr(gen.model, "diffusion", None), "plan_source", None),
                           "problems": len(problems), "k": args.k, "max_steps": args.max_steps, "rows": rows,
                           "date": dt.datetime.now().isoformat(timespec="seconds")})
     print(f"wrote {args.out}")

@@ -32,15 +32,18 @@ from lcm.io import atomic_path, write_json
 from lcm.sampling import sampling_options
 
 
-def settings_for(model, noise: list[float], guidance: list[float], eta: list[float]) -> list[dict]:
-    """The sampling settings a model kind takes: Base-LCM one per noise value, diffusion the guidance x eta grid."""
+def settings_for(model, noise: list[float], guidance: list[float], eta: list[float],
+                 plan_source: str | None = None) -> list[dict]:
+    """The sampling settings a model kind takes: Base-LCM one per noise value, diffusion the guidance x eta grid
+    (each with `plan_source` when given)."""
     if "noise" in sampling_options(model):
         return [{"noise": v} for v in noise]
-    return [{"guidance": g, "eta": e} for g, e in itertools.product(guidance, eta)]
+    plans = {"plan_source": plan_source} if plan_source else {}
+    return [{"guidance": g, "eta": e, **plans} for g, e in itertools.product(guidance, eta)]
 
 
 def label(setting: dict) -> str:
-    return ", ".join(f"{k} {v:g}" for k, v in setting.items())
+    return ", ".join(f"{k} {v:g}" if isinstance(v, (int, float)) else f"{k} {v}" for k, v in setting.items())
 
 
 def problem_scores(texts: list[str], gold: str, ref: str) -> dict[str, float]:
@@ -77,7 +80,7 @@ def aggregate(by_seed: list[dict[str, list[float]]]) -> dict:
 
 
 def run_frontier(config: str, systems: dict[str, list[str]], problems: int, k: int, max_steps: int,
-                 noise: list[float], guidance: list[float], eta: list[float]) -> dict:
+                 noise: list[float], guidance: list[float], eta: list[float], plan_source: str | None = None) -> dict:
     """{system: [{setting, scores}, ...]} over every checkpoint of every system (see the module docstring)."""
     from lcm.eval.compare import test_documents
     from lcm.generate import ConceptGenerator
@@ -91,7 +94,7 @@ def run_frontier(config: str, systems: dict[str, list[str]], problems: int, k: i
     for name, ckpts in systems.items():
         gens = [ConceptGenerator.from_checkpoint(c) for c in ckpts]
         points = []
-        for setting in settings_for(gens[0].model, noise, guidance, eta):
+        for setting in settings_for(gens[0].model, noise, guidance, eta, plan_source):
             by_seed = [sample_point(g, prompts, golds, refs, setting, k, max_steps) for g in gens]
             points.append({"setting": setting, "label": label(setting), **aggregate(by_seed)})
         report["systems"][name] = {"checkpoints": [str(c) for c in ckpts], "points": points,
@@ -151,6 +154,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--noise", type=float, nargs="+", default=[0.0, 0.25, 0.5, 0.75, 1.0], help="Base-LCM settings")
     p.add_argument("--guidance", type=float, nargs="+", default=[1.0, 2.0, 3.0, 5.0], help="diffusion settings")
     p.add_argument("--eta", type=float, nargs="+", default=[0.0, 1.0], help="diffusion settings")
+    p.add_argument("--plan-source", choices=["sampled", "regressed"], default=None,
+                   help="diffusion planning models: sampled or regressed plans at every setting (default: each "
+                        "checkpoint's)")
     p.add_argument("--out", type=Path, default=Path("runs/frontier"))
     ns = p.parse_args(argv)
     systems = {}
@@ -165,7 +171,8 @@ def main(argv: list[str] | None = None) -> None:
         systems[entry[0]] = entry[1:]
     if ns.k < 1 or ns.problems < 1:
         raise LCMError(f"--k and --problems must be >= 1 (got {ns.k}, {ns.problems})")
-    report = run_frontier(ns.config, systems, ns.problems, ns.k, ns.max_steps, ns.noise, ns.guidance, ns.eta)
+    report = run_frontier(ns.config, systems, ns.problems, ns.k, ns.max_steps, ns.noise, ns.guidance, ns.eta,
+                          ns.plan_source)
     ns.out.mkdir(parents=True, exist_ok=True)
     write_json(ns.out / "frontier.json", report)
     with atomic_path(ns.out / "frontier.md") as tmp:

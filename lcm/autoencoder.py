@@ -37,7 +37,7 @@ from lcm.errors import LCMError
 from lcm.model import LCMConfig
 from lcm.optim import OptimConfig
 
-DIGITS = re.compile(r"\d+")
+DIGITS = re.compile(r"[0-9]+")  # ASCII digits only: other scripts' digits are left as written
 
 
 def resample_numbers(text: str, rng: random.Random) -> str:

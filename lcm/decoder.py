@@ -222,6 +222,12 @@ class SentenceDecoderLM(TokenizerInCheckpoint, DataConsumer, L.LightningModule):
         """The data's encoder wrote the embeddings this decoder reads: its dimension must be the decoder's."""
         check_embed_dim(encoder, self.arch.embed_dim)
 
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        super().on_load_checkpoint(checkpoint)
+        if bool(self.hparams.get("split_digits", False)) != self.tokenizer.splits_digits:  # a resume that changed it
+            raise LCMError(f"split_digits is {self.hparams.get('split_digits', False)} but the checkpoint's tokenizer was "
+                           f"trained with split_digits {self.tokenizer.splits_digits}: keep the checkpoint's setting")
+
     def check_record(self, meta: dict) -> None:
         if self.data is not None and meta.get("encoder_id") != self.data.encoder.id:
             raise LCMError(f"decoder checkpoint was trained with encoder {meta.get('encoder_id')!r}, "

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lcm.concepts import ConceptType
-from lcm.errors import LCMError
+from lcm.errors import ConfigError, LCMError
 from lcm.model import BaseLCM, LCMConfig, SwiGLU, init_gpt_weights
 from lcm.module import ConceptLM, packed, target_mask
 from lcm.optim import OptimConfig
@@ -73,26 +73,26 @@ class DiffusionConfig:
 
     def __post_init__(self) -> None:
         if self.timesteps < 2 or not 1 <= self.ddim_steps <= self.timesteps:
-            raise ValueError(f"need timesteps >= 2 and 1 <= ddim_steps <= timesteps "
-                             f"(got {self.timesteps}, {self.ddim_steps})")
+            raise ConfigError(f"need timesteps >= 2 and 1 <= ddim_steps <= timesteps "
+                              f"(got {self.timesteps}, {self.ddim_steps})")
         if not 0 <= self.cfg_dropout < 1 or self.guidance < 0 or not 0 <= self.guidance_rescale <= 1:
-            raise ValueError("cfg_dropout must be in [0, 1), guidance >= 0, guidance_rescale in [0, 1]")
+            raise ConfigError("cfg_dropout must be in [0, 1), guidance >= 0, guidance_rescale in [0, 1]")
         if self.timestep_spacing not in SPACINGS:
-            raise ValueError(f"timestep_spacing must be one of {SPACINGS} (got {self.timestep_spacing!r})")
+            raise ConfigError(f"timestep_spacing must be one of {SPACINGS} (got {self.timestep_spacing!r})")
         if self.schedule not in SCHEDULES:
-            raise ValueError(f"schedule must be one of {SCHEDULES} (got {self.schedule!r})")
+            raise ConfigError(f"schedule must be one of {SCHEDULES} (got {self.schedule!r})")
         if not self.sigmoid_alpha > 0:
-            raise ValueError(f"sigmoid_alpha must be > 0 (got {self.sigmoid_alpha})")
+            raise ConfigError(f"sigmoid_alpha must be > 0 (got {self.sigmoid_alpha})")
         if self.tower not in ("two", "one"):
-            raise ValueError(f"tower must be 'two' or 'one' (got {self.tower!r})")
+            raise ConfigError(f"tower must be 'two' or 'one' (got {self.tower!r})")
         if self.guidance_space not in ("epsilon", "x0"):
-            raise ValueError(f"guidance_space must be 'epsilon' or 'x0' (got {self.guidance_space!r})")
+            raise ConfigError(f"guidance_space must be 'epsilon' or 'x0' (got {self.guidance_space!r})")
         if not self.context_loss >= 0:
-            raise ValueError(f"context_loss must be >= 0 (got {self.context_loss})")
+            raise ConfigError(f"context_loss must be >= 0 (got {self.context_loss})")
         if self.plan_source not in PLAN_SOURCES:
-            raise ValueError(f"plan_source must be one of {PLAN_SOURCES} (got {self.plan_source!r})")
+            raise ConfigError(f"plan_source must be one of {PLAN_SOURCES} (got {self.plan_source!r})")
         if self.plan_source == "regressed" and self.context_loss == 0:
-            raise ValueError("plan_source 'regressed' reads plans from the context head: train with context_loss > 0")
+            raise ConfigError("plan_source 'regressed' reads plans from the context head: train with context_loss > 0")
 
     @classmethod
     def from_dict(cls, d: dict) -> "DiffusionConfig":
@@ -268,6 +268,10 @@ class Context:
     doc: torch.Tensor | None = None
     pos: torch.Tensor | None = None
 
+    def rows(self, keep: torch.Tensor) -> "Context":
+        """The sequences where keep (B,) bool is True."""
+        return Context(*(None if t is None else t[keep] for t in (self.states, self.doc, self.pos)))
+
     def twice(self) -> "Context":
         """The batch stacked on itself (the conditional and unconditional halves of classifier-free guidance)."""
         return Context(*(None if t is None else torch.cat([t, t]) for t in (self.states, self.doc, self.pos)))
@@ -438,6 +442,12 @@ class DiffusionLCM(ConceptLM):
     def extra_hparams(self) -> dict:
         return {"diffusion": asdict(self.diffusion), "eval_seed": self.eval_seed}
 
+    def attach_data(self, data) -> None:
+        if self.diffusion.plan_source == "regressed" and not data.planning:
+            raise LCMError("diffusion.plan_source 'regressed' decides where plans come from; this data has no planning "
+                           "(set data.planning, or leave plan_source at 'sampled')")
+        super().attach_data(data)
+
     def build_net(self, arch: LCMConfig) -> nn.Module:
         if self.diffusion.tower == "one":
             from lcm.one_tower import OneTowerLCM  # it builds on this module's DiffusionNet
@@ -546,26 +556,30 @@ class DiffusionLCM(ConceptLM):
                        plan_source: str | None = None) -> int:
         """Denoiser forward passes per sampled concept: one per DDIM step, two at the steps that run classifier-free
         guidance (the conditional and unconditional passes share one batched call). Keywords as `DiffusionSampling`
-        (eta does not change the count; nor does plan_source, though a regressed plan is computed with none)."""
+        (eta does not change the count; plan_source neither: a regressed plan runs no denoiser pass at all)."""
         scale = self.diffusion.guidance if guidance is None else guidance
         return self.net.denoiser_evals(ddim_steps or self.diffusion.ddim_steps, scale)
 
-    def next_concept(self, x: torch.Tensor, lengths: torch.Tensor, generator: torch.Generator | None = None,
+    def next_concept(self, x: torch.Tensor, lengths: torch.Tensor, generator: torch.Generator | None = None, *,
                      plan_rows: torch.Tensor | None = None, plan_source: str | None = None,
                      **sampling) -> torch.Tensor:
         """Sampled next concept after each sequence's last position. x (A, T, D) raw -> (A, D) raw.
         `sampling`: ddim_steps, init_noise, guidance, guidance_rescale, eta overrides of the checkpoint's settings
         (generation passes the checked `DiffusionSampling` ones; Base-LCM's `noise` is not an option here).
         plan_rows (A,) bool: rows whose next concept is a plan (a paragraph starts); with `plan_source` (default the
-        checkpoint's) "regressed" they get the context head's prediction instead of a sample."""
-        xn = self.normalizer.normalize(x)
-        ctx = self.net.encode_context(xn)
-        last = (lengths - 1).to(xn.device)
-        pred = self.net.sample(ctx, last[:, None], generator, **sampling)[:, 0]  # (A, D)
+        checkpoint's) "regressed" they get the context head's prediction and are not sampled at all."""
         regressed = (plan_source or self.diffusion.plan_source) == "regressed"
         if regressed and self.diffusion.context_loss == 0:
             raise LCMError("plan_source 'regressed' needs a model trained with diffusion.context_loss > 0")
-        if regressed and plan_rows is not None and bool(plan_rows.any()):
-            head = self.net.context_prediction(ctx)[torch.arange(len(x), device=xn.device), last]  # (A, D)
-            pred = torch.where(plan_rows.to(xn.device)[:, None], head.to(pred.dtype), pred)
+        xn = self.normalizer.normalize(x)
+        ctx = self.net.encode_context(xn)
+        last = (lengths - 1).to(xn.device)
+        rows = torch.arange(len(x), device=xn.device)
+        plans = plan_rows.to(xn.device) if regressed and plan_rows is not None else torch.zeros_like(rows, dtype=torch.bool)
+        pred = torch.empty(len(x), xn.shape[-1], device=xn.device, dtype=xn.dtype)  # (A, D)
+        if bool(plans.any()):
+            pred[plans] = self.net.context_prediction(ctx)[rows, last][plans].to(pred.dtype)
+        if not bool(plans.all()):  # only the rows that are sampled run the sampler (its noise: those rows' only)
+            sampled = self.net.sample(ctx.rows(~plans), last[~plans][:, None], generator, **sampling)[:, 0]  # (S, D)
+            pred[~plans] = sampled.to(pred.dtype)
         return self.normalizer.denormalize(pred).float()

@@ -186,7 +186,7 @@ class ConceptLM(CompileOnFit, DataConsumer, L.LightningModule):
         """Denoiser forward passes per predicted concept (none: Base-LCM predicts in one pass, noise or not)."""
         return 0
 
-    def next_concept(self, x: torch.Tensor, lengths: torch.Tensor, generator: torch.Generator | None = None,
+    def next_concept(self, x: torch.Tensor, lengths: torch.Tensor, generator: torch.Generator | None = None, *,
                      plan_rows: torch.Tensor | None = None, noise: float = 0.0) -> torch.Tensor:
         """Prediction after each sequence's last concept: x (A, T, D) raw, right-padded; lengths (A,) -> (A, D) raw.
 

@@ -53,6 +53,11 @@ class SentenceTokenizer:
         return self.tok.to_str()
 
     @property
+    def splits_digits(self) -> bool:
+        """Whether numbers are spelled digit by digit (`train(split_digits=True)`)."""
+        return '"Digits"' in self.tok.to_str()
+
+    @property
     def vocab_size(self) -> int:
         return self.tok.get_vocab_size()
 

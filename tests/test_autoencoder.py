@@ -85,7 +85,9 @@ def test_number_resampling_rewrites_digits_only_and_reaches_training(ae_ckpt):
     text = "Emma paid $420,000 x 7/100 = $29,400 for 05 rooms and 0 cars."
     out = resample_numbers(text, random.Random(0))
     assert out != text and re.sub(r"\d", "#", out) == re.sub(r"\d", "#", text)  # same frame, same digit counts
-    assert re.search(r"\$[1-9]\d\d,", out)  # no new leading zero
+    for seed in range(200):  # no new leading zero; a written leading zero ("05") may stay one
+        assert re.fullmatch(r"[1-9]\d", resample_numbers("42", random.Random(seed)))
+    assert resample_numbers("٤٢ and 7", random.Random(0)).startswith("٤٢ and ")  # ASCII digits only
     assert resample_numbers("No numbers here.", random.Random(0)) == "No numbers here."
     model = SentenceAutoencoderLM.from_checkpoint(ae_ckpt)
     assert model.hparams["number_resample"] == 0.5  # the CLI's value arrived
@@ -97,6 +99,9 @@ def test_number_resampling_rewrites_digits_only_and_reaches_training(ae_ckpt):
     assert model.resampled(batch) is batch
     with pytest.raises(LCMError, match="number_resample"):
         SentenceAutoencoderLM(number_resample=1.5)
+    model.hparams.split_digits = False  # a resume that changes split_digits would mistokenize: refused
+    with pytest.raises(LCMError, match="split_digits"):
+        model.on_load_checkpoint(torch.load(ae_ckpt, weights_only=False))
 
 
 def test_wrong_checkpoints_and_dimensions_are_one_error_line(ae_ckpt, trained_run, tmp_path, capsys):

@@ -85,6 +85,17 @@ def test_a_models_own_check_is_its_one_line_not_a_wrapped_traceback(tmp_path, ca
     assert "Union subtypes" not in err
 
 
+def test_a_config_dataclass_check_and_a_data_check_of_diffusion_are_one_line(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    tiny = [a.replace("--model.", "--model.init_args.") for a in TINY_FIT] + ["--data.source.init_args.n", "20"]
+    code, err = run_lcm(["fit", "-c", str(CONFIGS / "quickstart_diffusion.yaml"), *tiny,
+                         "--model.init_args.diffusion.plan_source", "regressed"], capsys)
+    assert_one_line(code, err, "plan_source 'regressed' reads plans from the context head")
+    code, err = run_lcm(["fit", "-c", str(CONFIGS / "quickstart_diffusion.yaml"), *tiny, "--model.init_args.diffusion"
+                         ".context_loss", "0.5", "--model.init_args.diffusion.plan_source", "regressed"], capsys)
+    assert_one_line(code, err, "this data has no planning")
+
+
 def test_print_config_still_works(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     code, _ = run_lcm(["fit", "-c", str(CONFIGS / "quickstart.yaml"), "--print_config"])

@@ -407,6 +407,9 @@ def test_diffusion_with_planning_and_supplied_plans(tmp_path, diffusion_run):
     assert not np.allclose(sampled[0], sampled[1])
     with pytest.raises(LCMError, match="plan_source"):
         gen.generate(PROBLEM, plan_source="planned")
+    gen.model.diffusion.context_loss = 0.0  # as a model trained without the head: refused before any step
+    with pytest.raises(LCMError, match="context_loss > 0"):
+        gen.generate(PROBLEM, plan_source="regressed")
     flat = ConceptGenerator.from_checkpoint(diffusion_run / "checkpoints" / "last.ckpt")  # no planning, no head
     with pytest.raises(LCMError, match="no plans"):
         flat.generate(PROBLEM, plan_source="regressed")
@@ -432,6 +435,11 @@ def test_context_loss_adds_a_weighted_base_lcm_regression_of_the_context(tower):
     later = {"x": batch["x"].clone(), "types": types}
     later["x"][:, 5:] = torch.randn(2, 3, 12)
     assert torch.allclose(model.net.context_prediction(model._context_and_targets(later)[0])[:, :5], pred[:, :5], atol=1e-6)
+    doc, pos = torch.tensor([[0, 0, 0, 1, 1, 1, 1]] * 2), torch.tensor([[0, 1, 2, 0, 1, 2, 3]] * 2)  # packed: 2 docs
+    xn = model.normalizer.normalize(batch["x"][:, :-1])
+    both = model.net.context_prediction(model.net.encode_context(xn, doc, pos))
+    alone = model.net.context_prediction(model.net.encode_context(xn[:, 3:]))  # the second document by itself
+    assert torch.allclose(both[:, 3:], alone, atol=1e-5)
     if tower == "one":  # the tower's own Base-LCM forward
         assert torch.allclose(pred, model.net.tower(model.normalizer.normalize(batch["x"][:, :-1])), atol=1e-6)
     mask = types[:, 1:] != int(ConceptType.PROMPT)

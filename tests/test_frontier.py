@@ -52,6 +52,22 @@ def test_frontier_runs_each_kind_at_its_own_settings(trained_run, diffusion_ckpt
     assert (tmp_path / "frontier.png").read_bytes()[:4] == b"\x89PNG" and "| two-tower" in (tmp_path / "frontier.md").read_text()
 
 
+def test_plan_source_reaches_each_diffusion_setting_only(trained_run, diffusion_ckpt, tmp_path, capsys):
+    from lcm.eval.frontier import label, settings_for
+    from lcm.generate import ConceptGenerator
+
+    diffusion = ConceptGenerator.from_checkpoint(diffusion_ckpt).model
+    base = ConceptGenerator.from_checkpoint(trained_run / "checkpoints" / "best.ckpt").model
+    assert settings_for(diffusion, [0.0], [1.0, 3.0], [0.0], "regressed") == [
+        {"guidance": 1.0, "eta": 0.0, "plan_source": "regressed"}, {"guidance": 3.0, "eta": 0.0, "plan_source": "regressed"}]
+    assert settings_for(base, [0.5], [1.0], [0.0], "regressed") == [{"noise": 0.5}]
+    assert label({"guidance": 1.0, "eta": 0.0, "plan_source": "regressed"}) == "guidance 1, eta 0, plan_source regressed"
+    code, err = run_lcm(["eval", "frontier", "--config", str(CONFIGS / "quickstart.yaml"), "--problems", "1", "--k", "1",
+                         "--guidance", "1", "--eta", "0", "--plan-source", "regressed", "--system", "two-tower",
+                         str(diffusion_ckpt), "--out", str(tmp_path)], capsys)
+    assert code == 2 and "no plans" in err and len(err.strip().splitlines()) == 1  # this model has no planning
+
+
 def test_frontier_bad_input_is_one_error_line(tmp_path, capsys):
     code, err = run_lcm(["eval", "frontier", "--config", str(CONFIGS / "quickstart.yaml"), "--system", "x",
                          str(tmp_path / "none.ckpt")], capsys)
