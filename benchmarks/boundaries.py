@@ -70,6 +70,8 @@ def main() -> None:
     p.add_argument("--plan-source", choices=["sampled", "regressed"], default=None,
                    help="diffusion planning models: sampled plans or plans regressed by the context head (default: the "
                         "checkpoint's)")
+    p.add_argument("--feedback", choices=["decoded", "predicted"], default="decoded",
+                   help="what generation feeds back: the read-out sentence's (or plan's) embedding, or the raw prediction")
     p.add_argument("--label", default="", help="name of this measurement in the JSON (e.g. before / after)")
     p.add_argument("--out", type=Path, default=RESULTS / "boundaries.json")
     args = p.parse_args()
@@ -86,6 +88,7 @@ def main() -> None:
             kw["stop_on_repeat"] = False
         if args.plan_source:
             kw["plan_source"] = args.plan_source
+        kw["feedback"] = args.feedback
         groups = gen.generate(problems, num_samples=args.k, seed=args.seed, max_steps=args.max_steps, plans=plans, **kw)
         groups = [[g] for g in groups] if args.k == 1 else groups
         flat = [g for group in groups for g in group]
@@ -100,7 +103,7 @@ def main() -> None:
                       *(f"{r[c]:.3f}" if c not in ("steps", "breaks") else f"{r[c]:.2f}" for c in cols[1:]))
     Console().print(table)
     write_json(args.out, {"label": args.label, "ckpt": str(args.ckpt), "config": args.config, "model": sampler,
-                          "stop_on_repeat": args.stop_on_repeat, "gold_plans": args.gold_plans,
+                          "stop_on_repeat": args.stop_on_repeat, "gold_plans": args.gold_plans, "feedback": args.feedback,
                           "plan_source": args.plan_source or getattr(getattr(gen.model, "diffusion", None), "plan_source", None),
                           "problems": len(problems), "k": args.k, "max_steps": args.max_steps, "rows": rows,
                           "date": dt.datetime.now().isoformat(timespec="seconds")})
