@@ -35,17 +35,16 @@ TYPES = {"plan": ConceptType.PLAN, "step": ConceptType.STEP}
 
 
 def load(config: str, ckpt: Path):
-    """The config's model with the checkpoint's weights (eval mode) and its data module, set up."""
+    """The checkpoint's model as it was trained (eval mode) and the config's data module, set up."""
+    from lcm.checkpoint import load_checkpoint, model_from_checkpoint
+    from lcm.generate import concept_model_class
     from lcm.train.cli import make_cli
 
-    state = torch.load(ckpt, map_location="cpu", weights_only=False)
-    hp = state["hyper_parameters"]
-    extra = ["--model.init_args.diffusion.context_loss", str(hp["diffusion"].get("context_loss", 0.0))] \
-        if "diffusion" in hp else []
-    cli = make_cli(["-c", config, "--data.init_args.show_progress", "false", *extra], run=False)
-    cli.model.load_state_dict(state["state_dict"])
-    cli.datamodule.setup("fit")
-    return cli.model.eval(), cli.datamodule
+    state = load_checkpoint(ckpt)
+    model = model_from_checkpoint(concept_model_class(state.get("lcm") or {}), state, ckpt)
+    dm = make_cli(["-c", config, "--data.init_args.show_progress", "false"], run=False).datamodule
+    dm.setup("fit")  # no trainer: the data is not handed to any model
+    return model.eval(), dm
 
 
 @torch.no_grad()

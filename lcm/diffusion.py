@@ -524,11 +524,11 @@ class DiffusionLCM(ConceptLM):
         """Normalized concepts (B, T, D) -> a sampled next concept after every position (B, T, D), with the
         inference settings and the fixed `eval_seed` (teacher-forced scores are reproducible). doc / pos
         (B, T): packed windows."""
-        return self._sample_context(self.net.encode_context(xn, doc, pos), xn.shape[:2])
+        return self._sample_context(self.net.encode_context(xn, doc, pos))
 
-    def _sample_context(self, ctx: Context, shape: tuple[int, int]) -> torch.Tensor:
-        """`_sample_all` from an encoded Context of shape (B, T)."""
-        B, T = shape
+    def _sample_context(self, ctx: Context) -> torch.Tensor:
+        """`_sample_all` from an encoded Context (its states are (B, T, ·))."""
+        B, T = ctx.states.shape[:2]
         generator = torch.Generator().manual_seed(self.eval_seed)
         return self.net.sample(ctx, torch.arange(T, device=ctx.states.device).expand(B, T), generator)
 
@@ -537,7 +537,7 @@ class DiffusionLCM(ConceptLM):
         is a plan: generation knows a paragraph starts there) the context head's when `plan_source` is "regressed"."""
         xn = self.normalizer.normalize(batch["x"])
         ctx = self.net.encode_context(xn[:, :-1], **packed(batch))
-        pred = self._sample_context(ctx, xn[:, :-1].shape[:2])  # (B, T-1, D)
+        pred = self._sample_context(ctx)  # (B, T-1, D)
         if self.diffusion.plan_source == "regressed":
             plans = (batch["types"][:, 1:] == int(ConceptType.PLAN))[..., None]  # (B, T-1, 1)
             pred = torch.where(plans, self.net.context_prediction(ctx).to(pred.dtype), pred)
@@ -560,6 +560,14 @@ class DiffusionLCM(ConceptLM):
         scale = self.diffusion.guidance if guidance is None else guidance
         return self.net.denoiser_evals(ddim_steps or self.diffusion.ddim_steps, scale)
 
+    def regresses_plans(self, plan_source: str | None = None) -> bool:
+        """Whether plans come from the context head (`plan_source`, default the checkpoint's, is "regressed");
+        `LCMError` when this model has no head to regress them with."""
+        regressed = (plan_source or self.diffusion.plan_source) == "regressed"
+        if regressed and self.diffusion.context_loss == 0:
+            raise LCMError("plan_source 'regressed' needs a model trained with diffusion.context_loss > 0")
+        return regressed
+
     def next_concept(self, x: torch.Tensor, lengths: torch.Tensor, generator: torch.Generator | None = None, *,
                      plan_rows: torch.Tensor | None = None, plan_source: str | None = None,
                      **sampling) -> torch.Tensor:
@@ -568,9 +576,7 @@ class DiffusionLCM(ConceptLM):
         (generation passes the checked `DiffusionSampling` ones; Base-LCM's `noise` is not an option here).
         plan_rows (A,) bool: rows whose next concept is a plan (a paragraph starts); with `plan_source` (default the
         checkpoint's) "regressed" they get the context head's prediction and are not sampled at all."""
-        regressed = (plan_source or self.diffusion.plan_source) == "regressed"
-        if regressed and self.diffusion.context_loss == 0:
-            raise LCMError("plan_source 'regressed' needs a model trained with diffusion.context_loss > 0")
+        regressed = self.regresses_plans(plan_source)
         xn = self.normalizer.normalize(x)
         ctx = self.net.encode_context(xn)
         last = (lengths - 1).to(xn.device)

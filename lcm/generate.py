@@ -241,8 +241,8 @@ class ConceptGenerator:
                                      plan_source=plan_source)
         if plan_source is not None and not self.planning:
             raise LCMError("plan_source applies to models trained with planning; this one has no plans")
-        if plan_source == "regressed" and self.model.diffusion.context_loss == 0:  # only diffusion models take it
-            raise LCMError("plan_source 'regressed' needs a model trained with diffusion.context_loss > 0")
+        if plan_source is not None:  # only diffusion models take it (checked above): refuse before any step
+            self.model.regresses_plans(plan_source)
         rule = StepRule(self.eot_text, self.model.break_embedding.detach().cpu().clone(), self.planning,
                         max_steps=max_steps, max_len=self.model.arch.max_seq_len, eot_threshold=eot_threshold,
                         break_threshold=break_threshold, max_paragraph_steps=max_paragraph_steps,
