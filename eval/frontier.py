@@ -56,11 +56,11 @@ def problem_scores(texts: list[str], gold: str, ref: str) -> dict[str, float]:
 
 
 def sample_point(gen, prompts: list[list[str]], golds: list[str], refs: list[str], setting: dict, k: int,
-                 max_steps: int) -> dict[str, list[float]]:
+                 max_steps: int, feedback: str = "decoded") -> dict[str, list[float]]:
     """One checkpoint at one setting: {score: per-problem values} (k samples per problem, seeded by problem)."""
     per_problem = []
     for i, (prompt, gold, ref) in enumerate(zip(prompts, golds, refs)):
-        group = gen.generate([prompt], num_samples=k, seed=i, max_steps=max_steps, **setting)[0]
+        group = gen.generate([prompt], num_samples=k, seed=i, max_steps=max_steps, feedback=feedback, **setting)[0]
         group = group if k > 1 else [group]
         texts = ["\n".join(s.text for s in g.steps if not s.is_plan) for g in group]
         per_problem.append(problem_scores(texts, gold, ref))
@@ -80,7 +80,8 @@ def aggregate(by_seed: list[dict[str, list[float]]]) -> dict:
 
 
 def run_frontier(config: str, systems: dict[str, list[str]], problems: int, k: int, max_steps: int,
-                 noise: list[float], guidance: list[float], eta: list[float], plan_source: str | None = None) -> dict:
+                 noise: list[float], guidance: list[float], eta: list[float], plan_source: str | None = None,
+                 feedback: str = "decoded") -> dict:
     """{system: [{setting, scores}, ...]} over every checkpoint of every system (see the module docstring)."""
     from lcm.eval.compare import test_documents
     from lcm.generate import ConceptGenerator
@@ -90,12 +91,13 @@ def run_frontier(config: str, systems: dict[str, list[str]], problems: int, k: i
     if not docs or any(d.answer is None for d in docs):
         raise LCMError(f"{config} holds out no problems with answers: the frontier needs `#### answer` per problem")
     prompts, golds, refs = [list(d.prompt) for d in docs], [d.answer for d in docs], [render_solution(d) for d in docs]
-    report = {"config": config, "problems": len(docs), "k": k, "max_steps": max_steps, "systems": {}}
+    report = {"config": config, "problems": len(docs), "k": k, "max_steps": max_steps, "feedback": feedback,
+              "systems": {}}
     for name, ckpts in systems.items():
         gens = [ConceptGenerator.from_checkpoint(c) for c in ckpts]
         points = []
         for setting in settings_for(gens[0].model, noise, guidance, eta, plan_source):
-            by_seed = [sample_point(g, prompts, golds, refs, setting, k, max_steps) for g in gens]
+            by_seed = [sample_point(g, prompts, golds, refs, setting, k, max_steps, feedback) for g in gens]
             points.append({"setting": setting, "label": label(setting), **aggregate(by_seed)})
         report["systems"][name] = {"checkpoints": [str(c) for c in ckpts], "points": points,
                                    "params": sum(p.numel() for p in gens[0].model.net.parameters())}
@@ -105,7 +107,8 @@ def run_frontier(config: str, systems: dict[str, list[str]], problems: int, k: i
 def markdown(report: dict) -> str:
     lines = [f"# Accuracy against diversity: {report['config']}", "",
              f"{report['problems']} held-out problems, k = {report['k']} samples each, at most {report['max_steps']} "
-             "steps; mean ± std over the checkpoints (seeds) of each system, 95% bootstrap CI over problems.", "",
+             f"steps, {report.get('feedback', 'decoded')} concepts fed back; mean ± std over the checkpoints (seeds) "
+             "of each system, 95% bootstrap CI over problems.", "",
              "| system | setting | accuracy [95% CI] | distinct correct / problem [95% CI] | distinct / problem | "
              "answered | ROUGE-L |", "|---|---|---|---|---|---|---|"]
     for name, s in report["systems"].items():
@@ -157,6 +160,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--plan-source", choices=["sampled", "regressed"], default=None,
                    help="diffusion planning models: sampled or regressed plans at every setting (default: each "
                         "checkpoint's)")
+    p.add_argument("--feedback", choices=["decoded", "predicted"], default="decoded",
+                   help="what each generated concept is fed back as: its read-out sentence's embedding (default) or "
+                        "the raw prediction (generate's `feedback`)")
     p.add_argument("--out", type=Path, default=Path("runs/frontier"))
     ns = p.parse_args(argv)
     systems = {}
@@ -172,7 +178,7 @@ def main(argv: list[str] | None = None) -> None:
     if ns.k < 1 or ns.problems < 1:
         raise LCMError(f"--k and --problems must be >= 1 (got {ns.k}, {ns.problems})")
     report = run_frontier(ns.config, systems, ns.problems, ns.k, ns.max_steps, ns.noise, ns.guidance, ns.eta,
-                          ns.plan_source)
+                          ns.plan_source, ns.feedback)
     ns.out.mkdir(parents=True, exist_ok=True)
     write_json(ns.out / "frontier.json", report)
     with atomic_path(ns.out / "frontier.md") as tmp:

@@ -68,6 +68,24 @@ def test_plan_source_reaches_each_diffusion_setting_only(trained_run, diffusion_
     assert code == 2 and "no plans" in err and len(err.strip().splitlines()) == 1  # this model has no planning
 
 
+def test_feedback_reaches_generation(trained_run, tmp_path, capsys):
+    from lcm.eval.frontier import problem_scores, sample_point
+    from lcm.generate import ConceptGenerator
+
+    gen = ConceptGenerator.from_checkpoint(trained_run / "checkpoints" / "best.ckpt")
+    prompt, gold, ref = ["Tom has 3 apples.", "He buys 2 more."], "5", "He has 5.\n#### 5"
+    direct = gen.generate([prompt], num_samples=2, seed=0, max_steps=3, noise=0.5, feedback="predicted")[0]
+    texts = ["\n".join(s.text for s in g.steps if not s.is_plan) for g in direct]
+    got = sample_point(gen, [prompt], [gold], [ref], {"noise": 0.5}, 2, 3, feedback="predicted")
+    assert {k: v[0] for k, v in got.items()} == problem_scores(texts, gold, ref)
+    code, err = run_lcm(["eval", "frontier", "--config", str(CONFIGS / "quickstart.yaml"), "--problems", "1", "--k", "1",
+                         "--max-steps", "2", "--noise", "0", "--feedback", "predicted", "--system", "Base-LCM",
+                         str(trained_run / "checkpoints" / "best.ckpt"), "--out", str(tmp_path)], capsys)
+    assert code == 0, err
+    assert json.loads((tmp_path / "frontier.json").read_text())["feedback"] == "predicted"
+    assert "predicted concepts fed back" in (tmp_path / "frontier.md").read_text()
+
+
 def test_frontier_bad_input_is_one_error_line(tmp_path, capsys):
     code, err = run_lcm(["eval", "frontier", "--config", str(CONFIGS / "quickstart.yaml"), "--system", "x",
                          str(tmp_path / "none.ckpt")], capsys)
