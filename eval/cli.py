@@ -28,10 +28,11 @@ def generate_main(args: list[str]) -> None:
                         help="feed back the decoded text's embedding (default; 'retrieved' is its old name) "
                              "or the raw prediction")
     parser.add_argument("--decoder", default=None,
-                        help="sentence-decoder checkpoint: hybrid read-out (retrieval hit if cosine >= --threshold, "
-                             "else the closest of top-k bank sentences and decoded text)")
+                        help="sentence-decoder or sentence-autoencoder checkpoint: hybrid read-out (retrieval hit if "
+                             "cosine >= --threshold, else the closest of top-k bank sentences and decoded text)")
     parser.add_argument("--threshold", type=float, default=0.95, help="hybrid: retrieval cosine that skips decoding")
-    parser.add_argument("--k", type=int, default=4, help="hybrid: bank candidates compared with the decoded text")
+    parser.add_argument("--k", type=int, default=4,
+                        help="hybrid: bank candidates compared with the decoded text; 0: the decoder alone")
     parser.add_argument("--beam", type=int, default=1, help="hybrid: beam size of the sentence decoder (1 = greedy)")
     parser.add_argument("--plan", action="append", default=None,
                         help="planning models: the plan of the next paragraph (repeat for paragraphs 2, 3, ...); its "
@@ -70,10 +71,10 @@ def generate_main(args: list[str]) -> None:
 
 
 EVAL_COMMANDS = {"compare": "lcm.eval.compare", "budget": "lcm.eval.budget_curve", "frontier": "lcm.eval.frontier",
-                 "follower": "lcm.eval.follower", "roundtrip": "lcm.eval.roundtrip"}
+                 "follower": "lcm.eval.follower", "roundtrip": "lcm.eval.roundtrip", "trace": "lcm.eval.content_trace"}
 HELP_FLAGS = ("-h", "--help")
 
-EVAL_OVERVIEW = """usage: lcm eval {compare,budget,frontier,follower,roundtrip} ...
+EVAL_OVERVIEW = """usage: lcm eval {compare,budget,frontier,follower,roundtrip,trace} ...
 
   lcm eval compare -c eval/configs/NAME.yaml         train and score several models on one benchmark
   lcm eval budget -c eval/configs/NAME.yaml          accuracy against optimizer steps: when each system leaves the floor
@@ -81,6 +82,8 @@ EVAL_OVERVIEW = """usage: lcm eval {compare,budget,frontier,follower,roundtrip} 
                                                      accuracy vs distinct correct solutions over sampling settings
   lcm eval roundtrip --decoder CKPT [--text FILE]    sentence -> encoder -> decoder -> text round trip
   lcm eval follower [--source forks|logic] [--n N]   the zero-parameter encoder follower and heuristics
+  lcm eval trace --config TRAIN.yaml --system NAME CKPT [DECODER] ...
+                                                     where content is lost: encoder, concept model or read-out
 
 `lcm eval COMMAND --help` shows a command's options."""
 

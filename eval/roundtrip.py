@@ -86,16 +86,14 @@ def evaluate(sentences: list[str], systems: dict, emb: np.ndarray) -> tuple[dict
 def decoder_and_encoder(decoder_ckpt: Path):
     """(the decoding model, the encoder whose vectors it reads) of a sentence-decoder checkpoint (the frozen encoder
     it was trained on) or of a sentence-autoencoder checkpoint (its own encoding side)."""
-    from lcm.checkpoint import load_checkpoint
-    from lcm.decoder import SentenceDecoderLM
+    from lcm.autoencoder import SentenceAutoencoderLM, load_sentence_decoder
     from lcm.encoders.base import encoder_from_config
 
-    if (load_checkpoint(decoder_ckpt).get("lcm") or {}).get("kind") == "autoencoder":
-        from lcm.autoencoder import SentenceAutoencoderLM
+    model = load_sentence_decoder(decoder_ckpt)
+    if isinstance(model, SentenceAutoencoderLM):
         from lcm.encoders import AutoencoderEncoder
 
-        return SentenceAutoencoderLM.from_checkpoint(decoder_ckpt), AutoencoderEncoder(str(decoder_ckpt))
-    model = SentenceDecoderLM.from_checkpoint(decoder_ckpt)
+        return model, AutoencoderEncoder(str(decoder_ckpt))
     try:
         return model, encoder_from_config(model.meta["encoder"])
     except (KeyError, ImportError, AttributeError, TypeError) as e:

@@ -173,3 +173,12 @@ class SentenceAutoencoderLM(SentenceDecoderLM):
         finally:
             self.train(was)
         return np.concatenate(out) if out else np.zeros((0, self.encoder_config.dim), np.float32)
+
+
+def load_sentence_decoder(path, device: str = "cpu") -> SentenceDecoderLM:
+    """The module that writes concepts out as text, from a sentence-decoder checkpoint (it reads a frozen encoder's
+    space) or a sentence-autoencoder checkpoint (it reads its own): chosen by the checkpoint's recorded kind."""
+    from lcm.checkpoint import load_checkpoint
+
+    cls = SentenceAutoencoderLM if (load_checkpoint(path).get("lcm") or {}).get("kind") == KIND else SentenceDecoderLM
+    return cls.from_checkpoint(path, device=device)

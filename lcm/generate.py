@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from lcm.checkpoint import load_checkpoint, model_from_checkpoint, on_device
 from lcm.concepts import DEFAULT_BREAK_TEXT, DEFAULT_EOT_TEXT
-from lcm.decoding import ConceptDecoder, Decoded, HybridDecoder, RetrievalDecoder
+from lcm.decoding import ConceptDecoder, Decoded, GenerativeDecoder, HybridDecoder, RetrievalDecoder
 from lcm.encoders.base import Encoder, encoder_from_config
 from lcm.errors import LCMError
 from lcm.generation_step import Generation, Kind, Row, Step, StepRule, StopReason, format_generation
@@ -43,6 +43,20 @@ def concept_model_class(meta: dict) -> type[ConceptLM]:
     if not (isinstance(cls, type) and issubclass(cls, ConceptLM)):
         raise LCMError(f"checkpoint model class {meta.get('model_class')!r} is not a concept model")
     return cls
+
+
+def text_decoder(path: str | Path, bank: SentenceBank, encoder: Encoder, exclude: tuple[str, ...], device: str,
+                 k: int = 4, threshold: float = 0.95, beam: int = 1) -> ConceptDecoder:
+    """The read-out of a sentence-decoder or sentence-autoencoder checkpoint at `path`: hybrid with the bank (a
+    retrieval hit at cosine >= `threshold`, else the closest of the top-`k` bank sentences and the decoded text), or
+    with `k` = 0 the decoder alone (every step written out, as an autoencoder space wants: its bank only holds the
+    training sentences, with their numbers)."""
+    from lcm.autoencoder import load_sentence_decoder
+
+    model = load_sentence_decoder(path, device=device)
+    if k == 0:
+        return GenerativeDecoder(model, encoder, beam=beam)
+    return HybridDecoder(bank, model, encoder, exclude=exclude, k=k, threshold=threshold, beam=beam)
 
 
 class ConceptGenerator:
@@ -101,8 +115,9 @@ class ConceptGenerator:
                         **hybrid) -> "ConceptGenerator":
         """Load a `lcm fit` checkpoint; the bank defaults to `<checkpoint folder>/bank`.
 
-        `decoder`: a `ConceptDecoder`, or the path of a sentence-decoder checkpoint, which becomes a
-        `HybridDecoder` over the bank (`hybrid` keywords: k, threshold, beam). Default: retrieval only.
+        `decoder`: a `ConceptDecoder`, or the path of a sentence-decoder or sentence-autoencoder checkpoint, which
+        becomes a `HybridDecoder` over the bank, or the decoder alone with k=0 (`text_decoder`; `hybrid` keywords:
+        k, threshold, beam). Default: retrieval only.
         """
         ckpt = load_checkpoint(path)
         meta = ckpt.get("lcm") or {}
@@ -146,10 +161,7 @@ class ConceptGenerator:
                      if meta.get("planning") else None)
         eot_text, break_text = meta.get("eot_text", DEFAULT_EOT_TEXT), meta.get("break_text") or DEFAULT_BREAK_TEXT
         if isinstance(decoder, (str, Path)):
-            from lcm.decoder import SentenceDecoderLM
-
-            decoder = HybridDecoder(sentence_bank, SentenceDecoderLM.from_checkpoint(decoder, device=device), encoder,
-                                    exclude=(eot_text, break_text), **hybrid)
+            decoder = text_decoder(decoder, sentence_bank, encoder, (eot_text, break_text), device, **hybrid)
         return cls(model, encoder, sentence_bank, eot_text=eot_text, max_chars=meta.get("max_chars", 256),
                    device=device, plan_bank=plan_bank, decoder=decoder, prompt_format=meta.get("prompt_format", "sentences"),
                    break_text=break_text)

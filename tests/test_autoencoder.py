@@ -117,20 +117,61 @@ def test_wrong_checkpoints_and_dimensions_are_one_error_line(ae_ckpt, trained_ru
     assert code == 2 and "has dimension 24 but model.arch.embed_dim is 384" in err and len(err.strip().splitlines()) == 1
 
 
-def test_concept_model_trains_in_the_autoencoder_space_and_reads_out_with_its_decoder(ae_ckpt, tmp_path):
+@pytest.fixture(scope="module")
+def ae_space_run(ae_ckpt, tmp_path_factory):
+    """A tiny Base-LCM trained in the autoencoder's space (quickstart config, 40 problems). Returns its run folder."""
+    return fit_in(tmp_path_factory.mktemp("ae_space"), "quickstart.yaml",
+                  ["--data.encoder.class_path", "lcm.encoders.AutoencoderEncoder",
+                   "--data.encoder.init_args.checkpoint", str(ae_ckpt), "--model.arch.embed_dim", "24",
+                   "--data.source.init_args.n", "40", "--data.show_progress", "false", "--model.arch.d_model", "32",
+                   "--model.arch.n_layer", "1", "--model.arch.n_head", "2", "--trainer.max_epochs", "1",
+                   "--trainer.enable_progress_bar", "false"])
+
+
+def test_concept_model_trains_in_the_autoencoder_space_and_reads_out_with_its_decoder(ae_ckpt, ae_space_run):
+    from lcm.decoding import HybridDecoder
     from lcm.generate import ConceptGenerator
 
-    run = fit_in(tmp_path, "quickstart.yaml", ["--data.encoder.class_path", "lcm.encoders.AutoencoderEncoder",
-                                               "--data.encoder.init_args.checkpoint", str(ae_ckpt),
-                                               "--model.arch.embed_dim", "24", "--data.source.init_args.n", "40",
-                                               "--data.show_progress", "false", "--model.arch.d_model", "32",
-                                               "--model.arch.n_layer", "1", "--model.arch.n_head", "2",
-                                               "--trainer.max_epochs", "1", "--trainer.enable_progress_bar", "false"])
+    ckpt = ae_space_run / "checkpoints" / "last.ckpt"
     decoder = GenerativeDecoder(SentenceAutoencoderLM.from_checkpoint(ae_ckpt), AutoencoderEncoder(str(ae_ckpt)))
-    gen = ConceptGenerator.from_checkpoint(run / "checkpoints" / "last.ckpt", decoder=decoder)
+    gen = ConceptGenerator.from_checkpoint(ckpt, decoder=decoder)
     out = gen.generate(TEXTS[0], max_steps=2, stop_on_repeat=False, eot_threshold=1.01)
     assert isinstance(gen.encoder, AutoencoderEncoder) and len(out.steps) == 2
     assert all(s.source == "generated" for s in out.steps if not s.is_plan)
+    # the checkpoint path works as well (`lcm generate --decoder AE.ckpt`): alone with k=0, else hybrid with the bank
+    alone = ConceptGenerator.from_checkpoint(ckpt, decoder=str(ae_ckpt), k=0)
+    assert isinstance(alone.decoder, GenerativeDecoder) and isinstance(alone.decoder.model, SentenceAutoencoderLM)
+    again = alone.generate(TEXTS[0], max_steps=2, stop_on_repeat=False, eot_threshold=1.01)
+    assert [s.text for s in again.steps] == [s.text for s in out.steps]
+    assert isinstance(ConceptGenerator.from_checkpoint(ckpt, decoder=str(ae_ckpt), k=2).decoder, HybridDecoder)
+
+
+def test_content_trace_scores_each_point_of_the_pipe(ae_ckpt, ae_space_run, trained_run, tmp_path, capsys):
+    import json
+
+    from lcm.eval.content_trace import number_recall, provenance, step_scores
+
+    assert number_recall("Tom has 12 apples and 12 pears, 1,450 in all.", "12 pears and 1,450") == 2 / 3
+    assert number_recall("no numbers here", "7") is None
+    assert provenance(["So 12 + 3 = 15.", "#### 99"], "Tom has 12 apples. He buys 3. 12 + 3 = 15") == (3, 4)
+    assert step_scores(["a  b", "x 1"], ["a b", "x 2"]) == {"exact": [1.0, 0.0], "number_recall": [0.0]}
+    code, err = run_lcm(["eval", "trace", "--config", str(CONFIGS / "quickstart.yaml"), "--problems", "2",
+                         "--max-steps", "3", "--system", "MiniLM", str(trained_run / "checkpoints" / "best.ckpt"),
+                         "--system", "autoencoder", str(ae_space_run / "checkpoints" / "last.ckpt"), str(ae_ckpt),
+                         "--out", str(tmp_path)], capsys)
+    assert code == 0, err
+    report = json.loads((tmp_path / "trace.json").read_text())
+    minilm, ae = report["systems"]["MiniLM"], report["systems"]["autoencoder"]
+    assert minilm["read_out"] == "retrieval from the bank" and ae["read_out"].startswith("decoder ")
+    assert ae["encoder_id"].startswith("autoencoder-") and minilm["steps"] == ae["steps"] == report["steps"] > 0
+    for s in (minilm, ae):
+        for point in ("round_trip", "teacher_forced"):
+            assert 0 <= s[point]["exact"] <= 1
+        assert 0 <= s["generation"]["accuracy"] <= 1 and 0 <= s["generation"]["step_exact"] <= 1
+    assert "| autoencoder | decoder" in (tmp_path / "trace.md").read_text()
+    code, err = run_lcm(["eval", "trace", "--config", str(CONFIGS / "quickstart.yaml"), "--system", "x",
+                         str(tmp_path / "none.ckpt")], capsys)
+    assert code == 2 and "no checkpoint at" in err and len(err.strip().splitlines()) == 1
 
 
 def test_shipped_config_fast_dev_run(tmp_path, capsys, monkeypatch):
