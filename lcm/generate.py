@@ -6,6 +6,7 @@ row's prediction to the per-row rule (`lcm.generation_step.StepRule`).
 """
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Literal
 
@@ -320,7 +321,9 @@ class ConceptGenerator:
         if not (self.model.has_step_policy and np.isfinite(tau)):
             return []
         if self._bank_vectors is None:
-            self._bank_vectors = torch.from_numpy(self.bank.vectors)
+            with warnings.catch_warnings():  # a read-only memory map: the tensor is only read, so share it
+                warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+                self._bank_vectors = torch.from_numpy(self.bank.vectors)  # (N, D)
         return step_entropy(preds.float().cpu(), self._bank_vectors, tau).tolist()
 
     def _best_sentences(self, preds: np.ndarray, at_paragraph_start: list[bool]) -> tuple[np.ndarray, np.ndarray]:
