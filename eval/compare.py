@@ -51,6 +51,24 @@ def test_documents(config: str, overrides: list[str], n: int) -> list:
     return make_cli(["-c", config, *overrides], run=False).datamodule.documents("test")[:n]
 
 
+def held_out_for(checkpoints: dict[str, list[str]], config: str, overrides: list[str], n: int) -> list:
+    """`test_documents`, after checking that every checkpoint ({system: paths}) was trained on that data: its
+    recorded corpus must be the one `config` + `overrides` prepares (else its held-out problems may be training
+    problems, or from another distribution). One error line names the first checkpoint that differs."""
+    from lcm.checkpoint import load_checkpoint
+    from lcm.train.cli import make_cli
+
+    dm = make_cli(["-c", config, *overrides], run=False).datamodule
+    key = dm.corpus_key
+    for name, paths in checkpoints.items():
+        for path in paths:
+            trained_on = (load_checkpoint(path).get("lcm") or {}).get("corpus")
+            if trained_on not in (None, key):
+                raise LCMError(f"{name}: {path} was trained on corpus {trained_on}, not on the data of {config} "
+                               f"{' '.join(overrides)} ({key}): pass the training overrides (--overrides ...)")
+    return dm.documents("test")[:n]
+
+
 def held_out(cfg: CompareConfig) -> HeldOut:
     """The token config's held-out problems; every concept config must hold out the same ones."""
     from lcm.train.token_data import render_solution

@@ -152,6 +152,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--problems", type=int, default=100)
     p.add_argument("--max-steps", type=int, default=16)
     p.add_argument("--out", type=Path, default=Path("runs/trace"))
+    p.add_argument("--overrides", nargs=argparse.REMAINDER, default=[],
+                   help="last: the `lcm fit` data overrides the checkpoints were trained with (their held-out problems)")
     ns = p.parse_args(argv)
     systems = {}
     for entry in ns.system:
@@ -167,10 +169,11 @@ def main(argv: list[str] | None = None) -> None:
         raise LCMError(f"--problems and --max-steps must be >= 1 (got {ns.problems}, {ns.max_steps})")
     from lcm.eval.compare import test_documents
 
-    docs = test_documents(ns.config, [], ns.problems)
+    # no corpus check (as the frontier's): systems in two spaces were trained on two corpora of the same problems
+    docs = test_documents(ns.config, ns.overrides, ns.problems)
     if not docs or any(d.answer is None for d in docs):
         raise LCMError(f"{ns.config} holds out no problems with answers: the trace needs `#### answer` per problem")
-    report = {"config": ns.config, "problems": len(docs), "steps": sum(len(d.steps) for d in docs),
+    report = {"config": ns.config, "overrides": ns.overrides, "problems": len(docs), "steps": sum(len(d.steps) for d in docs),
               "max_steps": ns.max_steps,
               "systems": {name: trace_system(c, dec, docs, ns.max_steps) for name, (c, dec) in systems.items()}}
     ns.out.mkdir(parents=True, exist_ok=True)

@@ -81,18 +81,18 @@ def aggregate(by_seed: list[dict[str, list[float]]]) -> dict:
 
 def run_frontier(config: str, systems: dict[str, list[str]], problems: int, k: int, max_steps: int,
                  noise: list[float], guidance: list[float], eta: list[float], plan_source: str | None = None,
-                 feedback: str = "decoded") -> dict:
+                 feedback: str = "decoded", overrides: list[str] | None = None) -> dict:
     """{system: [{setting, scores}, ...]} over every checkpoint of every system (see the module docstring)."""
-    from lcm.eval.compare import test_documents
+    from lcm.eval.compare import held_out_for
     from lcm.generate import ConceptGenerator
     from lcm.train.token_data import render_solution
 
-    docs = test_documents(config, [], problems)
+    docs = held_out_for(systems, config, overrides or [], problems)
     if not docs or any(d.answer is None for d in docs):
         raise LCMError(f"{config} holds out no problems with answers: the frontier needs `#### answer` per problem")
     prompts, golds, refs = [list(d.prompt) for d in docs], [d.answer for d in docs], [render_solution(d) for d in docs]
-    report = {"config": config, "problems": len(docs), "k": k, "max_steps": max_steps, "feedback": feedback,
-              "systems": {}}
+    report = {"config": config, "overrides": overrides or [], "problems": len(docs), "k": k, "max_steps": max_steps,
+              "feedback": feedback, "systems": {}}
     for name, ckpts in systems.items():
         gens = [ConceptGenerator.from_checkpoint(c) for c in ckpts]
         points = []
@@ -164,6 +164,8 @@ def main(argv: list[str] | None = None) -> None:
                    help="what each generated concept is fed back as: its read-out sentence's embedding (default) or "
                         "the raw prediction (generate's `feedback`)")
     p.add_argument("--out", type=Path, default=Path("runs/frontier"))
+    p.add_argument("--overrides", nargs=argparse.REMAINDER, default=[],
+                   help="last: the `lcm fit` data overrides the checkpoints were trained with (their held-out problems)")
     ns = p.parse_args(argv)
     systems = {}
     for entry in ns.system:
@@ -178,7 +180,7 @@ def main(argv: list[str] | None = None) -> None:
     if ns.k < 1 or ns.problems < 1:
         raise LCMError(f"--k and --problems must be >= 1 (got {ns.k}, {ns.problems})")
     report = run_frontier(ns.config, systems, ns.problems, ns.k, ns.max_steps, ns.noise, ns.guidance, ns.eta,
-                          ns.plan_source, ns.feedback)
+                          ns.plan_source, ns.feedback, ns.overrides)
     ns.out.mkdir(parents=True, exist_ok=True)
     write_json(ns.out / "frontier.json", report)
     with atomic_path(ns.out / "frontier.md") as tmp:

@@ -38,7 +38,7 @@ def test_frontier_runs_each_kind_at_its_own_settings(trained_run, diffusion_ckpt
     code, err = run_lcm(["eval", "frontier", "--config", str(CONFIGS / "quickstart.yaml"), "--problems", "2",
                          "--k", "3", "--max-steps", "3", "--noise", "0", "0.5", "--guidance", "1", "3", "--eta", "0", "1",
                          "--system", "Base-LCM", base, base, "--system", "two-tower", str(diffusion_ckpt),
-                         "--out", str(tmp_path)], capsys)
+                         "--out", str(tmp_path), "--overrides", "--data.source.init_args.n", "80"], capsys)
     assert code == 0, err
     report = json.loads((tmp_path / "frontier.json").read_text())
     base_points, diffusion_points = (report["systems"][n]["points"] for n in ("Base-LCM", "two-tower"))
@@ -64,7 +64,8 @@ def test_plan_source_reaches_each_diffusion_setting_only(trained_run, diffusion_
     assert label({"guidance": 1.0, "eta": 0.0, "plan_source": "regressed"}) == "guidance 1, eta 0, plan_source regressed"
     code, err = run_lcm(["eval", "frontier", "--config", str(CONFIGS / "quickstart.yaml"), "--problems", "1", "--k", "1",
                          "--guidance", "1", "--eta", "0", "--plan-source", "regressed", "--system", "two-tower",
-                         str(diffusion_ckpt), "--out", str(tmp_path)], capsys)
+                         str(diffusion_ckpt), "--out", str(tmp_path), "--overrides", "--data.source.init_args.n", "80"],
+                        capsys)
     assert code == 2 and "no plans" in err and len(err.strip().splitlines()) == 1  # this model has no planning
 
 
@@ -80,10 +81,19 @@ def test_feedback_reaches_generation(trained_run, tmp_path, capsys):
     assert {k: v[0] for k, v in got.items()} == problem_scores(texts, gold, ref)
     code, err = run_lcm(["eval", "frontier", "--config", str(CONFIGS / "quickstart.yaml"), "--problems", "1", "--k", "1",
                          "--max-steps", "2", "--noise", "0", "--feedback", "predicted", "--system", "Base-LCM",
-                         str(trained_run / "checkpoints" / "best.ckpt"), "--out", str(tmp_path)], capsys)
+                         str(trained_run / "checkpoints" / "best.ckpt"), "--out", str(tmp_path), "--overrides",
+                         "--data.source.init_args.n", "80"], capsys)
     assert code == 0, err
     assert json.loads((tmp_path / "frontier.json").read_text())["feedback"] == "predicted"
     assert "predicted concepts fed back" in (tmp_path / "frontier.md").read_text()
+
+
+def test_checkpoints_trained_on_other_data_are_refused(trained_run, tmp_path, capsys):
+    # trained on 80 problems: the held-out problems of 40 are another split of another corpus
+    code, err = run_lcm(["eval", "frontier", "--config", str(CONFIGS / "quickstart.yaml"), "--problems", "1", "--k", "1",
+                         "--noise", "0", "--system", "Base-LCM", str(trained_run / "checkpoints" / "best.ckpt"),
+                         "--out", str(tmp_path), "--overrides", "--data.source.init_args.n", "40"], capsys)
+    assert code == 2 and "was trained on corpus" in err and len(err.strip().splitlines()) == 1
 
 
 def test_frontier_bad_input_is_one_error_line(tmp_path, capsys):
