@@ -8,7 +8,9 @@ its bank, or a decoder checkpoint read out alone) is scored at three points of i
   free generation  greedy solutions from the prompt alone: + its own errors fed back
 
 Each point reports exact match with the reference step (whitespace-normalized) and number recall (the share of
-the reference step's numbers, with multiplicity, found in the text; steps without numbers are skipped). Free
+the reference step's numbers, with multiplicity, found in the text; steps without numbers are skipped), and that
+recall per number split in two: numbers the context (problem and earlier steps) already holds -- to be carried --
+and new ones -- to be computed. Free
 generation adds answer accuracy (95% bootstrap CI over problems), the answered rate, step exact match at the same
 position (generated step i against reference step i, over the reference steps), and number provenance: the share
 of generated numbers that occur in the problem or its reference solution (a number from anywhere else came from a
@@ -58,11 +60,28 @@ def provenance(texts: list[str], source: str) -> tuple[int, int]:
     return sum(found), len(found)
 
 
-def step_scores(refs: list[str], texts: list[str]) -> dict[str, list[float]]:
-    """Read-out texts against reference steps, position by position: per-step exact match and number recall."""
+def split_recall(ref: str, text: str, context: str) -> tuple[list[float], list[float]]:
+    """Per number of `ref` (with multiplicity): found in `text` (1.0) or not, split into the numbers `context`
+    already holds (to carry) and new ones (to compute)."""
+    have, seen = Counter(numbers(text)), set(numbers(context))
+    carried, new = [], []
+    for n in numbers(ref):
+        (carried if n in seen else new).append(float(have[n] > 0))
+        have[n] -= 1
+    return carried, new
+
+
+def step_scores(refs: list[str], texts: list[str], contexts: list[str] | None = None) -> dict[str, list[float]]:
+    """Read-out texts against reference steps, position by position: per-step exact match and number recall; with
+    `contexts` (the text before each step) also per-number recall of the numbers to carry and of the new ones."""
     recall = [number_recall(r, t) for r, t in zip(refs, texts)]
-    return {"exact": [float(same_text(r, t)) for r, t in zip(refs, texts)],
-            "number_recall": [v for v in recall if v is not None]}
+    out = {"exact": [float(same_text(r, t)) for r, t in zip(refs, texts)],
+           "number_recall": [v for v in recall if v is not None], "carried": [], "new": []}
+    for r, t, c in zip(refs, texts, contexts or []):
+        carried, new = split_recall(r, t, c)
+        out["carried"] += carried
+        out["new"] += new
+    return out
 
 
 def teacher_forced(gen, doc, generator: torch.Generator) -> tuple[list[str], list[str]]:
@@ -106,11 +125,13 @@ def trace_system(ckpt: str, decoder: str | None, docs, max_steps: int) -> dict:
     if gen.planning:
         raise LCMError(f"{ckpt} plans its paragraphs: the teacher-forced trace reads models without planning")
     generator = torch.Generator(device=gen.device).manual_seed(0)
-    rt, tf = {"exact": [], "number_recall": []}, {"exact": [], "number_recall": []}
+    keys = ("exact", "number_recall", "carried", "new")
+    rt, tf = {k: [] for k in keys}, {k: [] for k in keys}
     for doc in docs:
         round_trip, predicted = teacher_forced(gen, doc, generator)
+        contexts = [" ".join(list(doc.prompt) + doc.steps[:j]) for j in range(len(doc.steps))]
         for into, texts in ((rt, round_trip), (tf, predicted)):
-            for key, values in step_scores(doc.steps, texts).items():
+            for key, values in step_scores(doc.steps, texts, contexts).items():
                 into[key] += values
     mean = lambda v: float(np.mean(v)) if v else None  # noqa: E731
     return {"checkpoint": ckpt, "read_out": f"decoder {decoder}" if decoder else "retrieval from the bank",
@@ -124,14 +145,15 @@ def markdown(report: dict) -> str:
     lines = [f"# Where the content is lost: {report['config']}", "",
              f"{report['problems']} held-out problems ({report['steps']} reference steps), greedy generation of at most "
              f"{report['max_steps']} steps. EM = exact match with the reference step; numbers = number recall.", "",
-             "| system | read-out | round trip EM | round trip numbers | teacher-forced EM | teacher-forced numbers | "
-             "accuracy [95% CI] | answered | step EM (generated) | generated numbers from the problem |",
+             "| system | read-out | round trip EM | round trip numbers | teacher-forced EM | teacher-forced numbers "
+             "(carried / new) | accuracy [95% CI] | answered | step EM (generated) | generated numbers from the problem |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for name, s in report["systems"].items():
         g = s["generation"]
         lo, hi = g["accuracy_ci"]
         lines.append(f"| {name} | {s['read_out']} | {f(s['round_trip']['exact'])} | {f(s['round_trip']['number_recall'])} | "
-                     f"{f(s['teacher_forced']['exact'])} | {f(s['teacher_forced']['number_recall'])} | "
+                     f"{f(s['teacher_forced']['exact'])} | {f(s['teacher_forced']['number_recall'])} "
+                     f"({f(s['teacher_forced']['carried'])} / {f(s['teacher_forced']['new'])}) | "
                      f"{g['accuracy']:.3f} [{lo:.3f}, {hi:.3f}] | {g['answered']:.3f} | {g['step_exact']:.3f} | "
                      f"{f(g['numbers_from_problem'])} (of {g['generated_numbers']}) |")
     for name, s in report["systems"].items():

@@ -154,7 +154,11 @@ def test_content_trace_scores_each_point_of_the_pipe(ae_ckpt, ae_space_run, trai
     assert number_recall("Tom has 12 apples and 12 pears, 1,450 in all.", "12 pears and 1,450") == 2 / 3
     assert number_recall("no numbers here", "7") is None
     assert provenance(["So 12 + 3 = 15.", "#### 99"], "Tom has 12 apples. He buys 3. 12 + 3 = 15") == (3, 4)
-    assert step_scores(["a  b", "x 1"], ["a b", "x 2"]) == {"exact": [1.0, 0.0], "number_recall": [0.0]}
+    assert step_scores(["a  b", "x 1"], ["a b", "x 2"]) == {"exact": [1.0, 0.0], "number_recall": [0.0], "carried": [],
+                                                            "new": []}
+    # 12 and 5 are in the context (to carry), 7 is computed; the text carries 12 only, once
+    got = step_scores(["12 - 5 = 7, so 12 left"], ["12 - 4 = 8"], ["Tom has 12 apples and gives 5."])
+    assert got["carried"] == [1.0, 0.0, 0.0] and got["new"] == [0.0] and got["number_recall"] == [0.25]
     code, err = run_lcm(["eval", "trace", "--config", str(CONFIGS / "quickstart.yaml"), "--problems", "2",
                          "--max-steps", "3", "--system", "MiniLM", str(trained_run / "checkpoints" / "best.ckpt"),
                          "--system", "autoencoder", str(ae_space_run / "checkpoints" / "last.ckpt"), str(ae_ckpt),
