@@ -54,7 +54,8 @@ def test_documents(config: str, overrides: list[str], n: int) -> list:
 def held_out_for(checkpoints: dict[str, list[str]], config: str, overrides: list[str], n: int) -> list:
     """`test_documents`, after checking that every checkpoint ({system: paths}) was trained on that data: its
     recorded corpus must be the one `config` + `overrides` prepares (else its held-out problems may be training
-    problems, or from another distribution). One error line names the first checkpoint that differs."""
+    problems, or from another distribution). One error line names the first checkpoint that differs. Preparing the
+    corpus encodes what the embedding cache does not hold yet (nothing, for the data the checkpoints were fit on)."""
     from lcm.checkpoint import load_checkpoint
     from lcm.train.cli import make_cli
 
@@ -64,8 +65,9 @@ def held_out_for(checkpoints: dict[str, list[str]], config: str, overrides: list
         for path in paths:
             trained_on = (load_checkpoint(path).get("lcm") or {}).get("corpus")
             if trained_on not in (None, key):
-                raise LCMError(f"{name}: {path} was trained on corpus {trained_on}, not on the data of {config} "
-                               f"{' '.join(overrides)} ({key}): pass the training overrides (--overrides ...)")
+                given = " ".join([config, *overrides])
+                raise LCMError(f"{name}: {path} was trained on corpus {trained_on}, not on the data of {given} ({key}): "
+                               "pass the overrides it was trained with (--overrides ...)")
     return dm.documents("test")[:n]
 
 

@@ -5,12 +5,14 @@ its bank, or a decoder checkpoint read out alone) is scored at three points of i
 
   round trip       each reference step encoded by the system's encoder and read out again: encoder + read-out
   teacher-forced   the model's prediction of each reference step from the gold context, read out: + the model
-  free generation  greedy solutions from the prompt alone: + its own errors fed back
+  free generation  solutions from the prompt alone (Base-LCM deterministic, diffusion sampled with seed 0):
+                   + its own errors fed back
 
-Each point reports exact match with the reference step (whitespace-normalized) and number recall (the share of
-the reference step's numbers, with multiplicity, found in the text; steps without numbers are skipped), and that
-recall per number split in two: numbers the context (problem and earlier steps) already holds -- to be carried --
-and new ones -- to be computed. Free
+Each point reports exact match with the reference step (whitespace-normalized) and number recall: the share of
+the reference steps' numbers (pooled over steps, with multiplicity, compared by value: "1,200" = "1200") found in
+the read-out text, and the same share split in two: numbers the context (problem and earlier steps) already holds
+-- to be carried -- and new ones -- to be computed. A step whose context is longer than the model's `max_seq_len`
+is skipped (counted in the JSON). Free
 generation adds answer accuracy (95% bootstrap CI over problems), the answered rate, step exact match at the same
 position (generated step i against reference step i, over the reference steps), and number provenance: the share
 of generated numbers that occur in the problem or its reference solution (a number from anywhere else came from a
@@ -38,19 +40,21 @@ from lcm.io import atomic_path, write_json
 NUMBER = re.compile(r"\d+(?:[.,]\d+)*")  # "1,450", "3.5" and "12" are one number each
 
 
+def by_value(n: str) -> str:
+    """A number's text by value: "1,200", "1200" and "1200.0" -> "1200"; "0.50" -> "0.5" (as answers compare)."""
+    plain = n.replace(",", "")
+    if not plain.replace(".", "", 1).isdigit():  # "1.2.3": not one number, kept as written
+        return n
+    v = float(plain)
+    return str(int(v)) if v.is_integer() else repr(v)
+
+
 def numbers(text: str) -> list[str]:
-    return NUMBER.findall(text)
+    return [by_value(n) for n in NUMBER.findall(text)]
 
 
 def same_text(a: str, b: str) -> bool:
     return " ".join(a.split()) == " ".join(b.split())
-
-
-def number_recall(ref: str, text: str) -> float | None:
-    """Share of `ref`'s numbers (with multiplicity) that `text` also holds; None when `ref` has none."""
-    want, have = Counter(numbers(ref)), Counter(numbers(text))
-    total = sum(want.values())
-    return sum(min(c, have[n]) for n, c in want.items()) / total if total else None
 
 
 def provenance(texts: list[str], source: str) -> tuple[int, int]:
@@ -60,7 +64,7 @@ def provenance(texts: list[str], source: str) -> tuple[int, int]:
     return sum(found), len(found)
 
 
-def split_recall(ref: str, text: str, context: str) -> tuple[list[float], list[float]]:
+def number_hits(ref: str, text: str, context: str) -> tuple[list[float], list[float]]:
     """Per number of `ref` (with multiplicity): found in `text` (1.0) or not, split into the numbers `context`
     already holds (to carry) and new ones (to compute)."""
     have, seen = Counter(numbers(text)), set(numbers(context))
@@ -71,34 +75,45 @@ def split_recall(ref: str, text: str, context: str) -> tuple[list[float], list[f
     return carried, new
 
 
-def step_scores(refs: list[str], texts: list[str], contexts: list[str] | None = None) -> dict[str, list[float]]:
-    """Read-out texts against reference steps, position by position: per-step exact match and number recall; with
-    `contexts` (the text before each step) also per-number recall of the numbers to carry and of the new ones."""
-    recall = [number_recall(r, t) for r, t in zip(refs, texts)]
-    out = {"exact": [float(same_text(r, t)) for r, t in zip(refs, texts)],
-           "number_recall": [v for v in recall if v is not None], "carried": [], "new": []}
-    for r, t, c in zip(refs, texts, contexts or []):
-        carried, new = split_recall(r, t, c)
+def step_scores(refs: list[str], texts: list[str], contexts: list[str]) -> dict[str, list[float]]:
+    """Read-out texts against reference steps, position by position (`contexts`: the text before each step): per
+    step exact match; per reference number found or not, pooled ("numbers") and split into carried and new."""
+    out = {"exact": [float(same_text(r, t)) for r, t in zip(refs, texts)], "numbers": [], "carried": [], "new": []}
+    for r, t, c in zip(refs, texts, contexts):
+        carried, new = number_hits(r, t, c)
         out["carried"] += carried
         out["new"] += new
+        out["numbers"] += carried + new
     return out
 
 
-def teacher_forced(gen, doc, generator: torch.Generator) -> tuple[list[str], list[str]]:
-    """(round-trip texts, prediction texts) for each of `doc`'s reference steps, read out by `gen.decoder`."""
+def step_predictions(gen, doc, generator: torch.Generator) -> tuple[np.ndarray, np.ndarray, int]:
+    """The model's prediction of each of `doc`'s reference steps from the gold context (prompt and the steps
+    before it) and each step's own embedding: (preds (S, D), step embeddings (S, D), steps skipped because
+    their context is longer than the model's `max_seq_len`, at the end)."""
     concepts = list(doc.prompt) + doc.steps
     emb = torch.as_tensor(gen.encoder.encode(concepts), dtype=torch.float32, device=gen.device)  # (N, D)
     first = len(doc.prompt)
     lengths = torch.arange(first, len(concepts), device=gen.device)  # (S,) context length before each step
-    x = emb[:-1].unsqueeze(0).expand(len(lengths), -1, -1)  # (S, N-1, D): row j reads its first lengths[j] concepts
+    keep = lengths <= gen.model.arch.max_seq_len
+    lengths = lengths[keep]
+    x = emb[:int(lengths.max())].unsqueeze(0).expand(len(lengths), -1, -1)  # (S, T, D): row j reads lengths[j]
     with torch.no_grad():
         preds = gen.model.next_concept(x, lengths, generator).float().cpu().numpy()  # (S, D)
-    round_trip = [d.text for d in gen.decoder.decode(emb[first:].cpu().numpy())]
-    return round_trip, [d.text for d in gen.decoder.decode(preds)]
+    return preds, emb[first:][keep].cpu().numpy(), int((~keep).sum())
+
+
+def teacher_forced(gen, doc, generator: torch.Generator) -> tuple[list[str], list[str], int]:
+    """(round-trip texts, prediction texts, steps skipped) for `doc`'s reference steps, read out by `gen.decoder`."""
+    if len(doc.prompt) >= gen.model.arch.max_seq_len:
+        return [], [], len(doc.steps)
+    preds, steps, skipped = step_predictions(gen, doc, generator)
+    return [d.text for d in gen.decoder.decode(steps)], [d.text for d in gen.decoder.decode(preds)], skipped
 
 
 def free_generation(gen, docs, max_steps: int) -> dict:
-    """Greedy solutions for `docs` (plans excluded) scored against their references (module docstring)."""
+    """Solutions for `docs` (plans excluded; Base-LCM deterministic, a diffusion model sampled with seed 0) scored
+    against their references (module docstring)."""
     outs = gen.generate([list(d.prompt) for d in docs], max_steps=max_steps, seed=0)
     outs = outs if isinstance(outs, list) else [outs]
     correct, answered, exact, found, total = [], [], [], 0, 0
@@ -113,7 +128,7 @@ def free_generation(gen, docs, max_steps: int) -> dict:
     lo, hi = rm.bootstrap_ci(np.array(correct))
     return {"accuracy": float(np.mean(correct)), "accuracy_ci": [float(lo), float(hi)],
             "answered": float(np.mean(answered)), "step_exact": float(np.mean(exact)),
-            "numbers_from_problem": found / total if total else None, "generated_numbers": total,
+            "numbers_in_problem_or_reference": found / total if total else None, "generated_numbers": total,
             "example": {"problem": docs[0].prompt_text, "reference": docs[0].steps,
                         "generated": [s.text for s in outs[0].steps if not s.is_plan]}}
 
@@ -125,17 +140,18 @@ def trace_system(ckpt: str, decoder: str | None, docs, max_steps: int) -> dict:
     if gen.planning:
         raise LCMError(f"{ckpt} plans its paragraphs: the teacher-forced trace reads models without planning")
     generator = torch.Generator(device=gen.device).manual_seed(0)
-    keys = ("exact", "number_recall", "carried", "new")
-    rt, tf = {k: [] for k in keys}, {k: [] for k in keys}
+    keys = ("exact", "numbers", "carried", "new")
+    rt, tf, skipped = {k: [] for k in keys}, {k: [] for k in keys}, 0
     for doc in docs:
-        round_trip, predicted = teacher_forced(gen, doc, generator)
-        contexts = [" ".join(list(doc.prompt) + doc.steps[:j]) for j in range(len(doc.steps))]
+        round_trip, predicted, n_skipped = teacher_forced(gen, doc, generator)
+        skipped += n_skipped
+        contexts = [" ".join(list(doc.prompt) + doc.steps[:j]) for j in range(len(round_trip))]
         for into, texts in ((rt, round_trip), (tf, predicted)):
-            for key, values in step_scores(doc.steps, texts, contexts).items():
+            for key, values in step_scores(doc.steps[:len(texts)], texts, contexts).items():
                 into[key] += values
     mean = lambda v: float(np.mean(v)) if v else None  # noqa: E731
     return {"checkpoint": ckpt, "read_out": f"decoder {decoder}" if decoder else "retrieval from the bank",
-            "encoder_id": gen.encoder.id, "steps": len(rt["exact"]),
+            "encoder_id": gen.encoder.id, "steps": len(rt["exact"]), "steps_past_max_seq_len": skipped,
             "round_trip": {k: mean(v) for k, v in rt.items()}, "teacher_forced": {k: mean(v) for k, v in tf.items()},
             "generation": free_generation(gen, docs, max_steps)}
 
@@ -143,19 +159,21 @@ def trace_system(ckpt: str, decoder: str | None, docs, max_steps: int) -> dict:
 def markdown(report: dict) -> str:
     f = lambda v: "--" if v is None else f"{v:.3f}"  # noqa: E731
     lines = [f"# Where the content is lost: {report['config']}", "",
-             f"{report['problems']} held-out problems ({report['steps']} reference steps), greedy generation of at most "
-             f"{report['max_steps']} steps. EM = exact match with the reference step; numbers = number recall.", "",
+             f"{report['problems']} held-out problems ({report['steps']} reference steps), generation of at most "
+             f"{report['max_steps']} steps. EM = exact match with the reference step; numbers = the share of the "
+             "reference steps' numbers found in the text (carried: already in the context; new: computed).", "",
              "| system | read-out | round trip EM | round trip numbers | teacher-forced EM | teacher-forced numbers "
-             "(carried / new) | accuracy [95% CI] | answered | step EM (generated) | generated numbers from the problem |",
+             "(carried / new) | accuracy [95% CI] | answered | step EM (generated) | generated numbers in the problem "
+             "or its reference |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for name, s in report["systems"].items():
         g = s["generation"]
         lo, hi = g["accuracy_ci"]
-        lines.append(f"| {name} | {s['read_out']} | {f(s['round_trip']['exact'])} | {f(s['round_trip']['number_recall'])} | "
-                     f"{f(s['teacher_forced']['exact'])} | {f(s['teacher_forced']['number_recall'])} "
+        lines.append(f"| {name} | {s['read_out']} | {f(s['round_trip']['exact'])} | {f(s['round_trip']['numbers'])} | "
+                     f"{f(s['teacher_forced']['exact'])} | {f(s['teacher_forced']['numbers'])} "
                      f"({f(s['teacher_forced']['carried'])} / {f(s['teacher_forced']['new'])}) | "
                      f"{g['accuracy']:.3f} [{lo:.3f}, {hi:.3f}] | {g['answered']:.3f} | {g['step_exact']:.3f} | "
-                     f"{f(g['numbers_from_problem'])} (of {g['generated_numbers']}) |")
+                     f"{f(g['numbers_in_problem_or_reference'])} (of {g['generated_numbers']}) |")
     for name, s in report["systems"].items():
         ex = s["generation"]["example"]
         lines += ["", f"**{name}**, first held-out problem: {ex['problem']}", "", "| reference | generated |", "|---|---|"]
@@ -191,7 +209,8 @@ def main(argv: list[str] | None = None) -> None:
         raise LCMError(f"--problems and --max-steps must be >= 1 (got {ns.problems}, {ns.max_steps})")
     from lcm.eval.compare import test_documents
 
-    # no corpus check (as the frontier's): systems in two spaces were trained on two corpora of the same problems
+    # unlike the frontier, no corpus check: systems in two spaces are trained on two corpora (two encoders) of the
+    # same problems, so the recorded corpus keys differ by design; pass the data overrides they were trained with
     docs = test_documents(ns.config, ns.overrides, ns.problems)
     if not docs or any(d.answer is None for d in docs):
         raise LCMError(f"{ns.config} holds out no problems with answers: the trace needs `#### answer` per problem")

@@ -77,6 +77,8 @@ def test_feedback_reaches_generation(trained_run, tmp_path, capsys):
     prompt, gold, ref = ["Tom has 3 apples.", "He buys 2 more."], "5", "He has 5.\n#### 5"
     direct = gen.generate([prompt], num_samples=2, seed=0, max_steps=3, noise=0.5, feedback="predicted")[0]
     texts = ["\n".join(s.text for s in g.steps if not s.is_plan) for g in direct]
+    decoded = gen.generate([prompt], num_samples=2, seed=0, max_steps=3, noise=0.5, feedback="decoded")[0]
+    assert texts != ["\n".join(s.text for s in g.steps if not s.is_plan) for g in decoded]  # so the check can fail
     got = sample_point(gen, [prompt], [gold], [ref], {"noise": 0.5}, 2, 3, feedback="predicted")
     assert {k: v[0] for k, v in got.items()} == problem_scores(texts, gold, ref)
     code, err = run_lcm(["eval", "frontier", "--config", str(CONFIGS / "quickstart.yaml"), "--problems", "1", "--k", "1",
