@@ -126,7 +126,8 @@ class HybridDecoder(ConceptDecoder):
         if bank.encoder_id != encoder.id:
             raise LCMError(f"sentence bank encoder {bank.encoder_id!r} differs from {encoder.id!r}")
         if k < 1 or beam < 1:
-            raise LCMError(f"hybrid decoding needs k >= 1 and beam >= 1 (got k={k}, beam={beam})")
+            raise LCMError(f"hybrid decoding needs k >= 1 and beam >= 1 (got k={k}, beam={beam}; k=0 reads out with the "
+                           "decoder alone)")
         self.retrieval = RetrievalDecoder(bank, exclude)
         self.generator = GenerativeDecoder(decoder, encoder, beam=beam)
         self.bank, self.encoder, self.k, self.threshold = bank, encoder, k, threshold

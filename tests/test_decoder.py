@@ -114,8 +114,19 @@ def test_decoder_checkpoint_in_the_wrong_place(decoder_run, trained_run, encoder
     code, err = run_lcm(["generate", "--ckpt", str(decoder_run / "checkpoints" / "last.ckpt"), "Tom has 3 eggs."], capsys)
     assert code == 2 and "sentence-decoder checkpoint" in err and "Traceback" not in err
     code, err = run_lcm(["generate", "--ckpt", str(trained_run / "checkpoints" / "last.ckpt"), "--decoder",
+                         str(decoder_run / "checkpoints" / "last.ckpt"), "--k", "-1", "Tom has 3 eggs."], capsys)
+    assert code == 2 and "k >= 1" in err and len(err.strip().splitlines()) == 1
+
+
+def test_k_zero_reads_out_with_the_decoder_alone(decoder_run, trained_run, capsys):
+    gen = ConceptGenerator.from_checkpoint(trained_run / "checkpoints" / "last.ckpt",
+                                           decoder=str(decoder_run / "checkpoints" / "last.ckpt"), k=0)
+    assert isinstance(gen.decoder, GenerativeDecoder)
+    out = gen.generate("Tom has 3 eggs. He buys 2 more.", max_steps=2, stop_on_repeat=False, eot_threshold=1.01)
+    assert len(out.steps) == 2 and all(s.source == "generated" for s in out.steps)  # never a bank sentence
+    code, err = run_lcm(["generate", "--ckpt", str(trained_run / "checkpoints" / "last.ckpt"), "--decoder",
                          str(decoder_run / "checkpoints" / "last.ckpt"), "--k", "0", "Tom has 3 eggs."], capsys)
-    assert code == 2 and "k >= 1" in err
+    assert code == 0, err
 
 
 def test_hybrid_keeps_the_closest_candidate(decoder, decoder_run, encoder):
