@@ -51,6 +51,14 @@ def test_documents(config: str, overrides: list[str], n: int) -> list:
     return make_cli(["-c", config, *overrides], run=False).datamodule.documents("test")[:n]
 
 
+def add_overrides_argument(parser) -> None:
+    """`--overrides ...` (last on the line): the `lcm fit` data overrides evaluated checkpoints were trained with."""
+    import argparse
+
+    parser.add_argument("--overrides", nargs=argparse.REMAINDER, default=[],
+                        help="last: the `lcm fit` data overrides the checkpoints were trained with (their held-out problems)")
+
+
 def held_out_for(checkpoints: dict[str, list[str]], config: str, overrides: list[str], n: int) -> list:
     """`test_documents`, after checking that every checkpoint ({system: paths}) was trained on that data: its
     recorded corpus must be the one `config` + `overrides` prepares (else its held-out problems may be training

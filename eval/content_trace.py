@@ -8,16 +8,15 @@ its bank, or a decoder checkpoint read out alone) is scored at three points of i
   free generation  solutions from the prompt alone (Base-LCM deterministic, diffusion sampled with seed 0):
                    + its own errors fed back
 
-Each point reports exact match with the reference step (whitespace-normalized) and number recall: the share of
-the reference steps' numbers (pooled over steps, with multiplicity, compared by value: "1,200" = "1200") found in
-the read-out text, and the same share split in two: numbers the context (problem and earlier steps) already holds
--- to be carried -- and new ones -- to be computed. A step whose context is longer than the model's `max_seq_len`
-is skipped (counted in the JSON). Free
-generation adds answer accuracy (95% bootstrap CI over problems), the answered rate, step exact match at the same
-position (generated step i against reference step i, over the reference steps), and number provenance: the share
-of generated numbers that occur in the problem or its reference solution (a number from anywhere else came from a
-training sentence in the bank, or was made up). Cosines are not reported: they mean different things in different
-spaces.
+Each point reports exact match with the reference step (whitespace-normalized) and number recall: the share of the
+reference steps' numbers (pooled over steps, with multiplicity, compared by value: "1,200" = "1200") found in the
+read-out text, and the same share split in two: numbers the context (problem and earlier steps) already holds -- to
+be carried -- and new ones -- to be computed. A step whose context is longer than the model's `max_seq_len` is
+skipped (counted in the JSON). Free generation adds answer accuracy (95% bootstrap CI over problems), the answered
+rate, step exact match at the same position (generated step i against reference step i, over the reference steps),
+and number provenance: the share of generated numbers that occur in the problem or its reference solution (a number
+from anywhere else came from a training sentence in the bank, or was made up). Cosines are not reported: they mean
+different things in different spaces.
 
     HF_HUB_OFFLINE=1 lcm eval trace --config train/configs/quickstart.yaml \\
         --system MiniLM runs/quickstart/version_0/checkpoints/best.ckpt \\
@@ -35,6 +34,7 @@ import torch
 
 from lcm.errors import LCMError
 from lcm.eval import reasoning_metrics as rm
+from lcm.eval.compare import add_overrides_argument
 from lcm.io import atomic_path, write_json
 
 NUMBER = re.compile(r"\d+(?:[.,]\d+)*")  # "1,450", "3.5" and "12" are one number each
@@ -96,6 +96,8 @@ def step_predictions(gen, doc, generator: torch.Generator) -> tuple[np.ndarray, 
     first = len(doc.prompt)
     lengths = torch.arange(first, len(concepts), device=gen.device)  # (S,) context length before each step
     keep = lengths <= gen.model.arch.max_seq_len
+    if not keep.any():  # even the prompt is longer than the model reads
+        return np.zeros((0, emb.shape[1]), np.float32), np.zeros((0, emb.shape[1]), np.float32), len(keep)
     lengths = lengths[keep]
     x = emb[:int(lengths.max())].unsqueeze(0).expand(len(lengths), -1, -1)  # (S, T, D): row j reads lengths[j]
     with torch.no_grad():
@@ -105,9 +107,9 @@ def step_predictions(gen, doc, generator: torch.Generator) -> tuple[np.ndarray, 
 
 def teacher_forced(gen, doc, generator: torch.Generator) -> tuple[list[str], list[str], int]:
     """(round-trip texts, prediction texts, steps skipped) for `doc`'s reference steps, read out by `gen.decoder`."""
-    if len(doc.prompt) >= gen.model.arch.max_seq_len:
-        return [], [], len(doc.steps)
     preds, steps, skipped = step_predictions(gen, doc, generator)
+    if not len(preds):
+        return [], [], skipped
     return [d.text for d in gen.decoder.decode(steps)], [d.text for d in gen.decoder.decode(preds)], skipped
 
 
@@ -136,7 +138,7 @@ def free_generation(gen, docs, max_steps: int) -> dict:
 def trace_system(ckpt: str, decoder: str | None, docs, max_steps: int) -> dict:
     from lcm.generate import ConceptGenerator
 
-    gen = ConceptGenerator.from_checkpoint(ckpt, decoder=decoder, k=0) if decoder else ConceptGenerator.from_checkpoint(ckpt)
+    gen = ConceptGenerator.from_checkpoint(ckpt, decoder=decoder, k=0)  # k: the decoder alone, when there is one
     if gen.planning:
         raise LCMError(f"{ckpt} plans its paragraphs: the teacher-forced trace reads models without planning")
     generator = torch.Generator(device=gen.device).manual_seed(0)
@@ -192,8 +194,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--problems", type=int, default=100)
     p.add_argument("--max-steps", type=int, default=16)
     p.add_argument("--out", type=Path, default=Path("runs/trace"))
-    p.add_argument("--overrides", nargs=argparse.REMAINDER, default=[],
-                   help="last: the `lcm fit` data overrides the checkpoints were trained with (their held-out problems)")
+    add_overrides_argument(p)
     ns = p.parse_args(argv)
     systems = {}
     for entry in ns.system:

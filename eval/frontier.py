@@ -28,6 +28,7 @@ import numpy as np
 
 from lcm.errors import LCMError
 from lcm.eval import reasoning_metrics as rm
+from lcm.eval.compare import add_overrides_argument
 from lcm.io import atomic_path, write_json
 from lcm.sampling import sampling_options
 
@@ -164,8 +165,7 @@ def main(argv: list[str] | None = None) -> None:
                    help="what each generated concept is fed back as: its read-out sentence's embedding (default) or "
                         "the raw prediction (generate's `feedback`)")
     p.add_argument("--out", type=Path, default=Path("runs/frontier"))
-    p.add_argument("--overrides", nargs=argparse.REMAINDER, default=[],
-                   help="last: the `lcm fit` data overrides the checkpoints were trained with (their held-out problems)")
+    add_overrides_argument(p)
     ns = p.parse_args(argv)
     systems = {}
     for entry in ns.system:

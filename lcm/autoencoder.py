@@ -178,7 +178,8 @@ class SentenceAutoencoderLM(SentenceDecoderLM):
 def load_sentence_decoder(path, device: str = "cpu") -> SentenceDecoderLM:
     """The module that writes concepts out as text, from a sentence-decoder checkpoint (it reads a frozen encoder's
     space) or a sentence-autoencoder checkpoint (it reads its own): chosen by the checkpoint's recorded kind."""
-    from lcm.checkpoint import load_checkpoint
+    from lcm.checkpoint import load_checkpoint, load_module
 
-    cls = SentenceAutoencoderLM if (load_checkpoint(path).get("lcm") or {}).get("kind") == KIND else SentenceDecoderLM
-    return cls.from_checkpoint(path, device=device)
+    ckpt = load_checkpoint(path)  # read once: its kind picks the class
+    cls = SentenceAutoencoderLM if (ckpt.get("lcm") or {}).get("kind") == KIND else SentenceDecoderLM
+    return load_module(cls, path, cls.KIND, cls.WHAT, cls.TRAIN_HINT, device, ckpt=ckpt)

@@ -136,10 +136,12 @@ def model_from_checkpoint(cls, ckpt: dict, path: str | Path):
     return model
 
 
-def load_module(cls, path: str | Path, kind: str, what: str, train_hint: str, device: str = "cpu"):
+def load_module(cls, path: str | Path, kind: str, what: str, train_hint: str, device: str = "cpu",
+                ckpt: dict | None = None):
     """An eval-mode `cls` from a checkpoint whose `lcm.kind` is `kind`, on `device`; one error line for a
-    checkpoint of another kind or an unusable device. `what` names the kind in messages."""
-    ckpt = load_checkpoint(path)
+    checkpoint of another kind or an unusable device. `what` names the kind in messages; `ckpt`: the checkpoint at
+    `path`, when the caller has already read it."""
+    ckpt = load_checkpoint(path) if ckpt is None else ckpt
     if (ckpt.get("lcm") or {}).get("kind") != kind:
         raise LCMError(f"{path} is not a {what} checkpoint (train one with `{train_hint}`)")
     model = model_from_checkpoint(cls, ckpt, path)

@@ -191,6 +191,15 @@ def test_teacher_forced_rows_predict_each_step_from_the_steps_before_it(trained_
     for j in range(len(doc.steps)):  # one sequence at a time: the prompt and the j steps before step j
         one = gen.model.next_concept(emb[None, :p + j], torch.tensor([p + j])).detach().numpy()[0]
         assert np.allclose(preds[j], one, atol=1e-5) and np.allclose(steps[j], emb[p + j].numpy())
+    # a context the model cannot read is skipped and counted: a prompt of max_seq_len concepts leaves one step
+    from lcm.train.documents import Document
+
+    n = gen.model.arch.max_seq_len
+    long_doc = Document([f"Tom has {i} apples." for i in range(n)], [["He eats one.", "#### 1"]], "1")
+    preds, steps, skipped = step_predictions(gen, long_doc, torch.Generator().manual_seed(0))
+    assert len(preds) == len(steps) == 1 and skipped == 1
+    longer = Document(long_doc.prompt + ["One more."], long_doc.paragraphs, "1")
+    assert len(step_predictions(gen, longer, torch.Generator().manual_seed(0))[0]) == 0
 
 
 def test_shipped_config_fast_dev_run(tmp_path, capsys, monkeypatch):
