@@ -1,6 +1,7 @@
 """The encoding side of a sentence autoencoder trained with `lcm fit` (`lcm.autoencoder.SentenceAutoencoderLM`), as a
-frozen `Encoder`: byte-level BPE tokens -> a bidirectional transformer -> mean over the tokens -> a linear bottleneck
--> unit L2 norm. Its decoding side (the prefix decoder of `lcm.decoder`) reads the same vectors back to text.
+frozen `Encoder`: byte-level BPE tokens -> a bidirectional transformer -> a pool over the tokens (their mean, or
+`n_queries` learned queries attending to them) -> a linear bottleneck -> unit L2 norm. Its decoding side (the
+prefix decoder of `lcm.decoder`) reads the same vectors back to text.
 
 The network is written with torch's own `nn.TransformerEncoder` (this floor sits below the models of `lcm/`), and
 the checkpoint is read with `torch.load(weights_only=True)`: tensors and plain values only, no pickled code.
@@ -32,10 +33,17 @@ class SentenceEncoderConfig:
     n_head: int = 4
     max_tokens: int = 64  # tokens read per sentence (longer ones are cut)
     dropout: float = 0.1
+    # "mean": the mean of the token states; "attention": `n_queries` learned queries attend to the token states and
+    # their outputs, concatenated, feed the bottleneck -- each query can pick its own positions (a number's digits)
+    # where a mean superposes every position in one vector
+    pool: str = "mean"
+    n_queries: int = 4
 
     def __post_init__(self) -> None:
         if self.dim < 1 or self.d_model % self.n_head or self.max_tokens < 1:
             raise ValueError(f"need dim >= 1, d_model divisible by n_head and max_tokens >= 1 (got {asdict(self)})")
+        if self.pool not in ("mean", "attention") or self.n_queries < 1:
+            raise ValueError(f"pool must be 'mean' or 'attention' and n_queries >= 1 (got {self.pool!r}, {self.n_queries})")
 
 
 class SentenceEncoderNet(nn.Module):
@@ -49,7 +57,12 @@ class SentenceEncoderNet(nn.Module):
         layer = nn.TransformerEncoderLayer(cfg.d_model, cfg.n_head, 4 * cfg.d_model, cfg.dropout, activation="gelu",
                                            batch_first=True, norm_first=True)
         self.layers = nn.TransformerEncoder(layer, cfg.n_layer, norm=nn.LayerNorm(cfg.d_model), enable_nested_tensor=False)
-        self.out = nn.Linear(cfg.d_model, cfg.dim)
+        pooled = cfg.d_model
+        if cfg.pool == "attention":
+            self.queries = nn.Parameter(torch.randn(cfg.n_queries, cfg.d_model) * cfg.d_model ** -0.5)
+            self.pool_attn = nn.MultiheadAttention(cfg.d_model, cfg.n_head, batch_first=True)
+            pooled = cfg.n_queries * cfg.d_model
+        self.out = nn.Linear(pooled, cfg.dim)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         tokens = tokens[:, : self.cfg.max_tokens]
@@ -57,7 +70,11 @@ class SentenceEncoderNet(nn.Module):
         real[~real.any(1), 0] = True  # an empty sentence reads its one pad position (all-masked attention is NaN)
         h = self.tok_emb(tokens) + self.pos_emb(torch.arange(tokens.shape[1], device=tokens.device))
         h = self.layers(h, src_key_padding_mask=~real)  # (B, L, d)
-        pooled = (h * real[..., None]).sum(1) / real.sum(1, keepdim=True).clamp_min(1)  # mean over real tokens
+        if self.cfg.pool == "attention":
+            q = self.queries.expand(len(h), -1, -1)  # (B, Q, d)
+            pooled = self.pool_attn(q, h, h, key_padding_mask=~real, need_weights=False)[0].flatten(1)  # (B, Q*d)
+        else:
+            pooled = (h * real[..., None]).sum(1) / real.sum(1, keepdim=True).clamp_min(1)  # mean over real tokens
         z = self.out(pooled)
         return z / z.norm(dim=-1, keepdim=True).clamp_min(1e-8)
 

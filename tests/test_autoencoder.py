@@ -51,6 +51,28 @@ def test_encoder_and_decoder_sides_are_the_same_space(ae_ckpt):
         GenerativeDecoder(model, SentenceTransformerEncoder())
 
 
+def test_attention_pool_arrives_from_the_config_and_ignores_padding(tmp_path):
+    """`encoder.pool: attention` written on the command line reaches the trained net and the plugged-in encoder, and
+    a sentence's vector does not depend on the padding of the batch it is encoded in (the queries never attend to it)."""
+    from lcm.encoders.autoencoder import SentenceEncoderConfig, SentenceEncoderNet
+
+    run = fit_in(tmp_path, "autoencoder_quickstart.yaml",
+                 [*TINY_AE, "--trainer.max_epochs", "1", "--model.init_args.encoder.pool", "attention",
+                  "--model.init_args.encoder.n_queries", "3"])
+    ckpt = run / "checkpoints" / "last.ckpt"
+    model, encoder = SentenceAutoencoderLM.from_checkpoint(ckpt), AutoencoderEncoder(str(ckpt))
+    net = encoder._loaded[0]
+    assert net.cfg.pool == model.encoder.cfg.pool == "attention" and net.queries.shape == (3, 32)
+    assert net.out.in_features == 3 * 32
+    alone = [encoder.encode([t])[0] for t in TEXTS]
+    assert np.allclose(encoder.encode(TEXTS), alone, atol=1e-5)  # padded beside longer sentences: the same vectors
+    assert np.allclose(model.encode_texts(TEXTS), alone, atol=1e-5)
+    with pytest.raises(ValueError, match="pool must be"):
+        SentenceEncoderConfig(pool="max")
+    mean = SentenceEncoderNet(SentenceEncoderConfig(dim=8, d_model=16, n_head=2, n_layer=1), vocab_size=50)
+    assert not hasattr(mean, "queries") and mean.out.in_features == 16  # the default: old checkpoints load as they were
+
+
 def test_the_space_id_changes_with_the_encoding_weights_only(ae_ckpt, tmp_path):
     ckpt = torch.load(ae_ckpt, weights_only=False)
     base = AutoencoderEncoder(str(ae_ckpt)).id
