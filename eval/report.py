@@ -167,8 +167,10 @@ def plots(out: Path, report: dict, histograms: dict[str, list[float]]) -> None:
                              ("diversity", diversity_bars, (7, 3.5)), ("entropy_curve", entropy_curve_plot, (5, 3.5)),
                              ("validation_curves", validation_curves_plot, (6, 3.5))):
         fig, ax = plt.subplots(figsize=size)
+        # a dozen rows: 20 colours and 6 markers so no two systems look alike, and the legend beside the axes
+        ax.set_prop_cycle(color=plt.cm.tab20.colors[:12], marker=["o", "s", "^", "D", "v", "P"] * 2)
         if draw(ax, report, histograms):
-            ax.legend()
+            ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
             with atomic_path(out / f"{name}.png") as tmp:
                 fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
         plt.close(fig)
@@ -186,7 +188,7 @@ def entropy_histogram(ax, report: dict, histograms: dict[str, list[float]]) -> b
 
 def accuracy_vs_samples(ax, report: dict, _histograms) -> bool:
     for name, r in report["results"].items():
-        ax.plot(range(1, len(r["pass_curve"]) + 1), r["pass_curve"], marker="o", label=name)
+        ax.plot(range(1, len(r["pass_curve"]) + 1), r["pass_curve"], label=name)
     if report["chance_accuracy"]:
         ax.axhline(report["chance_accuracy"], color="grey", ls=":", label="majority answer")
     ax.set_xlabel("samples k")
@@ -198,9 +200,13 @@ def accuracy_vs_hops(ax, report: dict, _histograms) -> bool:
     """Accuracy per hop count for every system (tasks whose problems record their hops, e.g. Forks)."""
     res = {n: r["accuracy_by_hops"] for n, r in report["results"].items() if r.get("accuracy_by_hops")}
     for name, by in res.items():
-        ax.plot([int(h) for h in by], list(by.values()), marker="o", label=name)
+        n = (report.get("systems") or {}).get(name, {}).get("problems")  # a control run on fewer problems says so
+        full = n in (None, report["problems"])
+        ax.plot([int(h) for h in by], list(by.values()), label=name if full else f"{name} ({n} problems)",
+                ls="-" if full else "--")
     if res and report["chance_accuracy"]:
         ax.axhline(report["chance_accuracy"], color="grey", ls=":", label="chance")
+    ax.set_xticks(sorted({int(h) for by in res.values() for h in by}))
     ax.set_xlabel("hops")
     ax.set_ylabel("accuracy")
     return bool(res)
@@ -211,7 +217,7 @@ def validation_curves_plot(ax, report: dict, _histograms) -> bool:
     different objectives on one axis, each showing whether it still falls at the end of the budget."""
     curves = {n: c for n, c in (report.get("validation_curves") or {}).items() if c.get("val_loss")}
     for name, c in curves.items():
-        ax.plot(c["step"], np.asarray(c["val_loss"]) / c["val_loss"][0], marker=".", label=name)
+        ax.plot(c["step"], np.asarray(c["val_loss"]) / c["val_loss"][0], markersize=3, label=name)
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("val loss / first val loss")
     return bool(curves)
