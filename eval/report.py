@@ -244,7 +244,8 @@ def entropy_curve_plot(ax, report: dict, _histograms) -> bool:
     if "fit" in curve:
         f = curve["fit"]
         xs = np.linspace(min(p["entropy"] for p in pts), max(p["entropy"] for p in pts), 50)
-        ax.plot(xs, -f["a"] * np.exp(xs) + f["b"], label=f"fit, R²={f['r2']:.2f}")
+        # a curve, not data: no marker from the series cycle (`plots`), and a colour apart from the checkpoints'
+        ax.plot(xs, -f["a"] * np.exp(xs) + f["b"], marker="", color="k", label=f"fit, R²={f['r2']:.2f}")
     ax.set_xlabel("mean token entropy (nats)")
     ax.set_ylabel("greedy accuracy")
     return True
