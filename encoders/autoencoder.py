@@ -1,6 +1,6 @@
 """The encoding side of a sentence autoencoder trained with `lcm fit` (`lcm.autoencoder.SentenceAutoencoderLM`), as a
-frozen `Encoder`: byte-level BPE tokens -> a bidirectional transformer -> a pool over the tokens (their mean, or
-`n_queries` learned queries attending to them) -> a linear bottleneck -> unit L2 norm. Its decoding side (the
+frozen `Encoder`: byte-level BPE tokens -> a bidirectional transformer -> a pool over the tokens (their mean,
+`n_queries` learned queries attending to them, or `n_slots` positional slots) -> a linear bottleneck -> unit L2 norm. Its decoding side (the
 prefix decoder of `lcm.decoder`) reads the same vectors back to text.
 
 The network is written with torch's own `nn.TransformerEncoder` (this floor sits below the models of `lcm/`), and
@@ -15,12 +15,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from lcm.encoders.base import Encoder
 from lcm.errors import LCMError
 
 KIND = "autoencoder"  # the `lcm` record's kind in an autoencoder checkpoint
+POOLS = ("mean", "attention", "slots")
 
 
 @dataclass
@@ -36,14 +38,21 @@ class SentenceEncoderConfig:
     # "mean": the mean of the token states; "attention": `n_queries` learned queries attend to the token states and
     # their outputs, concatenated, feed the bottleneck -- each query can pick its own positions (a number's digits)
     # where a mean superposes every position in one vector
+    # "slots": the states of the first `n_slots` token positions, each projected to dim / n_slots and concatenated
+    # (positions past the sentence's end are zero): a code that keeps word order, where each slot is contextual (it
+    # can carry its neighbours), so sentences longer than n_slots still fit
     pool: str = "mean"
     n_queries: int = 4
+    n_slots: int = 32
 
     def __post_init__(self) -> None:
         if self.dim < 1 or self.d_model % self.n_head or self.max_tokens < 1:
             raise ValueError(f"need dim >= 1, d_model divisible by n_head and max_tokens >= 1 (got {asdict(self)})")
-        if self.pool not in ("mean", "attention") or self.n_queries < 1:
-            raise ValueError(f"pool must be 'mean' or 'attention' and n_queries >= 1 (got {self.pool!r}, {self.n_queries})")
+        if self.pool not in POOLS or self.n_queries < 1:
+            raise ValueError(f"pool must be one of {', '.join(POOLS)} and n_queries >= 1 (got {self.pool!r}, {self.n_queries})")
+        if self.pool == "slots" and (self.n_slots < 1 or self.dim % self.n_slots or self.n_slots > self.max_tokens):
+            raise ValueError(f"pool 'slots' needs dim divisible by n_slots and 1 <= n_slots <= max_tokens "
+                             f"(got dim {self.dim}, n_slots {self.n_slots}, max_tokens {self.max_tokens})")
 
 
 class SentenceEncoderNet(nn.Module):
@@ -62,7 +71,8 @@ class SentenceEncoderNet(nn.Module):
             self.queries = nn.Parameter(torch.randn(cfg.n_queries, cfg.d_model) * cfg.d_model ** -0.5)
             self.pool_attn = nn.MultiheadAttention(cfg.d_model, cfg.n_head, batch_first=True)
             pooled = cfg.n_queries * cfg.d_model
-        self.out = nn.Linear(pooled, cfg.dim)
+        # slots: one projection shared by every position (the position embedding tells them apart)
+        self.out = nn.Linear(cfg.d_model, cfg.dim // cfg.n_slots) if cfg.pool == "slots" else nn.Linear(pooled, cfg.dim)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         tokens = tokens[:, : self.cfg.max_tokens]
@@ -70,13 +80,22 @@ class SentenceEncoderNet(nn.Module):
         real[~real.any(1), 0] = True  # an empty sentence reads its one pad position (all-masked attention is NaN)
         h = self.tok_emb(tokens) + self.pos_emb(torch.arange(tokens.shape[1], device=tokens.device))
         h = self.layers(h, src_key_padding_mask=~real)  # (B, L, d)
-        if self.cfg.pool == "attention":
+        if self.cfg.pool == "slots":
+            z = self.slots(h, real)
+        elif self.cfg.pool == "attention":
             q = self.queries.expand(len(h), -1, -1)  # (B, Q, d)
-            pooled = self.pool_attn(q, h, h, key_padding_mask=~real, need_weights=False)[0].flatten(1)  # (B, Q*d)
+            z = self.out(self.pool_attn(q, h, h, key_padding_mask=~real, need_weights=False)[0].flatten(1))  # (B, Q*d)
         else:
-            pooled = (h * real[..., None]).sum(1) / real.sum(1, keepdim=True).clamp_min(1)  # mean over real tokens
-        z = self.out(pooled)
+            z = self.out((h * real[..., None]).sum(1) / real.sum(1, keepdim=True).clamp_min(1))  # mean over real tokens
         return z / z.norm(dim=-1, keepdim=True).clamp_min(1e-8)
+
+    def slots(self, h: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+        """States (B, L, d) and real-token mask (B, L) -> (B, dim): the first n_slots positions projected and
+        concatenated; a slot past the sentence's end is zero, so the code does not depend on the batch's padding."""
+        n = self.cfg.n_slots
+        h, real = h[:, :n], real[:, :n]
+        s = self.out(h) * real[..., None]  # (B, min(L, n), dim / n)
+        return F.pad(s, (0, 0, 0, n - s.shape[1])).flatten(1)  # (B, n * dim / n)
 
 
 def pad_batch(ids: list[list[int]], pad: int) -> torch.Tensor:

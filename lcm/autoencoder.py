@@ -25,7 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from lcm.decoder import DEFAULT_DECODER_ARCH, SentenceDecoderLM
+from lcm.decoder import DEFAULT_DECODER_ARCH, PrefixDecoder, SentenceDecoderLM
 from lcm.encoders.autoencoder import (
     KIND,
     SentenceEncoderConfig,
@@ -79,6 +79,8 @@ class SentenceAutoencoderLM(SentenceDecoderLM):
         if not 0 <= token_dropout < 1 or semantic_weight < 0 or not 0 <= number_resample <= 1:
             raise LCMError(f"token_dropout must be in [0, 1), semantic_weight >= 0 and number_resample in [0, 1] "
                            f"(got {token_dropout}, {semantic_weight}, {number_resample})")
+        if encoder.pool == "slots" and token_dropout > 0:
+            raise LCMError("token_dropout shifts the tokens after a dropped one out of their slots: use 0 with pool slots")
         arch = replace(arch, embed_dim=encoder.dim)  # the decoder reads the bottleneck
         super().__init__(arch, vocab_size=vocab_size, n_prefix=n_prefix, noise_std=noise_std,
                          max_new_tokens=max_new_tokens, optim=optim, split_digits=split_digits)
@@ -86,6 +88,8 @@ class SentenceAutoencoderLM(SentenceDecoderLM):
                                    "number_resample": number_resample,
                                    "semantic_weight": semantic_weight})
         self.encoder_config = encoder
+        if encoder.pool == "slots":  # the decoder reads each slot where it writes that slot's token
+            self.net = PrefixDecoder(arch, vocab_size, n_prefix, n_slots=encoder.n_slots)
         # sized for the configured vocabulary, as the decoder's embedding (the trained tokenizer has at most that many)
         self.encoder = SentenceEncoderNet(encoder, vocab_size)
         self._meta: dict = {}

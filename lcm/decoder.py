@@ -71,25 +71,44 @@ class PrefixDecoder(CausalTokenStack):
 
     Sequence = [prefix_1 .. prefix_P, <bos>, t_1, ...]; causal self-attention (the transformer blocks of
     `lcm.model`); the output head is tied to the token embedding.
+
+    With `n_slots` > 0 the embedding is also read as n_slots slots of D / n_slots (the slots code of
+    `lcm.encoders.autoencoder`: slot j holds the sentence's token j in context) and slot j is added to the input
+    at position j of [<bos>, t_1, ...] -- the position that predicts token j -- so the decoder reads each token's
+    slot where it writes the token instead of finding it by attention; positions past the last slot add nothing.
     """
 
-    def __init__(self, cfg: LCMConfig, vocab_size: int, n_prefix: int):
+    def __init__(self, cfg: LCMConfig, vocab_size: int, n_prefix: int, n_slots: int = 0):
         super().__init__(cfg, vocab_size)
-        self.n_prefix = n_prefix
+        if n_slots < 0 or (n_slots and cfg.embed_dim % n_slots):
+            raise LCMError(f"n_slots={n_slots} must be >= 0 and divide the embedding dimension {cfg.embed_dim}")
+        self.n_prefix, self.n_slots = n_prefix, n_slots
         self.prefix = nn.Linear(cfg.embed_dim, n_prefix * cfg.d_model)
         init_gpt_weights(self.prefix, cfg.n_layer)
+        if n_slots:
+            self.slot_in = nn.Linear(cfg.embed_dim // n_slots, cfg.d_model)
+            init_gpt_weights(self.slot_in, cfg.n_layer)
 
     @property
     def max_tokens(self) -> int:
         """Tokens after the prefix, <bos> included."""
         return self.cfg.max_seq_len - self.n_prefix
 
+    def token_inputs(self, emb: torch.Tensor, tokens: torch.Tensor, start: int = 0) -> torch.Tensor:
+        """Input vectors (B, L, d) of tokens (B, L) at positions start.. of [<bos>, t_1, ...]: their embeddings, plus
+        their slots when the decoder reads slots."""
+        h = self.tok_emb(tokens)
+        if self.n_slots and start < self.n_slots:
+            slots = self.slot_in(emb.view(len(emb), self.n_slots, -1)[:, start: start + tokens.shape[1]])  # (B, <=L, d)
+            h = h + F.pad(slots, (0, 0, 0, tokens.shape[1] - slots.shape[1]))
+        return h
+
     def forward(self, emb: torch.Tensor, tokens: torch.Tensor, caches: list[KVCache] | None = None) -> torch.Tensor:
         B, L = tokens.shape
         if L > self.max_tokens:
             raise ValueError(f"{L} tokens exceed the decoder's {self.max_tokens} (arch.max_seq_len - n_prefix)")
         prefix = self.prefix(emb).view(B, self.n_prefix, self.cfg.d_model)  # (B, P, d)
-        h = self._blocks(torch.cat([prefix, self.tok_emb(tokens)], dim=1), caches)  # (B, P+L, d)
+        h = self._blocks(torch.cat([prefix, self.token_inputs(emb, tokens)], dim=1), caches)  # (B, P+L, d)
         return self.head(h[:, self.n_prefix:])  # (B, L, V)
 
     def next_logits(self, emb: torch.Tensor, tokens: torch.Tensor, caches: list[KVCache] | None) -> torch.Tensor:
@@ -99,7 +118,7 @@ class PrefixDecoder(CausalTokenStack):
             return self(emb, tokens)[:, -1]
         if caches[0].length == 0:
             return self(emb, tokens, caches)[:, -1]  # prefill: prefix + tokens so far
-        h = self._blocks(self.tok_emb(tokens[:, -1:]), caches)  # (B, 1, d)
+        h = self._blocks(self.token_inputs(emb, tokens[:, -1:], tokens.shape[1] - 1), caches)  # (B, 1, d)
         return self.head(h[:, -1])
 
 

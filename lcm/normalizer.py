@@ -8,8 +8,20 @@ from torch import nn
 IQR_TO_STD = 1.349  # IQR of a standard normal: scaling by IQR/1.349 gives unit std on Gaussian data
 
 
+def robust_scale(x: torch.Tensor, iqr: torch.Tensor, eps: float) -> torch.Tensor:
+    """(D,) scales: IQR / 1.349, or the standard deviation where the IQR is 0 -- a dimension that is one value for
+    over half the data (a slot of the autoencoder's slots code past most sentences' ends is 0), which a scale of
+    eps would blow up to ~1e6 -- floored at 1% of the median scale, so no dimension dominates the loss."""
+    scale = iqr / IQR_TO_STD
+    scale = torch.where(scale > eps, scale, x.std(0))  # (D,)
+    positive = scale[scale > eps]
+    floor = max(eps, 0.01 * float(positive.median())) if len(positive) else eps
+    return scale.clamp_min(floor)
+
+
 class RobustScaler(nn.Module):
-    """x_norm = (x - median) / (IQR / 1.349), fitted on the training split's target embeddings."""
+    """x_norm = (x - median) / (IQR / 1.349), fitted on the training split's target embeddings (`robust_scale`
+    where the IQR is 0)."""
 
     def __init__(self, dim: int, eps: float = 1e-6):
         super().__init__()
@@ -26,7 +38,7 @@ class RobustScaler(nn.Module):
         # numpy: torch.quantile refuses inputs above 16M elements
         q = torch.from_numpy(np.quantile(x.float().cpu().numpy(), [0.25, 0.5, 0.75], axis=0)).float()  # (3, D)
         self.center.copy_(q[1])
-        self.scale.copy_(((q[2] - q[0]) / IQR_TO_STD).clamp_min(self.eps))
+        self.scale.copy_(robust_scale(x.float().cpu(), q[2] - q[0], self.eps))
         self.fitted.fill_(True)
         return self
 

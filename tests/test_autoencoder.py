@@ -14,6 +14,7 @@ from lcm.errors import LCMError
 TINY_AE = ["--data.init_args.source.init_args.n", "80", "--data.init_args.batch_size", "16",
            "--data.init_args.show_progress", "false", "--model.init_args.encoder.d_model", "32",
            "--model.init_args.encoder.n_layer", "1", "--model.init_args.encoder.dim", "24",
+           "--model.init_args.encoder.n_slots", "4",
            "--model.init_args.arch.d_model", "32", "--model.init_args.arch.n_layer", "1", "--model.init_args.vocab_size", "400",
            "--model.init_args.semantic_weight", "0.5", "--model.init_args.split_digits", "true",
            "--model.init_args.number_resample", "0.5",
@@ -51,26 +52,48 @@ def test_encoder_and_decoder_sides_are_the_same_space(ae_ckpt):
         GenerativeDecoder(model, SentenceTransformerEncoder())
 
 
-def test_attention_pool_arrives_from_the_config_and_ignores_padding(tmp_path):
-    """`encoder.pool: attention` written on the command line reaches the trained net and the plugged-in encoder, and
-    a sentence's vector does not depend on the padding of the batch it is encoded in (the queries never attend to it)."""
+@pytest.mark.parametrize("pool, size", [("attention", "3"), ("slots", "4")])
+def test_pool_arrives_from_the_config_and_ignores_padding(tmp_path, pool, size):
+    """`encoder.pool` written on the command line (with its size: n_queries / n_slots) reaches the trained net and the
+    plugged-in encoder, and a sentence's vector does not depend on the padding of the batch it is encoded in (the
+    queries never attend to it; a slot past the sentence's end is zero)."""
     from lcm.encoders.autoencoder import SentenceEncoderConfig, SentenceEncoderNet
 
+    size_arg = {"attention": "n_queries", "slots": "n_slots"}[pool]
     run = fit_in(tmp_path, "autoencoder_quickstart.yaml",
-                 [*TINY_AE, "--trainer.max_epochs", "1", "--model.init_args.encoder.pool", "attention",
-                  "--model.init_args.encoder.n_queries", "3"])
+                 [*TINY_AE, "--trainer.max_epochs", "1", "--model.init_args.encoder.pool", pool,
+                  f"--model.init_args.encoder.{size_arg}", size])
     ckpt = run / "checkpoints" / "last.ckpt"
     model, encoder = SentenceAutoencoderLM.from_checkpoint(ckpt), AutoencoderEncoder(str(ckpt))
     net = encoder._loaded[0]
-    assert net.cfg.pool == model.encoder.cfg.pool == "attention" and net.queries.shape == (3, 32)
-    assert net.out.in_features == 3 * 32
+    assert net.cfg.pool == model.encoder.cfg.pool == pool
+    if pool == "attention":
+        assert net.queries.shape == (3, 32) and net.out.in_features == 3 * 32
+    else:  # 4 slots of 24 / 4 = 6 dimensions each
+        assert net.cfg.n_slots == 4 and (net.out.in_features, net.out.out_features) == (32, 6)
     alone = [encoder.encode([t])[0] for t in TEXTS]
     assert np.allclose(encoder.encode(TEXTS), alone, atol=1e-5)  # padded beside longer sentences: the same vectors
     assert np.allclose(model.encode_texts(TEXTS), alone, atol=1e-5)
     with pytest.raises(ValueError, match="pool must be"):
         SentenceEncoderConfig(pool="max")
+    with pytest.raises(ValueError, match="dim divisible by n_slots"):
+        SentenceEncoderConfig(dim=24, pool="slots", n_slots=5)
     mean = SentenceEncoderNet(SentenceEncoderConfig(dim=8, d_model=16, n_head=2, n_layer=1), vocab_size=50)
     assert not hasattr(mean, "queries") and mean.out.in_features == 16  # the default: old checkpoints load as they were
+
+
+def test_slots_keep_word_order():
+    """The slots code tells apart two sentences with the same tokens in another order, and a sentence shorter than
+    n_slots leaves the trailing slots at zero (before the norm), so the code is the sentence's alone."""
+    from lcm.encoders.autoencoder import SentenceEncoderConfig, SentenceEncoderNet
+
+    torch.manual_seed(0)
+    net = SentenceEncoderNet(SentenceEncoderConfig(dim=16, d_model=16, n_head=2, n_layer=1, max_tokens=8,
+                                                   pool="slots", n_slots=4, dropout=0.0), vocab_size=20, pad=0).eval()
+    with torch.no_grad():
+        z = net(torch.tensor([[3, 4, 5, 0, 0], [5, 4, 3, 0, 0]]))  # (2, 16)
+    assert z.shape == (2, 16) and float((z[0] - z[1]).abs().max()) > 1e-3
+    assert torch.all(z[:, 12:] == 0) and torch.all(z[:, :12].abs().sum(1) > 0)  # slot 4 is past both sentences
 
 
 def test_the_space_id_changes_with_the_encoding_weights_only(ae_ckpt, tmp_path):
@@ -255,3 +278,32 @@ def test_roundtrip_reads_an_autoencoder_with_its_own_bank_space_and_a_noise_curv
     bank = bank_in_space(ae_ckpt.parent / "bank", encoder)  # stored in MiniLM's space (the teacher): re-encoded
     assert bank.encoder_id == encoder.id and np.allclose(bank.vectors[:5], encoder.encode(bank.texts[:5]), atol=1e-6)
     assert "sigma 0.3" in capsys.readouterr().out
+
+
+def test_slot_decoder_reads_each_slot_where_it_writes_its_token():
+    """With n_slots the decoder adds slot j at the input position that predicts token j: with the prefix vectors
+    silenced (they read the whole embedding), changing slot 1 changes the logits at positions >= 1 and not at 0, the KV cache decodes exactly as a full re-run (greedy and beam),
+    and slot counts that do not divide the dimension, or token dropout (which would shift tokens out of their slots),
+    are refused."""
+    from lcm.decoder import PrefixDecoder, beam_decode, greedy_decode
+    from lcm.model import LCMConfig
+
+    torch.manual_seed(0)
+    cfg = LCMConfig(d_model=32, n_layer=2, n_head=4, max_seq_len=40, embed_dim=24, dropout=0.0)
+    net = PrefixDecoder(cfg, vocab_size=50, n_prefix=2, n_slots=6).eval()
+    emb = torch.nn.functional.normalize(torch.randn(3, 24), dim=-1)
+    tokens = torch.randint(3, 50, (3, 9))
+    other = emb.clone()
+    other[:, 4:8] += 1.0  # slot 1 (dimensions 4-7)
+    with torch.no_grad():
+        net.prefix.weight.zero_()
+        a, b = net(emb, tokens), net(other, tokens)  # (3, 9, 50)
+    assert torch.allclose(a[:, 0], b[:, 0], atol=1e-6) and not torch.allclose(a[:, 1], b[:, 1], atol=1e-3)
+    assert greedy_decode(net, emb, 1, 2, 20) == greedy_decode(net, emb, 1, 2, 20, use_cache=False)
+    assert beam_decode(net, emb, 1, 2, 20, 3) == beam_decode(net, emb, 1, 2, 20, 3, use_cache=False)
+    with pytest.raises(LCMError, match="divide the embedding dimension"):
+        PrefixDecoder(cfg, vocab_size=50, n_prefix=2, n_slots=5)
+    from lcm.encoders.autoencoder import SentenceEncoderConfig
+
+    with pytest.raises(LCMError, match="token_dropout shifts"):
+        SentenceAutoencoderLM(encoder=SentenceEncoderConfig(dim=24, pool="slots", n_slots=6), token_dropout=0.1)

@@ -32,6 +32,22 @@ def test_config_validation():
     assert LCMConfig(d_model=256).ffn_dim == 704  # 8/3 * 256 rounded up to 64
 
 
+def test_robust_scaler_keeps_mostly_constant_dimensions_finite():
+    """A dimension that is 0 for most rows (a slot past most sentences' ends) has IQR 0: it is scaled by its
+    standard deviation instead of eps, and no scale falls below 1% of the median, so normalized values stay O(1-10)
+    instead of ~1e6 (the MSE of a Base-LCM in the slots space was 5e8 before)."""
+    torch.manual_seed(0)
+    x = torch.randn(1000, 4)
+    x[:, 2] = 0.0
+    x[:50, 2] = 0.5  # non-zero in 5% of the rows
+    x[:, 3] = 1e-9 * torch.randn(1000)  # (almost) constant
+    sc = RobustScaler(4).fit(x)
+    assert torch.allclose(sc.scale[2], x[:, 2].std(), rtol=1e-5)
+    assert float(sc.scale[3]) >= 0.01 * float(sc.scale[:2].median()) - 1e-9
+    assert float(sc.normalize(x).abs().max()) < 20
+    assert torch.allclose(sc.denormalize(sc.normalize(x)), x, atol=1e-5)
+
+
 def test_robust_scaler_matches_definition_and_round_trips():
     torch.manual_seed(0)
     x = torch.randn(2000, 5) * torch.tensor([1.0, 2.0, 0.5, 3.0, 1.0]) + 4.0
