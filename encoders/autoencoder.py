@@ -1,7 +1,7 @@
 """The encoding side of a sentence autoencoder trained with `lcm fit` (`lcm.autoencoder.SentenceAutoencoderLM`), as a
 frozen `Encoder`: byte-level BPE tokens -> a bidirectional transformer -> a pool over the tokens (their mean,
-`n_queries` learned queries attending to them, or `n_slots` positional slots) -> a linear bottleneck -> unit L2 norm. Its decoding side (the
-prefix decoder of `lcm.decoder`) reads the same vectors back to text.
+`n_queries` learned queries attending to them, or `n_slots` positional slots) -> a linear bottleneck -> unit L2
+norm. Its decoding side (the prefix decoder of `lcm.decoder`) reads the same vectors back to text.
 
 The network is written with torch's own `nn.TransformerEncoder` (this floor sits below the models of `lcm/`), and
 the checkpoint is read with `torch.load(weights_only=True)`: tensors and plain values only, no pickled code.

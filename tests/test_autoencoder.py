@@ -282,7 +282,8 @@ def test_roundtrip_reads_an_autoencoder_with_its_own_bank_space_and_a_noise_curv
 
 def test_slot_decoder_reads_each_slot_where_it_writes_its_token():
     """With n_slots the decoder adds slot j at the input position that predicts token j: with the prefix vectors
-    silenced (they read the whole embedding), changing slot 1 changes the logits at positions >= 1 and not at 0, the KV cache decodes exactly as a full re-run (greedy and beam),
+    silenced (they read the whole embedding), changing slot 1 changes the logits at positions >= 1 and not at 0,
+    the KV cache decodes exactly as a full re-run (greedy and beam),
     and slot counts that do not divide the dimension, or token dropout (which would shift tokens out of their slots),
     are refused."""
     from lcm.decoder import PrefixDecoder, beam_decode, greedy_decode
