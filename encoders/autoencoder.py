@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lcm.encoders.base import Encoder
-from lcm.errors import LCMError
+from lcm.errors import ConfigError, LCMError
 
 KIND = "autoencoder"  # the `lcm` record's kind in an autoencoder checkpoint
 POOLS = ("mean", "attention", "slots")
@@ -47,11 +47,11 @@ class SentenceEncoderConfig:
 
     def __post_init__(self) -> None:
         if self.dim < 1 or self.d_model % self.n_head or self.max_tokens < 1:
-            raise ValueError(f"need dim >= 1, d_model divisible by n_head and max_tokens >= 1 (got {asdict(self)})")
+            raise ConfigError(f"need dim >= 1, d_model divisible by n_head and max_tokens >= 1 (got {asdict(self)})")
         if self.pool not in POOLS or self.n_queries < 1:
-            raise ValueError(f"pool must be one of {', '.join(POOLS)} and n_queries >= 1 (got {self.pool!r}, {self.n_queries})")
+            raise ConfigError(f"pool must be one of {', '.join(POOLS)} and n_queries >= 1 (got {self.pool!r}, {self.n_queries})")
         if self.pool == "slots" and (self.n_slots < 1 or self.dim % self.n_slots or self.n_slots > self.max_tokens):
-            raise ValueError(f"pool 'slots' needs dim divisible by n_slots and 1 <= n_slots <= max_tokens "
+            raise ConfigError(f"pool 'slots' needs dim divisible by n_slots and 1 <= n_slots <= max_tokens "
                              f"(got dim {self.dim}, n_slots {self.n_slots}, max_tokens {self.max_tokens})")
 
 

@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lcm.errors import ConfigError
+
 
 @dataclass
 class LCMConfig:
@@ -33,9 +35,9 @@ class LCMConfig:
 
     def __post_init__(self) -> None:
         if self.d_model % self.n_head:
-            raise ValueError(f"d_model={self.d_model} must be divisible by n_head={self.n_head}")
+            raise ConfigError(f"d_model={self.d_model} must be divisible by n_head={self.n_head}")
         if self.positions == "rope" and (self.d_model // self.n_head) % 2:
-            raise ValueError("rotary positions need an even head dimension")
+            raise ConfigError("rotary positions need an even head dimension")
 
     @property
     def ffn_dim(self) -> int:

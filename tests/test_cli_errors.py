@@ -96,6 +96,22 @@ def test_a_config_dataclass_check_and_a_data_check_of_diffusion_are_one_line(tmp
     assert_one_line(code, err, "this data has no planning")
 
 
+def test_shape_checks_of_the_arch_and_the_autoencoder_pool_are_one_line(tmp_path, capsys, monkeypatch):
+    """`LCMConfig` and `SentenceEncoderConfig` raise `ConfigError`: the CLI prints their line, not jsonargparse's
+    traceback around it (both used to be tracebacks)."""
+    monkeypatch.chdir(tmp_path)
+    code, err = run_lcm(["fit", "-c", str(CONFIGS / "quickstart.yaml"), *TINY_FIT, "--model.arch.d_model", "129"],
+                        capsys)
+    assert_one_line(code, err, "d_model=129 must be divisible by n_head=2")
+    ae = ["fit", "-c", str(CONFIGS / "autoencoder_quickstart.yaml"), "--data.init_args.source.init_args.n", "20"]
+    code, err = run_lcm([*ae, "--model.init_args.encoder.n_slots", "5"], capsys)
+    assert_one_line(code, err, "pool 'slots' needs dim divisible by n_slots")
+    code, err = run_lcm([*ae, "--model.init_args.encoder.pool", "max"], capsys)
+    assert_one_line(code, err, "pool must be one of mean, attention, slots")
+    code, err = run_lcm([*ae, "--model.init_args.token_dropout", "0.1"], capsys)
+    assert_one_line(code, err, "token_dropout shifts the tokens")
+
+
 def test_print_config_still_works(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     code, _ = run_lcm(["fit", "-c", str(CONFIGS / "quickstart.yaml"), "--print_config"])
