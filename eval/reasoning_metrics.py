@@ -4,35 +4,14 @@ Pure functions over numbers and strings, so each one is tested against hand-comp
 """
 from __future__ import annotations
 
-import math
-import re
 from collections import Counter
 from functools import lru_cache
 
 import numpy as np
 
+from lcm.answers import ANSWER, answers_match, parse_answer, pass_at_k  # noqa: F401 - re-exported
 from lcm.eval.text_metrics import tokens
 from lcm.retrieval import unit_rows
-
-ANSWER = re.compile(r"####[ \t]*(\S.*?)[ \t]*$", re.MULTILINE)
-
-
-# ---- answers ---------------------------------------------------------------------------------------
-def parse_answer(text: str) -> str | None:
-    """The final answer of a solution: the last `#### X` line, or None when there is none."""
-    found = ANSWER.findall(text)
-    return found[-1].strip() if found else None
-
-
-def answers_match(pred: str | None, gold: str) -> bool:
-    """Exact match after trimming; numbers compare by value ("1,200" == "1200.0")."""
-    if pred is None:
-        return False
-    p, g = pred.replace(",", "").strip(), gold.replace(",", "").strip()
-    try:
-        return math.isclose(float(p), float(g), rel_tol=0, abs_tol=1e-9)
-    except ValueError:
-        return p.lower() == g.lower()
 
 
 def bootstrap_ci(values, level: float = 0.95, resamples: int = 2000, seed: int = 0) -> tuple[float, float]:
@@ -72,15 +51,6 @@ def over_seeds(accuracies: list[float], per_problem: list[list[float]]) -> dict:
     return {"accuracy": float(np.mean(accuracies)), "accuracy_seeds": list(accuracies),
             "accuracy_std": float(np.std(accuracies, ddof=1)) if len(accuracies) > 1 else 0.0,
             "per_problem_accuracy": problems.tolist(), "accuracy_ci": list(bootstrap_ci(problems))}
-
-
-def pass_at_k(n: int, c: int, k: int) -> float:
-    """Unbiased pass@k from n samples of which c are correct: 1 - C(n-c, k) / C(n, k)."""
-    if not 0 <= c <= n or not 1 <= k <= n:
-        raise ValueError(f"need 0 <= c <= n and 1 <= k <= n (n={n}, c={c}, k={k})")
-    if n - c < k:
-        return 1.0
-    return 1.0 - math.comb(n - c, k) / math.comb(n, k)
 
 
 # ---- token entropy -----------------------------------------------------------------------------------

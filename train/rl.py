@@ -1,0 +1,174 @@
+"""RL with verifiable rewards through `lcm fit`: GRPO for token and concept policies alike.
+
+    lcm fit -c train/configs/rl_token.yaml        # the token baseline's causal LM
+    lcm fit -c train/configs/rl_concept.yaml      # Base-LCM as a categorical policy over its sentence bank
+
+Every training step: B problems from the training split, G rollouts each (`lcm.train.rl_policies`), reward 1 when
+the rollout's final answer (`#### X`) matches the problem's, group advantages, then `updates_per_rollout` optimizer
+steps on the GRPO loss (`lcm.grpo`: clipped ratio, Clip-Cov / KL-Cov, top-entropy quantile, entropy bonus,
+optional reference KL), all rollouts of the batch through one forward. Logged every step (CSV and TensorBoard):
+reward, reward_std, accuracy, answered share, mean entropy per unit and its quantiles, the forking share at a fixed
+threshold, Cov(log π, A), clip ratios, units per completion. Every validation (`trainer.val_check_interval`):
+greedy accuracy on held-out problems and, with `eval_samples` k > 0, pass@1..k of k samples each.
+"""
+from __future__ import annotations
+
+import copy
+import time
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from lcm.answers import answers_match, parse_answer, pass_at_k
+from lcm.errors import LCMError
+from lcm.grpo import RLConfig, entropy_stats, group_advantages, policy_loss
+from lcm.optim import OptimConfig, adamw_warmup_cosine
+from lcm.train.corpus import CorpusSource
+from lcm.train.datamodule import check_split_args, load_documents
+from lcm.train.documents import Document
+from lcm.train.rl_policies import ConceptGaussianPolicy, Policy
+
+
+def rewards_of(texts: list[str], docs: list[Document], group_size: int) -> torch.Tensor:
+    """1.0 where a rollout's final answer matches its problem's (the G rollouts of a problem adjacent), else 0.0."""
+    golds = [d.answer for d in docs for _ in range(group_size)]
+    return torch.tensor([float(g is not None and answers_match(parse_answer(t), g)) for t, g in zip(texts, golds)])
+
+
+class PromptDataModule(L.LightningDataModule):
+    """Problems for RL: batches of `prompts_per_step` training `Document`s (shuffled, every epoch), and the first
+    `eval_problems` held-out validation problems. The split is `lcm fit`'s (`load_documents`: same source, same
+    hash split), so an RL run never trains on a problem its SFT model was validated on.
+
+    Args: `source`, `val_fraction`, `test_fraction`, `split_seed`, `max_chars` as `ConceptDataModule`'s."""
+
+    def __init__(self, source: CorpusSource, prompts_per_step: int = 4, eval_problems: int = 50,
+                 val_fraction: float = 0.1, test_fraction: float = 0.1, split_seed: int = 0, max_chars: int = 256):
+        super().__init__()
+        check_split_args(val_fraction, test_fraction, max_chars)
+        if prompts_per_step < 1 or eval_problems < 1:
+            raise LCMError(f"prompts_per_step and eval_problems must be >= 1 (got {prompts_per_step}, {eval_problems})")
+        self.source, self.prompts_per_step, self.eval_problems = source, prompts_per_step, eval_problems
+        self.split = (val_fraction, test_fraction, split_seed)
+        self.max_chars = max_chars
+        self._docs: dict[str, list[Document]] | None = None
+
+    def documents(self, split: str) -> list[Document]:
+        if self._docs is None:
+            self._docs, _ = load_documents(self.source, self.max_chars, *self.split)
+            if not any(d.answer for d in self._docs["train"]):
+                raise LCMError(f"{self.source.describe()} has no answers: RL needs a verifiable reward")
+        return self._docs[split]
+
+    def train_dataloader(self):
+        return DataLoader(self.documents("train"), batch_size=self.prompts_per_step, shuffle=True, collate_fn=list)
+
+    def val_dataloader(self):
+        held_out = self.documents("val")[: self.eval_problems]
+        if not held_out:
+            raise LCMError("no held-out validation problems to evaluate the policy on (val_fraction is 0?)")
+        return DataLoader(held_out, batch_size=max(1, min(16, len(held_out))), collate_fn=list)
+
+
+class GRPO(L.LightningModule):
+    """GRPO on a policy (see the module docstring).
+
+    Args:
+        policy: `lcm.train.rl_policies.TokenPolicy`, `ConceptCategoricalPolicy` or `ConceptGaussianPolicy`.
+        rl: the GRPO settings (`lcm.grpo.RLConfig`).
+        optim: AdamW + warmup/cosine over the optimizer steps (`lcm.optim.OptimConfig`).
+        max_grad_norm: gradient-norm clip of every optimizer step (TRL's default 1.0).
+        eval_samples: k samples per held-out problem at each validation for pass@1..k (0: greedy only).
+        seed: seed of the rollouts' sampling and of Clip-Cov's random choice."""
+
+    def __init__(self, policy: Policy, rl: RLConfig = RLConfig(), optim: OptimConfig = OptimConfig(lr=1e-4, warmup_steps=0),
+                 max_grad_norm: float = 1.0, eval_samples: int = 0, seed: int = 0):
+        super().__init__()
+        if not isinstance(policy, Policy):
+            raise LCMError(f"policy must be a lcm.train.rl_policies policy, not {type(policy).__name__}")
+        if isinstance(rl, dict):
+            rl = RLConfig(**rl)
+        self.policy, self.rl, self.optim = policy.train(), rl, OptimConfig.of(optim)  # loaded policies come in eval mode
+        self.max_grad_norm, self.eval_samples = max_grad_norm, eval_samples
+        self.ref = copy.deepcopy(policy).requires_grad_(False).eval() if rl.beta > 0 else None
+        self.automatic_optimization = False  # several optimizer steps per rollout batch
+        self._gen = torch.Generator().manual_seed(seed)
+        self._val: list[dict] = []
+        self.save_hyperparameters({"rl": rl.hparams(), "optim": self.optim.hparams(), "max_grad_norm": max_grad_norm,
+                                   "eval_samples": eval_samples, "seed": seed})
+
+    # ---- one RL step ---------------------------------------------------------------------------------
+    def training_step(self, docs: list[Document], batch_idx: int) -> None:
+        cfg, t0 = self.rl, time.perf_counter()
+        self.policy.eval()  # rollouts without dropout; the update runs in train mode
+        rollouts = self.policy.rollout(docs, cfg.group_size, cfg.temperature, self._gen)
+        self.policy.train()
+        rollout_s = time.perf_counter() - t0
+        rewards = rewards_of(rollouts.texts, docs, cfg.group_size)
+        adv = group_advantages(rewards, cfg.group_size).to(self.device)
+        old_logp = ref_logp = None
+        with torch.no_grad():
+            if cfg.updates_per_rollout > 1:
+                old_logp = self.policy.score(rollouts.batch, cfg.temperature)[0]
+            if self.ref is not None:
+                ref_logp = self.ref.score(rollouts.batch, cfg.temperature)[0]
+        opt, sched = self.optimizers(), self.lr_schedulers()
+        for it in range(cfg.updates_per_rollout):
+            logp, entropy, mask = self.policy.score(rollouts.batch, cfg.temperature)
+            loss, metrics = policy_loss(logp, logp.detach() if old_logp is None else old_logp, adv, mask, entropy,
+                                        cfg, ref_logp, self._gen)
+            opt.zero_grad()
+            self.manual_backward(loss)
+            self.clip_gradients(opt, gradient_clip_val=self.max_grad_norm, gradient_clip_algorithm="norm")
+            opt.step()
+            sched.step()
+            if it == 0:
+                first = {**metrics, **entropy_stats(entropy, mask, cfg.fork_threshold), "loss": float(loss.detach())}
+        self._log_step(rewards, rollouts, first, rollout_s, time.perf_counter() - t0)
+
+    def _log_step(self, rewards: torch.Tensor, rollouts, metrics: dict, rollout_s: float, step_s: float) -> None:
+        g = rewards.view(-1, self.rl.group_size)
+        extra = {}
+        if isinstance(self.policy, ConceptGaussianPolicy):
+            extra["retrieved_entropy"] = self.policy.retrieved_entropy(rollouts.batch, self._gen)
+        out = {"reward": float(rewards.mean()), "reward_std": float(rewards.std()) if len(rewards) > 1 else 0.0,
+               "frac_reward_zero_std": float((g.std(1) == 0).float().mean()),
+               "answered": float(np.mean([parse_answer(t) is not None for t in rollouts.texts])),
+               "stopped": float(np.mean(rollouts.stopped)), "completions/mean_units": float(np.mean(rollouts.units)),
+               "rollout_s": rollout_s, "step_s": step_s, "lr": self.lr_schedulers().get_last_lr()[0],
+               **metrics, **extra}
+        self.log_dict({f"train/{k}": v for k, v in out.items()}, on_step=True, on_epoch=False,
+                      batch_size=len(rewards), prog_bar=False)
+        self.log("train/accuracy", out["reward"], on_step=True, prog_bar=True, batch_size=len(rewards))
+
+    # ---- held-out evaluation -------------------------------------------------------------------------
+    def validation_step(self, docs: list[Document], batch_idx: int) -> None:
+        self.policy.eval()
+        greedy = self.policy.greedy(docs)
+        rows = [{"greedy": float(d.answer is not None and answers_match(parse_answer(t), d.answer)),
+                 "answered": float(parse_answer(t) is not None)} for t, d in zip(greedy, docs)]
+        if self.eval_samples > 0:
+            k = self.eval_samples
+            texts = self.policy.rollout(docs, k, self.rl.temperature, self._gen).texts
+            correct = rewards_of(texts, docs, k).view(len(docs), k).sum(1)
+            for row, c in zip(rows, correct.tolist()):
+                row.update({f"pass@{j}": pass_at_k(k, int(c), j) for j in range(1, k + 1)})
+        self._val.extend(rows)
+
+    def on_validation_epoch_end(self) -> None:
+        if not self._val:
+            return
+        keys = self._val[0].keys()
+        means = {k: float(np.mean([r[k] for r in self._val])) for k in keys}
+        self._val = []
+        self.log("val/accuracy", means.pop("greedy"), prog_bar=True)
+        self.log_dict({f"val/{k}": v for k, v in means.items()})
+
+    # ---- plumbing ------------------------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["lcm"] = {"kind": "rl", **self.policy.record()}
+
+    def configure_optimizers(self):
+        return adamw_warmup_cosine(self, self.optim)
