@@ -133,7 +133,8 @@ class GRPO(L.LightningModule):
         extra = {}
         if isinstance(self.policy, ConceptGaussianPolicy):
             extra["retrieved_entropy"] = self.policy.retrieved_entropy(rollouts.batch, self._gen)
-        out = {"reward": float(rewards.mean()), "reward_std": float(rewards.std()) if len(rewards) > 1 else 0.0,
+        out = {"rollouts": float(len(rewards)), "reward": float(rewards.mean()),
+               "reward_std": float(rewards.std()) if len(rewards) > 1 else 0.0,
                "frac_reward_zero_std": float((g.std(1) == 0).float().mean()),
                "answered": float(np.mean([parse_answer(t) is not None for t in rollouts.texts])),
                "stopped": float(np.mean(rollouts.stopped)), "completions/mean_units": float(np.mean(rollouts.units)),

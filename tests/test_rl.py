@@ -1,0 +1,131 @@
+"""RL through `lcm fit`: every RL config trains real tiny SFT models, its values arrive, its metrics are logged, a
+GRPO step moves each policy toward its rewarded rollouts, and bad input is one line."""
+from __future__ import annotations
+
+import csv
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import CONFIGS, fit_in, run_lcm
+
+from lcm.grpo import RLConfig, group_advantages, policy_loss
+
+TOKEN_SFT = ["--model.init_args.arch.d_model", "64", "--model.init_args.arch.n_layer", "2",
+             "--model.init_args.arch.n_head", "2", "--model.init_args.vocab_size", "300",
+             "--data.init_args.source.init_args.n", "60", "--trainer.max_epochs", "1",
+             "--trainer.enable_progress_bar", "false"]
+RL_TINY = ["--trainer.max_steps", "2", "--trainer.val_check_interval", "2", "--data.init_args.eval_problems", "2",
+           "--data.init_args.prompts_per_step", "2", "--model.init_args.rl.group_size", "3",
+           "--model.init_args.eval_samples", "2", "--trainer.enable_progress_bar", "false"]
+POLICIES = {  # config, policy class, its own shrink
+    "token": ("rl_token.yaml", "TokenPolicy", ["--model.init_args.policy.init_args.max_new_tokens", "24"]),
+    "categorical": ("rl_concept.yaml", "ConceptCategoricalPolicy", ["--model.init_args.policy.init_args.max_steps", "6"]),
+    "gaussian": ("rl_concept.yaml", "ConceptGaussianPolicy", ["--model.init_args.policy.init_args.max_steps", "6"]),
+}
+
+
+@pytest.fixture(scope="session")
+def token_sft(tmp_path_factory) -> Path:
+    return fit_in(tmp_path_factory.mktemp("token_sft"), "token_baseline.yaml", TOKEN_SFT) / "checkpoints" / "last.ckpt"
+
+
+@pytest.fixture(scope="session")
+def sft(token_sft, trained_run) -> dict[str, Path]:
+    concept = trained_run / "checkpoints" / "last.ckpt"
+    return {"token": token_sft, "categorical": concept, "gaussian": concept}
+
+
+def rl_args(kind: str, ckpt: Path) -> list[str]:
+    config, cls, shrink = POLICIES[kind]
+    # the tiny SFT models learned gsm_symbolic (a forks prompt overflows the tiny token model's context)
+    return ["fit", "-c", str(CONFIGS / config), "--model.init_args.policy", f"lcm.train.rl_policies.{cls}",
+            "--model.init_args.policy.init_args.ckpt", str(ckpt), *shrink,
+            "--data.init_args.source", "lcm.train.GsmSymbolic", "--data.init_args.source.init_args.n", "40"]
+
+
+def in_dir(work: Path, args: list[str], capsys=None) -> tuple[int, str]:
+    cwd = os.getcwd()
+    os.chdir(work)
+    try:
+        return run_lcm(args, capsys)
+    finally:
+        os.chdir(cwd)
+
+
+@pytest.mark.parametrize("kind", list(POLICIES))
+def test_fast_dev_run_of_every_rl_config(kind, sft, tmp_path):
+    code, _ = in_dir(tmp_path, [*rl_args(kind, sft[kind]), "--trainer.fast_dev_run", "true",
+                                "--data.init_args.eval_problems", "2"])
+    assert code == 0
+
+
+@pytest.mark.parametrize("kind", list(POLICIES))
+def test_rl_fit_logs_every_step_and_the_configured_values_arrive(kind, sft, tmp_path):
+    code, _ = in_dir(tmp_path, [*rl_args(kind, sft[kind]), *RL_TINY])
+    assert code == 0
+    run = tmp_path / "runs" / POLICIES[kind][0].removesuffix(".yaml") / "version_0"
+    rows = list(csv.DictReader(open(run / "metrics.csv")))
+    train = [r for r in rows if r.get("train/reward")]
+    assert len(train) == 2  # one row per RL step (log_every_n_steps 1)
+    assert all(float(r["train/rollouts"]) == 6 for r in train)  # prompts_per_step 2 x group_size 3 arrived
+    for key in ("train/entropy", "train/entropy/q80", "train/forking_share", "train/cov_logp_adv",
+                "train/clip_ratio/region_mean", "train/completions/mean_units", "train/reward_std"):
+        assert all(r[key] != "" and float(r[key]) == float(r[key]) for r in train), key
+    val = [r for r in rows if r.get("val/accuracy")]
+    assert val and val[-1]["val/pass@2"] != ""
+    if kind == "gaussian":
+        assert all(float(r["train/retrieved_entropy"]) >= 0 for r in train)
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert ckpt["hyper_parameters"]["rl"]["group_size"] == 3 and ckpt["lcm"]["kind"] == "rl"
+    assert ckpt["lcm"]["sft_ckpt"] == str(sft[kind])
+
+
+def problems(n: int = 2):
+    from lcm.train import GsmSymbolic
+
+    return [d for _, d in zip(range(n), GsmSymbolic(n=n, seed=3).documents(256))]
+
+
+def make_policy(kind: str, ckpt: Path):
+    from lcm.train.rl_policies import ConceptCategoricalPolicy, ConceptGaussianPolicy, TokenPolicy
+
+    if kind == "token":
+        return TokenPolicy(str(ckpt), max_new_tokens=24)
+    return (ConceptCategoricalPolicy if kind == "categorical" else ConceptGaussianPolicy)(str(ckpt), max_steps=6)
+
+
+@pytest.mark.parametrize("kind", list(POLICIES))
+def test_a_grpo_step_moves_each_policy_toward_its_rewarded_rollout(kind, sft):
+    torch.manual_seed(0)
+    policy = make_policy(kind, sft[kind])
+    g = 4
+    rollouts = policy.rollout(problems(1), g, 1.0, torch.Generator().manual_seed(0))
+    logp0, _, mask = policy.score(rollouts.batch, 1.0)
+    assert mask.sum(1).tolist() == rollouts.units  # one log-prob per unit taken
+    assert torch.isfinite(logp0[mask]).all()
+    adv = group_advantages(torch.tensor([1.0, 0.0, 0.0, 0.0]), g)
+    opt = torch.optim.SGD([p for p in policy.parameters() if p.requires_grad], lr=1e-2 if kind == "gaussian" else 0.1)
+    logp, entropy, mask = policy.score(rollouts.batch, 1.0)
+    loss, _ = policy_loss(logp, logp.detach(), adv, mask, entropy, RLConfig(group_size=g))
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    with torch.no_grad():
+        logp1 = policy.score(rollouts.batch, 1.0)[0]
+    gain = ((logp1 - logp0) * mask).sum(1)  # change of each rollout's log-likelihood
+    assert gain[0] > 0 and gain[0] > gain[1:].max()
+
+
+def test_policies_refuse_the_wrong_checkpoint_in_one_line(sft, tmp_path, capsys):
+    from lcm.errors import LCMError
+
+    with pytest.raises(LCMError) as e:
+        make_policy("categorical", sft["token"])
+    assert "\n" not in str(e.value)
+    with pytest.raises(LCMError) as e:
+        make_policy("token", sft["categorical"])
+    assert "\n" not in str(e.value)
+    code, err = in_dir(tmp_path, rl_args("token", tmp_path / "missing.ckpt"), capsys)
+    assert code == 2 and "missing.ckpt" in err and len(err.strip().splitlines()) == 1
