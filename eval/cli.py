@@ -71,10 +71,11 @@ def generate_main(args: list[str]) -> None:
 
 
 EVAL_COMMANDS = {"compare": "lcm.eval.compare", "budget": "lcm.eval.budget_curve", "frontier": "lcm.eval.frontier",
-                 "follower": "lcm.eval.follower", "roundtrip": "lcm.eval.roundtrip", "trace": "lcm.eval.content_trace"}
+                 "follower": "lcm.eval.follower", "roundtrip": "lcm.eval.roundtrip", "trace": "lcm.eval.content_trace",
+                 "rl": "lcm.eval.rl_report"}
 HELP_FLAGS = ("-h", "--help")
 
-EVAL_OVERVIEW = """usage: lcm eval {compare,budget,frontier,follower,roundtrip,trace} ...
+EVAL_OVERVIEW = """usage: lcm eval {compare,budget,frontier,follower,roundtrip,trace,rl} ...
 
   lcm eval compare -c eval/configs/NAME.yaml         train and score several models on one benchmark
   lcm eval budget -c eval/configs/NAME.yaml          accuracy against optimizer steps: when each system leaves the floor
@@ -84,6 +85,8 @@ EVAL_OVERVIEW = """usage: lcm eval {compare,budget,frontier,follower,roundtrip,t
   lcm eval follower [--source forks|logic] [--n N]   the zero-parameter encoder follower and heuristics
   lcm eval trace --config TRAIN.yaml --system NAME CKPT [DECODER] ...
                                                      where content is lost: encoder, concept model or read-out
+  lcm eval rl RUN [RUN ...] [--names ...]            RL runs: entropy and accuracy per step, R = -a exp(H) + b fitted
+                                                     on the first third of the steps, extrapolated to the rest
 
 `lcm eval COMMAND --help` shows a command's options."""
 

@@ -129,3 +129,13 @@ def test_policies_refuse_the_wrong_checkpoint_in_one_line(sft, tmp_path, capsys)
     assert "\n" not in str(e.value)
     code, err = in_dir(tmp_path, rl_args("token", tmp_path / "missing.ckpt"), capsys)
     assert code == 2 and "missing.ckpt" in err and len(err.strip().splitlines()) == 1
+
+
+def test_the_token_policys_step_entropy_sums_its_token_entropies_over_each_line():
+    from lcm.train.rl_policies import TokenPolicy
+
+    entropy = torch.tensor([[9.0, 1.0, 2.0, 3.0, 4.0, 5.0], [9.0, 1.0, 2.0, 3.0, 0.0, 0.0]])
+    mask = torch.tensor([[False, True, True, True, True, True], [False, True, True, True, False, False]])
+    line_end = torch.tensor([[False, False, True, False, False, True], [False, True, False, False, False, False]])
+    steps = TokenPolicy.step_entropies(None, entropy, mask, {"line_end": line_end})
+    assert steps.tolist() == [3.0, 12.0, 1.0, 5.0]  # lines 1+2 | 3+4+5 ; 1 | unfinished 2+3

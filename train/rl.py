@@ -125,7 +125,9 @@ class GRPO(L.LightningModule):
             opt.step()
             sched.step()
             if it == 0:
-                first = {**metrics, **entropy_stats(entropy, mask, cfg.fork_threshold), "loss": float(loss.detach())}
+                steps_h = self.policy.step_entropies(entropy, mask, rollouts.batch)
+                first = {**metrics, **entropy_stats(entropy, mask, cfg.fork_threshold), "loss": float(loss.detach()),
+                         "step_entropy": float(steps_h.mean()) if len(steps_h) else float("nan")}
         self._log_step(rewards, rollouts, first, rollout_s, time.perf_counter() - t0)
 
     def _log_step(self, rewards: torch.Tensor, rollouts, metrics: dict, rollout_s: float, step_s: float) -> None:

@@ -64,6 +64,11 @@ class Policy(torch.nn.Module):
         """One deterministic solution per problem (the held-out greedy accuracy)."""
         raise NotImplementedError
 
+    def step_entropies(self, entropy: torch.Tensor, mask: torch.Tensor, batch: dict) -> torch.Tensor:
+        """Entropy per reasoning step, in nats (the matched unit of token and concept models): a concept policy's unit
+        is a step. (S,)"""
+        return entropy.detach()[mask.bool()].float()
+
     def record(self) -> dict:
         """What this policy started from, for the RL checkpoint."""
         return {}
@@ -92,7 +97,7 @@ class TokenPolicy(Policy):
 
     @torch.no_grad()
     def rollout(self, docs, group_size, temperature, generator) -> Rollouts:
-        rows, texts, stopped = [], [], []
+        rows, texts, stopped, ends = [], [], [], []
         for doc in docs:
             prompt = render_prompt(doc)
             ids = self.lm.prompt_ids(prompt)
@@ -102,18 +107,33 @@ class TokenPolicy(Policy):
                 rows.append((ids, s.token_ids + ([self.lm.tokenizer.eos_token_id] if ended else [])))
                 texts.append(s.text)
                 stopped.append(ended)
-        return Rollouts(texts, [len(c) for _, c in rows], stopped, self._pack(rows))
+                ends.append(["\n" in t or t == "<eos>" for t in s.token_texts])  # tokens that end a line (a step)
+        return Rollouts(texts, [len(c) for _, c in rows], stopped, self._pack(rows, ends))
 
-    def _pack(self, rows: list[tuple[list[int], list[int]]]) -> dict:
-        """(prompt ids, completion ids) per sample -> tokens (N, L) right-padded, and the completion's positions
-        among the next-token targets (N, L-1)."""
+    def _pack(self, rows: list[tuple[list[int], list[int]]], ends: list[list[bool]]) -> dict:
+        """(prompt ids, completion ids) per sample -> tokens (N, L) right-padded, the completion's positions among
+        the next-token targets (N, L-1), and which of them end a line (N, L-1)."""
         pad, n_max = self.lm.tokenizer.pad_token_id, max(len(p) + len(c) for p, c in rows)
         tokens = torch.full((len(rows), n_max), pad, dtype=torch.long)
         target = torch.zeros(len(rows), n_max - 1, dtype=torch.bool)
-        for b, (p, c) in enumerate(rows):
+        line_end = torch.zeros_like(target)
+        for b, ((p, c), e) in enumerate(zip(rows, ends)):
             tokens[b, : len(p) + len(c)] = torch.tensor(p + c)
             target[b, len(p) - 1: len(p) + len(c) - 1] = True
-        return {"tokens": tokens, "target": target}
+            line_end[b, len(p) - 1: len(p) - 1 + len(e)] = torch.tensor(e, dtype=torch.bool)
+        return {"tokens": tokens, "target": target, "line_end": line_end}
+
+    def step_entropies(self, entropy, mask, batch):
+        """The token model's entropy per step: the sum of its token entropies over each line it wrote (a line ends
+        at a token holding a newline, or at <eos>; an unfinished last line counts too). (S,)"""
+        out = []
+        for h, m, e in zip(entropy.detach().float().cpu(), mask.bool().cpu(), batch["line_end"]):
+            h, e = h[m], e[m]
+            cut = e.nonzero()[:, 0].tolist()
+            starts = [0] + [c + 1 for c in cut]
+            stops = cut + ([len(h) - 1] if not cut or cut[-1] != len(h) - 1 else [])
+            out += [float(h[a: b + 1].sum()) for a, b in zip(starts, stops) if b >= a]
+        return torch.tensor(out)
 
     def score(self, batch, temperature):
         tokens, target = batch["tokens"].to(self.lm.device), batch["target"].to(self.lm.device)
