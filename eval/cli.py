@@ -72,10 +72,10 @@ def generate_main(args: list[str]) -> None:
 
 EVAL_COMMANDS = {"compare": "lcm.eval.compare", "budget": "lcm.eval.budget_curve", "frontier": "lcm.eval.frontier",
                  "follower": "lcm.eval.follower", "roundtrip": "lcm.eval.roundtrip", "trace": "lcm.eval.content_trace",
-                 "rl": "lcm.eval.rl_report"}
+                 "rl": "lcm.eval.rl_report", "trl": "lcm.eval.trl_reference"}
 HELP_FLAGS = ("-h", "--help")
 
-EVAL_OVERVIEW = """usage: lcm eval {compare,budget,frontier,follower,roundtrip,trace,rl} ...
+EVAL_OVERVIEW = """usage: lcm eval {compare,budget,frontier,follower,roundtrip,trace,rl,trl} ...
 
   lcm eval compare -c eval/configs/NAME.yaml         train and score several models on one benchmark
   lcm eval budget -c eval/configs/NAME.yaml          accuracy against optimizer steps: when each system leaves the floor
@@ -87,6 +87,8 @@ EVAL_OVERVIEW = """usage: lcm eval {compare,budget,frontier,follower,roundtrip,t
                                                      where content is lost: encoder, concept model or read-out
   lcm eval rl RUN [RUN ...] [--names ...]            RL runs: entropy and accuracy per step, R = -a exp(H) + b fitted
                                                      on the first third of the steps, extrapolated to the rest
+  lcm eval trl -c train/configs/rl_token.yaml --out DIR
+                                                     the same token RL run by TRL's GRPOTrainer (the reference)
 
 `lcm eval COMMAND --help` shows a command's options."""
 

@@ -139,3 +139,23 @@ def test_the_token_policys_step_entropy_sums_its_token_entropies_over_each_line(
     line_end = torch.tensor([[False, False, True, False, False, True], [False, True, False, False, False, False]])
     steps = TokenPolicy.step_entropies(None, entropy, mask, {"line_end": line_end})
     assert steps.tolist() == [3.0, 12.0, 1.0, 5.0]  # lines 1+2 | 3+4+5 ; 1 | unfinished 2+3
+
+
+def test_lcm_eval_trl_runs_the_token_rl_config_with_trls_grpo_trainer(sft, tmp_path):
+    """TRL's GRPOTrainer on the same SFT model, problems and reward, its log in our metrics.csv layout; the config's
+    values arrive (G, completion cap, steps)."""
+    import yaml
+
+    cfg = yaml.safe_load((CONFIGS / "rl_token.yaml").read_text())
+    cfg["model"]["init_args"]["policy"]["init_args"].update({"ckpt": str(sft["token"]), "max_new_tokens": 12})
+    cfg["model"]["init_args"]["rl"]["group_size"] = 2
+    cfg["data"]["init_args"].update({"prompts_per_step": 2, "source": {"class_path": "lcm.train.GsmSymbolic",
+                                                                       "init_args": {"n": 40}}})
+    config = tmp_path / "rl_tiny.yaml"
+    config.write_text(yaml.safe_dump(cfg))
+    code, _ = run_lcm(["eval", "trl", "-c", str(config), "--out", str(tmp_path / "trl"), "--max-steps", "1"])
+    assert code == 0
+    rows = list(csv.DictReader(open(tmp_path / "trl" / "metrics.csv")))
+    assert len(rows) == 1
+    assert float(rows[0]["train/completions/max_length"]) <= 12 and float(rows[0]["train/entropy"]) > 0
+    assert float(rows[0]["train/num_tokens"]) > 0 and rows[0]["train/reward"] != ""
