@@ -147,10 +147,11 @@ class GRPO(L.LightningModule):
         self.log("train/accuracy", out["reward"], on_step=True, prog_bar=True, batch_size=len(rewards))
 
     # ---- held-out evaluation -------------------------------------------------------------------------
-    def validation_step(self, docs: list[Document], batch_idx: int) -> None:
+    def _eval_rows(self, docs: list[Document]) -> list[dict]:
+        """Per held-out problem: greedy correct and answered, and pass@1..k of k samples (`eval_samples`)."""
         self.policy.eval()
         greedy = self.policy.greedy(docs)
-        rows = [{"greedy": float(d.answer is not None and answers_match(parse_answer(t), d.answer)),
+        rows = [{"accuracy": float(d.answer is not None and answers_match(parse_answer(t), d.answer)),
                  "answered": float(parse_answer(t) is not None)} for t, d in zip(greedy, docs)]
         if self.eval_samples > 0:
             k = self.eval_samples
@@ -158,16 +159,29 @@ class GRPO(L.LightningModule):
             correct = rewards_of(texts, docs, k).view(len(docs), k).sum(1)
             for row, c in zip(rows, correct.tolist()):
                 row.update({f"pass@{j}": pass_at_k(k, int(c), j) for j in range(1, k + 1)})
-        self._val.extend(rows)
+        self.policy.train()
+        return rows
+
+    @staticmethod
+    def _means(rows: list[dict]) -> dict[str, float]:
+        return {f"val/{k}": float(np.mean([r[k] for r in rows])) for k in rows[0]} if rows else {}
+
+    def on_train_start(self) -> None:
+        """The SFT policy's held-out scores, logged at step 0: where RL starts from (the sanity check logs nothing)."""
+        if self.trainer.datamodule is None:
+            return
+        rows = [r for docs in self.trainer.datamodule.val_dataloader() for r in self._eval_rows(docs)]
+        for logger in self.loggers:
+            logger.log_metrics(self._means(rows), step=0)
+
+    def validation_step(self, docs: list[Document], batch_idx: int) -> None:
+        self._val.extend(self._eval_rows(docs))
 
     def on_validation_epoch_end(self) -> None:
-        if not self._val:
-            return
-        keys = self._val[0].keys()
-        means = {k: float(np.mean([r[k] for r in self._val])) for k in keys}
-        self._val = []
-        self.log("val/accuracy", means.pop("greedy"), prog_bar=True)
-        self.log_dict({f"val/{k}": v for k, v in means.items()})
+        means, self._val = self._means(self._val), []
+        if means:
+            self.log("val/accuracy", means.pop("val/accuracy"), prog_bar=True)
+            self.log_dict(means)
 
     # ---- plumbing ------------------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:
