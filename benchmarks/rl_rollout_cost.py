@@ -46,7 +46,7 @@ def one_round(policy, docs, group: int, seed: int) -> dict:
     rollouts = policy.rollout(docs, group, 1.0, torch.Generator().manual_seed(seed))
     t1 = time.perf_counter()
     policy.train()
-    logp, entropy, mask = policy.score(rollouts.batch, 1.0)
+    logp, entropy, mask, _ = policy.score(rollouts.batch, 1.0)
     adv = group_advantages(torch.randn(len(rollouts.texts)), group)
     loss, _ = policy_loss(logp, logp.detach(), adv, mask, entropy, RLConfig(group_size=group))
     loss.backward()

@@ -11,7 +11,7 @@ import numpy as np
 
 from lcm.answers import ANSWER, answers_match, parse_answer, pass_at_k  # noqa: F401 - re-exported
 from lcm.eval.text_metrics import tokens
-from lcm.retrieval import unit_rows
+from lcm.metrics import effective_rank, effective_rank_dynamics, vendi_score  # noqa: F401 - re-exported
 
 
 def bootstrap_ci(values, level: float = 0.95, resamples: int = 2000, seed: int = 0) -> tuple[float, float]:
@@ -73,34 +73,6 @@ def forking_tokens(entropies: np.ndarray, token_texts: list[str], threshold: flo
 
 
 # ---- representation rank and diversity ------------------------------------------------------------
-def effective_rank(h: np.ndarray) -> float:
-    """Roy & Vetterli effective rank of (T, d) states as the effective-rank RL paper's code computes it (VERL,
-    `metrics_utils.compute_single_effective_rank`): centre over positions, singular values s, p_i = s_i / sum s,
-    exp(-sum p_i log p_i). 1 for states on a line or all identical (VERL's exp(0)), min(T - 1, d) at most --
-    so compare it only across equal numbers of units (`step_boundary_states`)."""
-    x = np.asarray(h, dtype=np.float64)
-    if x.ndim != 2 or len(x) < 2:
-        return float("nan")
-    s = np.linalg.svd(x - x.mean(0, keepdims=True), compute_uv=False)
-    s = s[s > s.max() * 1e-12] if s.max() > 0 else s[:0]
-    if not len(s):
-        return 1.0  # every position identical
-    p = s / s.sum()
-    return float(np.exp(-(p * np.log(p)).sum()))
-
-
-def effective_rank_dynamics(h: np.ndarray, stride: int = 1) -> tuple[float, float]:
-    """(ERV, ERA): the first and second "differences" of the effective rank along a response, as VERL's code
-    defines them (`_calculate_diffs_batched_single_device`): for prefixes of t = stride, 2*stride, ... <= T
-    units, ER_t = effective_rank(h[:t]) (1 for a single unit); diff_t = ER_t - mean(ER of the earlier
-    prefixes), diff2_t = diff_t - diff_(t-1); ERV = mean diff, ERA = mean diff2 (nan when undefined)."""
-    x = np.asarray(h, dtype=np.float64)
-    ranks = [1.0 if t < 2 else effective_rank(x[:t]) for t in range(stride, len(x) + 1, stride)]
-    diffs = [r - float(np.mean(ranks[:i])) for i, r in enumerate(ranks) if i > 0]
-    diff2 = [b - a for a, b in zip(diffs, diffs[1:])]
-    return (float(np.mean(diffs)) if diffs else float("nan"), float(np.mean(diff2)) if diff2 else float("nan"))
-
-
 def step_boundary_states(hidden: np.ndarray, token_texts: list[str]) -> np.ndarray:
     """(n_steps, d) one token-model state per reasoning step: the state that produced each step's last token (a
     token holding a line break ends a step; the final token ends the last one). The token-side unit that matches
@@ -130,23 +102,6 @@ def line_entropies(entropies: np.ndarray, token_texts: list[str]) -> np.ndarray:
     if len(token_texts) and "\n" not in token_texts[-1]:
         out.append(total)
     return np.asarray(out)
-
-
-def vendi_score(emb: np.ndarray) -> float:
-    """Vendi score (Friedman & Dieng) of k samples (k, D) on *centred* unit embeddings (docs/metrics.md):
-    unit-normalize the rows, centre them over the k samples, K = X X^T, then exp(entropy of eig(K) / tr(K)).
-
-    Centring removes the direction every sentence embedding shares, which makes raw cosines of unrelated
-    sentences high. Like the effective rank it counts directions of variation: 1 when the samples vary along
-    one direction (or not at all), k - 1 at most (k centred points span at most k - 1 dimensions)."""
-    x = unit_rows(emb).astype(np.float64)
-    x -= x.mean(0, keepdims=True)
-    lam = np.linalg.eigvalsh(x @ x.T)
-    lam = lam[lam > 1e-12]
-    if not len(lam):
-        return 1.0  # every sample the same direction
-    p = lam / lam.sum()
-    return float(np.exp(-(p * np.log(p)).sum()))
 
 
 def distinct_n(texts: list[str], n: int) -> float:

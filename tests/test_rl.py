@@ -71,8 +71,11 @@ def test_rl_fit_logs_every_step_and_the_configured_values_arrive(kind, sft, tmp_
     assert len(train) == 2  # one row per RL step (log_every_n_steps 1)
     assert all(float(r["train/rollouts"]) == 6 for r in train)  # prompts_per_step 2 x group_size 3 arrived
     for key in ("train/entropy", "train/entropy/q80", "train/forking_share", "train/cov_logp_adv",
-                "train/clip_ratio/region_mean", "train/completions/mean_units", "train/reward_std"):
+                "train/clip_ratio/region_mean", "train/completions/mean_units", "train/reward_std",
+                "train/step_entropy"):
         assert all(r[key] != "" and float(r[key]) == float(r[key]) for r in train), key
+    for key in ("train/effective_rank", "train/erv", "train/vendi"):  # nan when no rollout has 2 steps
+        assert all(r[key] != "" for r in train), key
     val = [r for r in rows if r.get("val/accuracy")]
     assert val and val[-1]["val/pass@2"] != ""
     if kind == "gaussian":
@@ -102,12 +105,16 @@ def test_a_grpo_step_moves_each_policy_toward_its_rewarded_rollout(kind, sft):
     policy = make_policy(kind, sft[kind])
     g = 4
     rollouts = policy.rollout(problems(1), g, 1.0, torch.Generator().manual_seed(0))
-    logp0, _, mask = policy.score(rollouts.batch, 1.0)
+    logp0, _, mask, states = policy.score(rollouts.batch, 1.0)
     assert mask.sum(1).tolist() == rollouts.units  # one log-prob per unit taken
-    assert torch.isfinite(logp0[mask]).all()
+    assert torch.isfinite(logp0[mask]).all() and states.shape[:2] == mask.shape
+    per_step = policy.step_states(states, mask, rollouts.batch)
+    emb = policy.step_embeddings(rollouts)
+    assert len(per_step) == len(emb) == g and all(len(e) == len(t.splitlines()) for e, t in zip(emb, rollouts.texts)
+                                                  if t.strip() and kind != "token")
     adv = group_advantages(torch.tensor([1.0, 0.0, 0.0, 0.0]), g)
     opt = torch.optim.SGD([p for p in policy.parameters() if p.requires_grad], lr=1e-2 if kind == "gaussian" else 0.1)
-    logp, entropy, mask = policy.score(rollouts.batch, 1.0)
+    logp, entropy, mask, _ = policy.score(rollouts.batch, 1.0)
     loss, _ = policy_loss(logp, logp.detach(), adv, mask, entropy, RLConfig(group_size=g))
     opt.zero_grad()
     loss.backward()

@@ -24,7 +24,9 @@ from torch.utils.data import DataLoader
 from lcm.answers import answers_match, parse_answer, pass_at_k
 from lcm.errors import LCMError
 from lcm.grpo import RLConfig, entropy_stats, group_advantages, policy_loss
+from lcm.metrics import effective_rank, effective_rank_dynamics, vendi_score
 from lcm.optim import OptimConfig, adamw_warmup_cosine
+from lcm.retrieval import unit_rows
 from lcm.train.corpus import CorpusSource
 from lcm.train.datamodule import check_split_args, load_documents
 from lcm.train.documents import Document
@@ -35,6 +37,23 @@ def rewards_of(texts: list[str], docs: list[Document], group_size: int) -> torch
     """1.0 where a rollout's final answer matches its problem's (the G rollouts of a problem adjacent), else 0.0."""
     golds = [d.answer for d in docs for _ in range(group_size)]
     return torch.tensor([float(g is not None and answers_match(parse_answer(t), g)) for t, g in zip(texts, golds)])
+
+
+def rank_and_diversity(states: list[np.ndarray], step_emb: list[np.ndarray], group_size: int) -> dict[str, float]:
+    """Effective rank of each rollout's hidden states on matched units (one per step), its ERV / ERA (VERL's
+    definitions, `lcm.metrics`), averaged over rollouts with >= 2 steps; and the Vendi score of each problem's G
+    rollouts (each the mean of its unit step embeddings, as the comparison scores samples), averaged over problems."""
+    ranks = [(effective_rank(h), *effective_rank_dynamics(h)) for h in states if len(h) >= 2]
+    vendi = []
+    for g in range(0, len(step_emb), group_size):
+        means = [unit_rows(e).mean(0) for e in step_emb[g:g + group_size] if len(e)]
+        if len(means) >= 2:
+            vendi.append(vendi_score(np.stack(means)))
+    nan = float("nan")
+    return {"effective_rank": float(np.mean([r[0] for r in ranks])) if ranks else nan,
+            "erv": float(np.nanmean([r[1] for r in ranks])) if ranks else nan,
+            "era": float(np.nanmean([r[2] for r in ranks])) if ranks else nan,
+            "vendi": float(np.mean(vendi)) if vendi else nan}
 
 
 class PromptDataModule(L.LightningDataModule):
@@ -116,7 +135,7 @@ class GRPO(L.LightningModule):
                 ref_logp = self.ref.score(rollouts.batch, cfg.temperature)[0]
         opt, sched = self.optimizers(), self.lr_schedulers()
         for it in range(cfg.updates_per_rollout):
-            logp, entropy, mask = self.policy.score(rollouts.batch, cfg.temperature)
+            logp, entropy, mask, states = self.policy.score(rollouts.batch, cfg.temperature)
             loss, metrics = policy_loss(logp, logp.detach() if old_logp is None else old_logp, adv, mask, entropy,
                                         cfg, ref_logp, self._gen)
             opt.zero_grad()
@@ -127,7 +146,9 @@ class GRPO(L.LightningModule):
             if it == 0:
                 steps_h = self.policy.step_entropies(entropy, mask, rollouts.batch)
                 first = {**metrics, **entropy_stats(entropy, mask, cfg.fork_threshold), "loss": float(loss.detach()),
-                         "step_entropy": float(steps_h.mean()) if len(steps_h) else float("nan")}
+                         "step_entropy": float(steps_h.mean()) if len(steps_h) else float("nan"),
+                         **rank_and_diversity(self.policy.step_states(states, mask, rollouts.batch),
+                                              self.policy.step_embeddings(rollouts), cfg.group_size)}
         self._log_step(rewards, rollouts, first, rollout_s, time.perf_counter() - t0)
 
     def _log_step(self, rewards: torch.Tensor, rollouts, metrics: dict, rollout_s: float, step_s: float) -> None:

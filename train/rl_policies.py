@@ -56,8 +56,9 @@ class Policy(torch.nn.Module):
                 generator: torch.Generator | None) -> Rollouts:
         raise NotImplementedError
 
-    def score(self, batch: dict, temperature: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """-> log π of each taken unit (N, T), the policy's entropy there (N, T), valid units (N, T) bool."""
+    def score(self, batch: dict, temperature: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """-> log π of each taken unit (N, T), the policy's entropy there (N, T), valid units (N, T) bool, and the
+        final-layer hidden state that produced each unit (N, T, d), detached."""
         raise NotImplementedError
 
     def greedy(self, docs: list[Document]) -> list[str]:
@@ -68,6 +69,14 @@ class Policy(torch.nn.Module):
         """Entropy per reasoning step, in nats (the matched unit of token and concept models): a concept policy's unit
         is a step. (S,)"""
         return entropy.detach()[mask.bool()].float()
+
+    def step_states(self, states: torch.Tensor, mask: torch.Tensor, batch: dict) -> list[np.ndarray]:
+        """Per sample, one hidden state per reasoning step (S_i, d): the matched units of the effective rank."""
+        return [h[m].cpu().numpy() for h, m in zip(states, mask.bool())]
+
+    def step_embeddings(self, rollouts: Rollouts) -> list[np.ndarray]:
+        """Per sample, the sentence-encoder embedding of each step it wrote (S_i, D): what the Vendi score reads."""
+        raise NotImplementedError
 
     def record(self) -> dict:
         """What this policy started from, for the RL checkpoint."""
@@ -91,6 +100,7 @@ class TokenPolicy(Policy):
 
         self.lm = TokenLM.from_checkpoint(ckpt)
         self.ckpt, self.max_new_tokens, self.top_p = str(ckpt), max_new_tokens, top_p
+        self._encoder = None
 
     def record(self) -> dict:
         return {"policy": "token", "sft_ckpt": self.ckpt, "params": self.lm.num_params()}
@@ -137,9 +147,27 @@ class TokenPolicy(Policy):
 
     def score(self, batch, temperature):
         tokens, target = batch["tokens"].to(self.lm.device), batch["target"].to(self.lm.device)
-        logits = self.lm.net(input_ids=tokens[:, :-1], use_cache=False).logits.float() / temperature  # (N, L-1, V)
+        net = self.lm.net
+        h = net.base_model(input_ids=tokens[:, :-1], use_cache=False).last_hidden_state  # (N, L-1, d) after the norm
+        logits = net.get_output_embeddings()(h).float() / temperature  # (N, L-1, V)
         logp = torch.log_softmax(logits, -1).gather(-1, tokens[:, 1:, None])[..., 0]
-        return logp, token_entropy(logits), target
+        return logp, token_entropy(logits), target, h.detach().float()
+
+    def step_states(self, states, mask, batch):
+        """The state that wrote each line's last token (its newline, or <eos>): one per step, as the comparison
+        matches token and concept models (`step_boundary_states`)."""
+        ends = batch["line_end"].to(mask.device) & mask.bool()
+        return [h[e].cpu().numpy() for h, e in zip(states, ends)]
+
+    def step_embeddings(self, rollouts):
+        if self._encoder is None:  # MiniLM, as the concept policies' steps: loaded on first use
+            from lcm.encoders import SentenceTransformerEncoder
+
+            self._encoder = SentenceTransformerEncoder()
+        lines = [[ln.strip() for ln in t.splitlines() if ln.strip()] for t in rollouts.texts]
+        flat = [ln for ls in lines for ln in ls]
+        emb = self._encoder.encode(flat) if flat else np.zeros((0, 1), dtype=np.float32)  # (S, D)
+        return np.split(emb, np.cumsum([len(ls) for ls in lines])[:-1])
 
     @torch.no_grad()
     def greedy(self, docs):
@@ -214,6 +242,10 @@ class ConceptPolicy(Policy):
                 stopped[i] = r == self.eot_row
             live = [i for i in live if not stopped[i]]
         return rows, actions, stopped
+
+    def step_embeddings(self, rollouts):
+        rows, mask = rollouts.batch["rows"], rollouts.batch["mask"]
+        return [self.bank_raw[r[m & (r != self.eot_row)]].cpu().numpy() for r, m in zip(rows, mask)]
 
     def _text(self, rows: list[int]) -> str:
         return "\n".join(self.bank_texts[r] for r in rows if r != self.eot_row)
@@ -300,10 +332,11 @@ class ConceptCategoricalPolicy(ConceptPolicy):
         return rows, rows
 
     def score(self, batch, temperature):
-        logp_all = torch.log_softmax(self._logits(self._unit_states(batch)) / temperature, -1)  # (N, T, N_b)
+        h = self._unit_states(batch)  # (N, T, d)
+        logp_all = torch.log_softmax(self._logits(h) / temperature, -1)  # (N, T, N_b)
         logp = logp_all.gather(-1, batch["rows"].to(logp_all.device)[..., None])[..., 0]
         entropy = -(logp_all.exp() * logp_all).sum(-1)
-        return logp, entropy, batch["mask"].to(logp.device)
+        return logp, entropy, batch["mask"].to(logp.device), h.detach().float()
 
 
 class ConceptGaussianPolicy(ConceptPolicy):
@@ -347,10 +380,11 @@ class ConceptGaussianPolicy(ConceptPolicy):
         return self._nearest(mu), mu
 
     def score(self, batch, temperature):
-        mu, log_sigma = self._heads(self._unit_states(batch))  # (N, T, D) each
+        h = self._unit_states(batch)  # (N, T, d)
+        mu, log_sigma = self._heads(h)  # (N, T, D) each
         log_sigma = log_sigma + math.log(temperature)
         logp = gaussian_log_prob(batch["actions"].to(mu.device), mu, log_sigma)
-        return logp, gaussian_entropy(log_sigma), batch["mask"].to(mu.device)
+        return logp, gaussian_entropy(log_sigma), batch["mask"].to(mu.device), h.detach().float()
 
     @torch.no_grad()
     def retrieved_entropy(self, batch: dict, generator: torch.Generator | None = None) -> float:
