@@ -166,3 +166,15 @@ def test_lcm_eval_trl_runs_the_token_rl_config_with_trls_grpo_trainer(sft, tmp_p
     assert len(rows) == 1
     assert float(rows[0]["train/completions/max_length"]) <= 12 and float(rows[0]["train/entropy"]) > 0
     assert float(rows[0]["train/num_tokens"]) > 0 and rows[0]["train/reward"] != ""
+
+
+def test_a_resumed_rl_run_continues_its_log_without_a_second_step0_evaluation(sft, tmp_path):
+    args = [*rl_args("categorical", sft["categorical"]), *RL_TINY[2:], "--trainer.val_check_interval", "1",
+            "--model.init_args.eval_samples", "0"]
+    assert in_dir(tmp_path, [*args, "--trainer.max_steps", "1"])[0] == 0
+    run = tmp_path / "runs" / "rl_concept" / "version_0"
+    assert in_dir(tmp_path, [*args, "--trainer.max_steps", "2", "--ckpt_path",
+                             str(run / "checkpoints" / "last.ckpt")])[0] == 0
+    rows = list(csv.DictReader(open(run / "metrics.csv")))
+    assert sorted(int(r["step"]) for r in rows if r.get("train/reward")) == [0, 1]
+    assert len([r for r in rows if r.get("val/accuracy") and r["epoch"] == ""]) == 1  # the SFT scores, once

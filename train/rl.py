@@ -189,7 +189,7 @@ class GRPO(L.LightningModule):
 
     def on_train_start(self) -> None:
         """The SFT policy's held-out scores, logged at step 0: where RL starts from (the sanity check logs nothing)."""
-        if self.trainer.datamodule is None:
+        if self.trainer.datamodule is None or self.trainer.global_step > 0:  # a resumed run has its step-0 scores
             return
         rows = [r for docs in self.trainer.datamodule.val_dataloader() for r in self._eval_rows(docs)]
         for logger in self.loggers:
@@ -207,6 +207,11 @@ class GRPO(L.LightningModule):
     # ---- plumbing ------------------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["lcm"] = {"kind": "rl", **self.policy.record()}
+        checkpoint["rl_generator"] = self._gen.get_state()  # a resumed run draws the rollouts it would have drawn
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        if "rl_generator" in checkpoint:
+            self._gen.set_state(checkpoint["rl_generator"])
 
     def configure_optimizers(self):
         return adamw_warmup_cosine(self, self.optim)
