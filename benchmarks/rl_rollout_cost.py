@@ -3,7 +3,8 @@
 For `--problems` held-out forks problems, G = `--group` rollouts each, exactly as a GRPO step draws them
 (`lcm.train.rl_policies`: the token policy samples with its KV cache, one batch of G per problem; the concept
 policies step all B x G rollouts together, re-running the trunk over the whole context each step -- they have no
-KV cache -- and the concept rows include MiniLM's encoding of the prompts, part of the system). Then the scoring
+KV cache -- and the concept rows include MiniLM's encoding of the prompts, part of the system, timed apart as well).
+Then the scoring
 forward + backward of those rollouts (what one GRPO update costs). Policies alternate for `--repeats` rounds;
 medians are reported as rollouts/s and milliseconds per reasoning step (a line of the token model, a step of a
 concept model), with the token / concept ratios measured in this run.
@@ -52,7 +53,12 @@ def one_round(policy, docs, group: int, seed: int) -> dict:
     loss.backward()
     policy.zero_grad(set_to_none=True)
     t2 = time.perf_counter()
-    return {"rollout_s": t1 - t0, "update_s": t2 - t1, "rollouts": len(rollouts.texts),
+    encode_s = 0.0
+    if not isinstance(policy, TokenPolicy):  # the part of a concept rollout that is MiniLM encoding the prompts
+        with torch.no_grad():
+            policy._prompts(docs)
+        encode_s = time.perf_counter() - t2
+    return {"rollout_s": t1 - t0, "update_s": t2 - t1, "encode_s": encode_s, "rollouts": len(rollouts.texts),
             "steps": steps_of(policy, rollouts), "units": sum(rollouts.units)}
 
 
@@ -80,22 +86,24 @@ def main() -> None:
             rounds[name].append(one_round(pol, docs, args.group, seed=r))
     rows = {}
     for name, rs in rounds.items():
-        med = {k: statistics.median(x[k] for x in rs) for k in ("rollout_s", "update_s", "steps", "units")}
+        med = {k: statistics.median(x[k] for x in rs) for k in ("rollout_s", "update_s", "encode_s", "steps", "units")}
         rows[name] = {**med, "params": params[name], "rollouts": rs[0]["rollouts"],
                       "rollouts_per_s": rs[0]["rollouts"] / med["rollout_s"],
                       "ms_per_step": 1000 * med["rollout_s"] / max(med["steps"], 1),
+                      "ms_per_step_without_encoding": 1000 * (med["rollout_s"] - med["encode_s"]) / max(med["steps"], 1),
                       "update_ms_per_step": 1000 * med["update_s"] / max(med["steps"], 1)}
     token = rows["token (HF Llama)"]
     for name, row in rows.items():
         row["token_over_this_per_step"] = token["ms_per_step"] / row["ms_per_step"]
     table = Table(title=f"RL rollouts: {args.problems} problems x G={args.group}, median of {args.repeats} "
                         f"(torch threads {torch.get_num_threads()})")
-    for col in ("policy", "params", "rollouts/s", "steps", "ms / step (rollout)", "ms / step (update)",
-                "token / this per step"):
+    for col in ("policy", "params", "rollouts/s", "steps", "ms / step (rollout)", "of which prompt encoding",
+                "ms / step (update)", "token / this per step"):
         table.add_column(col)
     for name, row in rows.items():
         table.add_row(name, f"{row['params'] / 1e6:.2f}M", f"{row['rollouts_per_s']:.2f}", f"{row['steps']:.0f}",
-                      f"{row['ms_per_step']:.1f}", f"{row['update_ms_per_step']:.1f}",
+                      f"{row['ms_per_step']:.1f}", f"{row['ms_per_step'] - row['ms_per_step_without_encoding']:.1f}",
+                      f"{row['update_ms_per_step']:.1f}",
                       f"{row['token_over_this_per_step']:.2f}x")
     Console().print(table)
     write_json(args.out, {"date": dt.datetime.now().isoformat(timespec="seconds"), "cpus": os.cpu_count(),
