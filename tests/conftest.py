@@ -62,6 +62,27 @@ def trained_run(tmp_path_factory):
     return fit_in(tmp_path_factory.mktemp("fit"), "quickstart.yaml", TINY_FIT)
 
 
+TOKEN_SFT = ["--model.init_args.arch.d_model", "64", "--model.init_args.arch.n_layer", "2",
+             "--model.init_args.arch.n_head", "2", "--model.init_args.vocab_size", "300",
+             "--data.init_args.source.init_args.n", "60", "--trainer.max_epochs", "1",
+             "--trainer.enable_progress_bar", "false"]
+
+
+@pytest.fixture(scope="session")
+def token_sft(tmp_path_factory) -> Path:
+    """A tiny real token-baseline checkpoint (`lcm fit -c token_baseline.yaml`, 60 gsm problems, one epoch): the
+    SFT model RL tests start from."""
+    return fit_in(tmp_path_factory.mktemp("token_sft"), "token_baseline.yaml", TOKEN_SFT) / "checkpoints" / "last.ckpt"
+
+
+@pytest.fixture(scope="session")
+def sft(token_sft, trained_run) -> dict[str, Path]:
+    """SFT checkpoints per RL policy kind: the tiny token model, and the tiny quickstart Base-LCM for both concept
+    policies."""
+    concept = trained_run / "checkpoints" / "last.ckpt"
+    return {"token": token_sft, "categorical": concept, "gaussian": concept}
+
+
 def train_tiny_token_model(rows: list[dict[str, str]], arch, steps: int, name: str, callbacks=()):
     """A tiny real TokenLM trained by Lightning for `steps` steps on `rows` ({"prompt", "solution"}), vocabulary
     300, from seed 0 (the token-model and controls tests learn a format this way)."""

@@ -8,14 +8,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import CONFIGS, fit_in, run_lcm
+from conftest import CONFIGS, run_lcm
 
 from lcm.grpo import RLConfig, group_advantages, policy_loss
 
-TOKEN_SFT = ["--model.init_args.arch.d_model", "64", "--model.init_args.arch.n_layer", "2",
-             "--model.init_args.arch.n_head", "2", "--model.init_args.vocab_size", "300",
-             "--data.init_args.source.init_args.n", "60", "--trainer.max_epochs", "1",
-             "--trainer.enable_progress_bar", "false"]
 RL_TINY = ["--trainer.max_steps", "2", "--trainer.val_check_interval", "2", "--data.init_args.eval_problems", "2",
            "--data.init_args.prompts_per_step", "2", "--model.init_args.rl.group_size", "3",
            "--model.init_args.eval_samples", "2", "--trainer.enable_progress_bar", "false"]
@@ -24,17 +20,6 @@ POLICIES = {  # config, policy class, its own shrink
     "categorical": ("rl_concept.yaml", "ConceptCategoricalPolicy", ["--model.init_args.policy.init_args.max_steps", "6"]),
     "gaussian": ("rl_concept.yaml", "ConceptGaussianPolicy", ["--model.init_args.policy.init_args.max_steps", "6"]),
 }
-
-
-@pytest.fixture(scope="session")
-def token_sft(tmp_path_factory) -> Path:
-    return fit_in(tmp_path_factory.mktemp("token_sft"), "token_baseline.yaml", TOKEN_SFT) / "checkpoints" / "last.ckpt"
-
-
-@pytest.fixture(scope="session")
-def sft(token_sft, trained_run) -> dict[str, Path]:
-    concept = trained_run / "checkpoints" / "last.ckpt"
-    return {"token": token_sft, "categorical": concept, "gaussian": concept}
 
 
 def rl_args(kind: str, ckpt: Path) -> list[str]:
