@@ -23,7 +23,10 @@ from lcm.errors import LCMError
 from lcm.eval.reasoning_metrics import fit_entropy_performance
 from lcm.io import write_json
 
-ENTROPIES = {"unit": "train/entropy", "step": "train/step_entropy"}
+# per unit, per reasoning step (the same series for concept policies: then drawn once), and the Monte Carlo entropy
+# of the Gaussian concept policy's read-out sentence (its differential entropy is no entropy over sentences)
+ENTROPIES = {"unit": "train/entropy", "step": "train/step_entropy", "retrieved": "train/retrieved_entropy"}
+MIN_FIT = 3  # points the law is fitted on: two parameters through two points fit any pair exactly
 
 
 def read_run(run: Path) -> dict[str, dict[int, float]]:
@@ -60,9 +63,9 @@ def law_points(series: dict[str, dict[int, float]], entropy_key: str, how: str, 
 
 
 def fit_and_extrapolate(hs: list[float], rs: list[float]) -> dict:
-    """Fit on the first third (at least 2 points), predict the rest: a, b, R^2 (fit), extrapolation RMSE."""
+    """Fit on the first third (at least `MIN_FIT` points), predict the rest: a, b, R^2 (fit), extrapolation RMSE."""
     n = len(hs)
-    k = max(2, n // 3)
+    k = max(MIN_FIT, n // 3)
     if n < k + 1:
         return {"points": n, "note": "too few points to fit on a third and predict the rest"}
     if max(hs) > 700:  # exp(H) overflows float64: a sum over many tokens is no entropy this law is about
@@ -80,7 +83,7 @@ def summarize(name: str, series: dict, window: int) -> dict:
            "val_accuracy_first": val[min(val)] if val else None, "val_accuracy_last": val[max(val)] if val else None,
            "laws": {}}
     for unit, key in ENTROPIES.items():
-        if key not in series:
+        if key not in series or (unit == "step" and series[key] == series.get(ENTROPIES["unit"])):
             continue
         steps = sorted(series[key])
         out[f"{unit}_entropy_first"], out[f"{unit}_entropy_last"] = series[key][steps[0]], series[key][steps[-1]]
