@@ -199,7 +199,10 @@ def test_noisy_soft_thinking_samples_reproducibly_by_seed(trained, noise):
     assert (states(a)[0] - states(a)[1:]).abs().amax() > 1e-3  # the rows of one call differ
     assert (states(a) - states(c)).abs().amax() > 1e-3  # and another seed differs
     plain = model.generate(PROMPT, mode="soft", num_samples=2, max_new_tokens=16, seed=5, soft=SoftThinking(think_end=END))
-    assert (plain[0].hidden[: plain[0].soft_tokens] == plain[1].hidden[: plain[1].soft_tokens]).all()  # no noise: one thought
+    # no noise: one thought -- equal up to float rounding (with 2 threads, BLAS may round two identical rows of a
+    # batch differently)
+    assert plain[0].soft_tokens == plain[1].soft_tokens
+    np.testing.assert_allclose(plain[0].hidden[: plain[0].soft_tokens], plain[1].hidden[: plain[1].soft_tokens], atol=1e-4)
     with pytest.raises(LCMError, match="soft must be a lcm.token_model.SoftThinking"):
         model.generate(PROMPT, mode="soft", soft={"max_topk": 3})
 
