@@ -30,7 +30,7 @@ from lcm.retrieval import unit_rows
 from lcm.train.corpus import CorpusSource
 from lcm.train.datamodule import check_split_args, load_documents
 from lcm.train.documents import Document
-from lcm.train.rl_policies import ConceptGaussianPolicy, Policy
+from lcm.train.rl_policies import Policy
 
 
 def rewards_of(texts: list[str], docs: list[Document], group_size: int) -> torch.Tensor:
@@ -153,9 +153,7 @@ class GRPO(L.LightningModule):
 
     def _log_step(self, rewards: torch.Tensor, rollouts, metrics: dict, rollout_s: float, step_s: float) -> None:
         g = rewards.view(-1, self.rl.group_size)
-        extra = {}
-        if isinstance(self.policy, ConceptGaussianPolicy):
-            extra["retrieved_entropy"] = self.policy.retrieved_entropy(rollouts.batch, self._gen)
+        extra = self.policy.extra_metrics(rollouts.batch, self._gen)
         out = {"rollouts": float(len(rewards)), "reward": float(rewards.mean()),
                "reward_std": float(rewards.std()) if len(rewards) > 1 else 0.0,
                "frac_reward_zero_std": float((g.std(1) == 0).float().mean()),
@@ -172,8 +170,8 @@ class GRPO(L.LightningModule):
         """Per held-out problem: greedy correct and answered, and pass@1..k of k samples (`eval_samples`)."""
         self.policy.eval()
         greedy = self.policy.greedy(docs)
-        rows = [{"accuracy": float(d.answer is not None and answers_match(parse_answer(t), d.answer)),
-                 "answered": float(parse_answer(t) is not None)} for t, d in zip(greedy, docs)]
+        rows = [{"accuracy": float(r), "answered": float(parse_answer(t) is not None)}
+                for r, t in zip(rewards_of(greedy, docs, 1), greedy)]
         if self.eval_samples > 0:
             k = self.eval_samples
             texts = self.policy.rollout(docs, k, self.rl.temperature, self._gen).texts

@@ -82,6 +82,10 @@ class Policy(torch.nn.Module):
         """What this policy started from, for the RL checkpoint."""
         return {}
 
+    def extra_metrics(self, batch: dict, generator: torch.Generator | None) -> dict[str, float]:
+        """Policy-specific metrics of a batch of rollouts, logged every step beside the shared ones."""
+        return {}
+
 
 # ---- the token policy ----------------------------------------------------------------------------------
 class TokenPolicy(Policy):
@@ -385,6 +389,9 @@ class ConceptGaussianPolicy(ConceptPolicy):
         log_sigma = log_sigma + math.log(temperature)
         logp = gaussian_log_prob(batch["actions"].to(mu.device), mu, log_sigma)
         return logp, gaussian_entropy(log_sigma), batch["mask"].to(mu.device), h.detach().float()
+
+    def extra_metrics(self, batch, generator):
+        return {"retrieved_entropy": self.retrieved_entropy(batch, generator)}
 
     @torch.no_grad()
     def retrieved_entropy(self, batch: dict, generator: torch.Generator | None = None) -> float:
