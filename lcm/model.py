@@ -212,3 +212,55 @@ class BaseLCM(nn.Module):
 
     def forward(self, x: torch.Tensor, doc: torch.Tensor | None = None, pos: torch.Tensor | None = None) -> torch.Tensor:
         return self.out_proj(self.hidden_states(x, doc, pos))  # (B, T, D)
+
+
+class ConceptStepper:
+    """Incremental decoding of a `BaseLCM`: the prompts go through the trunk once, then each new concept costs one
+    position per row (keys and values cached per layer), instead of re-running the whole context every step.
+
+    Prompts of different lengths are left-padded, so every row's newest position is the last column; padded keys are
+    masked out and each row's rotary positions start at 0 at its first real concept, so a row's hidden states equal
+    `BaseLCM.hidden_states` of that row alone (up to float rounding; `tests/test_model.py` checks it)."""
+
+    def __init__(self, net: BaseLCM, prompts: list[torch.Tensor]):
+        """net: the trunk (eval mode); prompts: per row its normalized concepts (P_b, D), P_b >= 1."""
+        if net.pos_emb is not None:
+            raise ValueError("incremental decoding needs rotary positions (arch.positions: rope)")
+        self.net = net
+        lengths = torch.tensor([len(p) for p in prompts], device=prompts[0].device)
+        L = int(lengths.max())
+        pad = L - lengths  # (B,)
+        x = torch.stack([F.pad(p, (0, 0, L - len(p), 0)) for p in prompts])  # (B, L, D) left-padded
+        cols = torch.arange(L, device=x.device)
+        self.valid = cols[None] >= pad[:, None]  # (B, L) real positions: the keys a query may see
+        pos = (cols[None] - pad[:, None]).clamp_min(0)  # (B, L) position inside the row's own sequence
+        causal = torch.ones(L, L, dtype=torch.bool, device=x.device).tril()
+        # a padded query sees only itself: no all-masked row (NaN), and no real query ever reads it
+        mask = (causal & self.valid[:, None, :]) | torch.eye(L, dtype=torch.bool, device=x.device)
+        self.caches = [KVCache() for _ in net.blocks]
+        self.next_pos = lengths  # (B,) position the next concept takes
+        self.last = self._run(x, pos, mask[:, None])[:, -1]  # (B, d) hidden state at each row's last concept
+
+    def _run(self, x: torch.Tensor, pos: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """x (B, T, D), pos (B, T), mask (B, 1, T, T_keys) -> final-layer hidden states (B, T, d), filling the caches."""
+        rope = (self.net.rope_cos[pos][:, None], self.net.rope_sin[pos][:, None])  # (B, 1, T, hd/2) each
+        h = self.net.in_proj(x)
+        for block, cache in zip(self.net.blocks, self.caches):
+            h = block(h, rope, cache, mask)
+        return self.net.norm(h)
+
+    def append(self, x: torch.Tensor) -> torch.Tensor:
+        """One new normalized concept per row (B, D) -> the hidden state at it (B, d)."""
+        if int(self.next_pos.max()) >= self.net.cfg.max_seq_len:
+            raise ValueError(f"a row would exceed max_seq_len={self.net.cfg.max_seq_len}")
+        self.valid = F.pad(self.valid, (0, 1), value=True)  # (B, S + 1)
+        self.last = self._run(x[:, None], self.next_pos[:, None], self.valid[:, None, None, :])[:, -1]
+        self.next_pos = self.next_pos + 1
+        return self.last
+
+    def keep(self, rows: torch.Tensor) -> None:
+        """Keep only batch rows `rows` (finished samples leave the batch)."""
+        for cache in self.caches:
+            cache.reorder(rows)
+        self.valid, self.next_pos, self.last = self.valid[rows], self.next_pos[rows], self.last[rows]
+

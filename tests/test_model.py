@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from lcm.model import BaseLCM, LCMConfig
+from lcm.model import BaseLCM, ConceptStepper, LCMConfig
 from lcm.normalizer import RobustScaler
 
 
@@ -134,3 +134,29 @@ def test_rms_norm_is_torchs_with_the_hand_written_numerics():
     assert torch.equal(out, reference)
     grads = torch.autograd.grad(out.square().sum(), (x, norm.weight))
     assert all(torch.equal(a, b) for a, b in zip(grads, torch.autograd.grad(reference.square().sum(), (x, weight))))
+
+
+def test_the_concept_stepper_equals_a_full_forward_of_each_row_alone():
+    """Left-padded prompts of different lengths, rows leaving the batch: each row's incremental hidden states are
+    those of `hidden_states` over that row alone (no padding, no cache)."""
+    torch.manual_seed(0)
+    net = BaseLCM(LCMConfig(embed_dim=16, d_model=32, n_layer=2, n_head=4, max_seq_len=12, dropout=0.0)).eval()
+    seqs = [torch.randn(9, 16) for _ in range(3)]
+    starts = [1, 6, 3]  # prompt lengths
+    with torch.no_grad():
+        stepper = ConceptStepper(net, [s[:k] for s, k in zip(seqs, starts)])
+        got = {b: [stepper.last[b]] for b in range(3)}
+        rows = [0, 1, 2]
+        for t in range(3):
+            if t == 2:  # row 1 finished: it leaves the batch
+                stepper.keep(torch.tensor([0, 2]))
+                rows = [0, 2]
+            h = stepper.append(torch.stack([seqs[b][starts[b] + t] for b in rows]))  # (A, d)
+            for j, b in enumerate(rows):
+                got[b].append(h[j])
+        for b, k in enumerate(starts):
+            ref = net.hidden_states(seqs[b][None, : k + len(got[b]) - 1])[0, k - 1:]  # (steps, d)
+            torch.testing.assert_close(torch.stack(got[b]), ref, atol=1e-5, rtol=1e-5)
+        with pytest.raises(ValueError, match="max_seq_len"):
+            for _ in range(12):
+                stepper.append(torch.randn(2, 16))

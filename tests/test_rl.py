@@ -84,6 +84,21 @@ def make_policy(kind: str, ckpt: Path):
     return (ConceptCategoricalPolicy if kind == "categorical" else ConceptGaussianPolicy)(str(ckpt), max_steps=6)
 
 
+@pytest.mark.parametrize("kind", ["categorical", "gaussian"])
+def test_concept_rollouts_with_the_kv_cache_equal_those_without(kind, sft):
+    """The cached step loop (`ConceptStepper`) takes the same steps as re-running the whole context each step, for
+    sampled rollouts of problems with different prompt lengths and for greedy solutions."""
+    policy = make_policy(kind, sft[kind]).eval()
+    docs = [problems(8)[i] for i in (0, 5, 7)]
+    assert len({len(d.prompt) for d in docs}) == 3  # 5, 8 and 4 prompt sentences: left padding is exercised
+    runs = {}
+    for cache in (True, False):
+        policy.use_cache = cache
+        r = policy.rollout(docs, 3, 1.0, torch.Generator().manual_seed(0))
+        runs[cache] = (r.texts, r.units, r.stopped, policy.greedy(docs))
+    assert runs[True] == runs[False]
+
+
 @pytest.mark.parametrize("kind", list(POLICIES))
 def test_a_grpo_step_moves_each_policy_toward_its_rewarded_rollout(kind, sft):
     torch.manual_seed(0)

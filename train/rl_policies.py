@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from lcm.errors import LCMError
 from lcm.grpo import gaussian_entropy, gaussian_log_prob
 from lcm.metrics import token_entropy
+from lcm.model import ConceptStepper
 from lcm.train.documents import Document
 from lcm.train.token_data import render_prompt
 
@@ -187,7 +188,7 @@ class ConceptPolicy(Policy):
     unit = "step"
     continuous = False  # actions are bank rows (categorical) or step vectors (Gaussian)
 
-    def __init__(self, ckpt: str, max_steps: int = 32):
+    def __init__(self, ckpt: str, max_steps: int = 32, use_cache: bool = True):
         super().__init__()
         from lcm.generate import ConceptGenerator
 
@@ -200,7 +201,7 @@ class ConceptPolicy(Policy):
         eot = gen.bank.rows_of([gen.eot_text])
         if not eot:
             raise LCMError(f"the sentence bank of {ckpt} has no end-of-text sentence: a policy could never stop")
-        self.eot_row, self.ckpt, self.max_steps = eot[0], str(ckpt), max_steps
+        self.eot_row, self.ckpt, self.max_steps, self.use_cache = eot[0], str(ckpt), max_steps, use_cache
         self.max_chars = gen.max_chars
         bank = torch.from_numpy(np.array(gen.bank.vectors))  # (N_b, D) raw
         self.register_buffer("bank_raw", bank, persistent=False)
@@ -222,30 +223,53 @@ class ConceptPolicy(Policy):
     def _walk(self, prompts: list[torch.Tensor], pick) -> tuple[list[list[int]], list[list[torch.Tensor]], list[bool]]:
         """Step every sample until it picks the end-of-text row or reaches `max_steps` (or the context).
         `pick(h (A, d) last hidden states) -> (bank rows (A,), actions (A, ...))`. Returns per sample its bank rows,
-        its actions and whether it stopped by end-of-text."""
+        its actions and whether it stopped by end-of-text. The trunk runs incrementally (`ConceptStepper`: the prompts
+        once, then one position per live sample per step); `use_cache=False` re-runs the whole context every step,
+        the reference the cache must equal (`tests/test_rl.py`)."""
         n, cap = len(prompts), self.lm.arch.max_seq_len
         rows: list[list[int]] = [[] for _ in range(n)]
         actions: list[list[torch.Tensor]] = [[] for _ in range(n)]
-        seqs = [list(p) for p in prompts]
-        live, stopped = list(range(n)), [False] * n
-        for _ in range(self.max_steps):
-            live = [i for i in live if len(seqs[i]) < cap]
-            if not live:
-                break
-            lengths = torch.tensor([len(seqs[i]) for i in live])
-            x = torch.zeros(len(live), int(lengths.max()), self.bank_raw.shape[1], device=self.bank_raw.device)
-            for j, i in enumerate(live):
-                x[j, : len(seqs[i])] = torch.stack(seqs[i])
-            h = self._states(x)[torch.arange(len(live)), lengths - 1]  # (A, d)
+        stopped, length = [False] * n, [len(p) for p in prompts]
+        live = [i for i in range(n) if length[i] < cap]
+        if not live or not self.max_steps:
+            return rows, actions, stopped
+        norm = self.lm.normalizer.normalize
+        if self.use_cache:
+            stepper = ConceptStepper(self.lm.net, [norm(prompts[i]) for i in live])
+            h = stepper.last  # (A, d)
+        else:
+            seqs = [list(p) for p in prompts]
+            h = self._states(self._padded([seqs[i] for i in live]))[torch.arange(len(live)), torch.tensor(
+                [length[i] - 1 for i in live])]
+        for t in range(self.max_steps):
             picked, acts = pick(h)
             for j, i in enumerate(live):
                 r = int(picked[j])
                 rows[i].append(r)
                 actions[i].append(acts[j])
-                seqs[i].append(self.bank_raw[r])
+                length[i] += 1
                 stopped[i] = r == self.eot_row
-            live = [i for i in live if not stopped[i]]
+            keep = [j for j, i in enumerate(live) if not stopped[i] and length[i] < cap]
+            new = self.bank_raw[picked[keep].to(self.bank_raw.device)]  # (A', D) the steps just taken, fed back
+            live = [live[j] for j in keep]
+            if not live or t == self.max_steps - 1:
+                break
+            if self.use_cache:
+                stepper.keep(torch.tensor(keep, device=new.device))
+                h = stepper.append(norm(new))
+            else:
+                for j, i in enumerate(live):
+                    seqs[i].append(new[j])
+                h = self._states(self._padded([seqs[i] for i in live]))[torch.arange(len(live)), torch.tensor(
+                    [length[i] - 1 for i in live])]
         return rows, actions, stopped
+
+    def _padded(self, seqs: list[list[torch.Tensor]]) -> torch.Tensor:
+        """Raw concept sequences -> (A, L, D), right-padded with zeros."""
+        x = torch.zeros(len(seqs), max(len(s) for s in seqs), self.bank_raw.shape[1], device=self.bank_raw.device)
+        for j, s in enumerate(seqs):
+            x[j, : len(s)] = torch.stack(s)
+        return x
 
     def step_embeddings(self, rollouts):
         rows, mask = rollouts.batch["rows"], rollouts.batch["mask"]
@@ -309,10 +333,11 @@ class ConceptCategoricalPolicy(ConceptPolicy):
     Args:
         ckpt: a Base-LCM checkpoint of `lcm fit` (its `bank/` beside it).
         tau: the policy's temperature; None: the τ fitted on validation and stored in the checkpoint.
-        max_steps: cap on a rollout's steps."""
+        max_steps: cap on a rollout's steps.
+        use_cache: step the trunk incrementally (a KV cache); False re-runs the whole context every step."""
 
-    def __init__(self, ckpt: str, tau: float | None = None, max_steps: int = 32):
-        super().__init__(ckpt, max_steps)
+    def __init__(self, ckpt: str, tau: float | None = None, max_steps: int = 32, use_cache: bool = True):
+        super().__init__(ckpt, max_steps, use_cache)
         tau = float(self.lm.step_tau) if tau is None else float(tau)
         if not (math.isfinite(tau) and tau > 0):
             raise LCMError(f"{ckpt} has no fitted step-policy temperature: pass policy tau (e.g. 0.05)")
@@ -351,12 +376,14 @@ class ConceptGaussianPolicy(ConceptPolicy):
         init_sigma: σ of every dimension at the start (the head's bias; its weights start at 0), in units of each
             dimension's robust scale: 0.5 is the noise the comparison samples Base-LCM with.
         max_steps: cap on a rollout's steps.
-        mc_samples: draws per step of the Monte Carlo entropy of the retrieved sentence (`retrieved_entropy`)."""
+        mc_samples: draws per step of the Monte Carlo entropy of the retrieved sentence (`retrieved_entropy`).
+        use_cache: step the trunk incrementally (a KV cache); False re-runs the whole context every step."""
 
     continuous = True
 
-    def __init__(self, ckpt: str, init_sigma: float = 0.5, max_steps: int = 32, mc_samples: int = 32):
-        super().__init__(ckpt, max_steps)
+    def __init__(self, ckpt: str, init_sigma: float = 0.5, max_steps: int = 32, mc_samples: int = 32,
+                 use_cache: bool = True):
+        super().__init__(ckpt, max_steps, use_cache)
         if not init_sigma > 0:
             raise LCMError(f"init_sigma must be > 0, not {init_sigma}")
         self.log_sigma = torch.nn.Linear(self.lm.arch.d_model, self.lm.arch.embed_dim)
