@@ -2,8 +2,10 @@
 
 For `--problems` held-out forks problems, G = `--group` rollouts each, exactly as a GRPO step draws them
 (`lcm.train.rl_policies`: the token policy samples with its KV cache, one batch of G per problem; the concept
-policies step all B x G rollouts together, re-running the trunk over the whole context each step -- they have no
-KV cache -- and the concept rows include MiniLM's encoding of the prompts, part of the system, timed apart as well).
+policies step all B x G rollouts together with theirs (`lcm.model.ConceptStepper`), and the categorical policy once
+more without it -- re-running the trunk over the whole context each step, as before the cache -- so the cache's
+gain is measured in the same run; the concept rows include MiniLM's encoding of the prompts, part of the system,
+timed apart as well).
 Then the scoring
 forward + backward of those rollouts (what one GRPO update costs). Policies alternate for `--repeats` rounds;
 medians are reported as rollouts/s and milliseconds per reasoning step (a line of the token model, a step of a
@@ -78,6 +80,8 @@ def main() -> None:
     docs = load_documents(source, 256, 0.1, 0.1, 0)[0]["val"][: args.problems]
     policies = {"token (HF Llama)": TokenPolicy(str(args.token), max_new_tokens=args.max_new_tokens),
                 "concept categorical": ConceptCategoricalPolicy(str(args.concept), max_steps=args.max_steps),
+                "concept categorical, no KV cache": ConceptCategoricalPolicy(str(args.concept), max_steps=args.max_steps,
+                                                                             use_cache=False),
                 "concept Gaussian": ConceptGaussianPolicy(str(args.concept), max_steps=args.max_steps)}
     params = {name: sum(q.numel() for q in (pol.lm.net.parameters())) for name, pol in policies.items()}
     rounds: dict[str, list[dict]] = {name: [] for name in policies}

@@ -352,8 +352,10 @@ class ConceptCategoricalPolicy(ConceptPolicy):
         return F.normalize(mu.float(), dim=-1) @ self.bank_unit.T / self.tau
 
     def _sample(self, h, temperature, generator):
-        probs = torch.softmax(self._logits(h) / temperature, -1)
-        rows = torch.multinomial(probs.cpu(), 1, generator=generator)[:, 0]
+        # inverse-CDF sampling over the bank: exact, and ~20x faster than torch.multinomial over 58k rows on CPU
+        cdf = torch.softmax(self._logits(h) / temperature, -1).double().cpu().cumsum(-1)  # (A, N_b)
+        u = torch.rand(len(cdf), 1, generator=generator, dtype=torch.float64) * cdf[:, -1:]
+        rows = torch.searchsorted(cdf, u, right=True)[:, 0].clamp_max(cdf.shape[1] - 1)  # right: never a p = 0 row
         return rows, rows
 
     def _mode(self, h):
