@@ -194,3 +194,84 @@ def test_a_resumed_rl_run_continues_its_log_without_a_second_step0_evaluation(sf
     rows = list(csv.DictReader(open(run / "metrics.csv")))
     assert sorted(int(r["step"]) for r in rows if r.get("train/reward")) == [0, 1]
     assert len([r for r in rows if r.get("val/accuracy") and r["epoch"] == ""]) == 1  # the SFT scores, once
+
+
+def no_dropout(net: torch.nn.Module) -> torch.nn.Module:
+    for m in net.modules():
+        if hasattr(m, "attention_dropout"):
+            m.attention_dropout = 0.0
+    return net
+
+
+def test_one_update_equals_trls_grpo_loss_and_gradient(sft, tmp_path):
+    """TRL as the reference, term by term: on the same rollouts (2 problems of different prompt lengths x G = 4, TRL's
+    left-padded prompts against our right-padded rows), GRPOTrainer's loss ("dapo": token-mean over the batch, ε 0.2)
+    and the gradient it gives every weight equal ours."""
+    from datasets import Dataset
+    from trl import GRPOTrainer
+
+    from lcm.eval.trl_reference import grpo_config, reward, rl_settings
+    from lcm.train.rl_policies import TokenPolicy
+
+    torch.manual_seed(0)
+    policy = TokenPolicy(str(sft["token"]), max_new_tokens=120)
+    no_dropout(policy.lm.net)  # the tiny SFT model trained with attention dropout 0.1: both sides in train mode, exact
+    docs = [problems(8)[i] for i in (0, 5)]
+    g = 4
+    rollouts = policy.rollout(docs, g, 1.0, torch.Generator().manual_seed(0))
+    assert len(set(rollouts.units)) > 2  # rollouts of different lengths: token-mean and seq-mean differ
+    adv = group_advantages(torch.tensor([1.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0]), g)
+    policy.train()  # as GRPO scores
+    logp, entropy, mask, _ = policy.score(rollouts.batch, 1.0)
+    ours, _ = policy_loss(logp, logp.detach(), adv, mask, entropy, RLConfig(group_size=g))
+    ours.backward()
+
+    folder = tmp_path / "hf"
+    policy.lm.save_pretrained(folder)
+    s = rl_settings(CONFIGS / "rl_token.yaml", 1)
+    s.update(prompts_per_step=len(docs), max_new_tokens=120, rl=RLConfig(group_size=g))
+    tok = policy.lm.tokenizer
+    trainer = GRPOTrainer(model=str(folder), reward_funcs=reward, args=grpo_config(s, tmp_path, 0),
+                          train_dataset=Dataset.from_list([{"prompt": "x", "answer": "1"}]), processing_class=tok)
+    tokens, target, pad = rollouts.batch["tokens"], rollouts.batch["target"], tok.pad_token_id
+    starts = target.int().argmax(1) + 1  # (N,) first completion position
+    prompts = [tokens[b, :p] for b, p in enumerate(starts.tolist())]
+    comps = [tokens[b, p: p + n] for b, (p, n) in enumerate(zip(starts.tolist(), rollouts.units))]
+    P, C = max(map(len, prompts)), max(map(len, comps))
+    inputs = {
+        "prompt_ids": torch.stack([torch.cat([torch.full((P - len(p),), pad), p]) for p in prompts]),  # left-padded
+        "prompt_mask": torch.stack([torch.arange(P) >= P - len(p) for p in prompts]).long(),
+        "completion_ids": torch.stack([torch.cat([c, torch.full((C - len(c),), pad)]) for c in comps]),
+        "completion_mask": torch.stack([torch.arange(C) < len(c) for c in comps]).long(),
+        "advantages": adv, "num_items_in_batch": torch.tensor(float(sum(rollouts.units))),
+    }
+    no_dropout(trainer.model.train())
+    trainer.current_gradient_accumulation_steps = 1  # what its training step sets
+    theirs = trainer._compute_loss(trainer.model, inputs)
+    theirs.backward()
+    torch.testing.assert_close(theirs, ours, atol=1e-6, rtol=1e-5)
+    grads = dict(trainer.model.named_parameters())
+    for name, p in policy.lm.net.named_parameters():
+        if p.grad is not None:
+            torch.testing.assert_close(grads[name].grad, p.grad, atol=1e-7, rtol=1e-4, msg=name)
+
+
+def test_token_rollouts_are_hugging_face_generate_samples(sft):
+    """The token policy's sampler is TRL's (HF `generate`, do_sample, temperature 1, top-k 0, top-p 1): from the same
+    seed both draw the same tokens, so a difference between our curves and TRL's is not in how rollouts are drawn."""
+    from transformers import GenerationConfig
+
+    from lcm.train.token_data import render_prompt
+
+    lm = make_policy("token", sft["token"]).lm.eval()
+    tok, prompt = lm.tokenizer, render_prompt(problems(1)[0])
+    ours = lm.generate(prompt, 4, mode="sample", max_new_tokens=40, seed=5)
+    ids = torch.tensor([lm.prompt_ids(prompt)] * 4)
+    torch.manual_seed(5)
+    with torch.no_grad():
+        out = lm.net.generate(input_ids=ids, attention_mask=torch.ones_like(ids), generation_config=GenerationConfig(
+            max_new_tokens=40, do_sample=True, temperature=1.0, top_k=0, top_p=1.0, pad_token_id=tok.pad_token_id,
+            eos_token_id=[tok.eos_token_id]))
+    for s, row in zip(ours, out[:, ids.shape[1]:].tolist()):
+        n = len(s.token_ids)
+        assert row[:n] == s.token_ids and (s.stop_reason != "eos" or row[n] == tok.eos_token_id)
