@@ -73,6 +73,12 @@ class RLConfig:
                               + " (group_size >= 2; ratios in (0, 1]; clip_cov_lb < clip_cov_ub; loss_mode one of "
                               + "/".join(LOSS_MODES) + ")")
 
+        if self.loss_mode == "kl_cov" and self.updates_per_rollout < 2:
+            # on-policy, log π = log π_old: the penalty is 0 and d|x|/dx = 0 there, so kl_cov would train exactly as
+            # vanilla; verl's KL-Cov bites from the second mini-batch update of a rollout batch on
+            raise ConfigError("loss_mode kl_cov needs updates_per_rollout >= 2: at one update per rollout batch its "
+                              "penalty |log π - log π_old| is 0 with zero gradient (identical to vanilla)")
+
     def hparams(self) -> dict:
         return asdict(self)
 

@@ -122,7 +122,7 @@ def test_clip_cov_picks_at_random_among_units_with_cov_in_its_band_and_zeroes_th
 def test_kl_cov_penalizes_the_top_units_by_cov_with_the_unclipped_ratio():
     adv, logp, mask = cov_batch()
     old = logp - 0.5  # ratio e^0.5 everywhere: above 1 + eps, so clipping would matter if it applied
-    cfg = RLConfig(group_size=2, loss_mode="kl_cov", kl_cov_ratio=0.3, ppo_kl_coef=0.1)
+    cfg = RLConfig(group_size=2, loss_mode="kl_cov", kl_cov_ratio=0.3, ppo_kl_coef=0.1, updates_per_rollout=2)
     cov = unit_covariance(adv[:, None], logp, mask)
     picked = kl_cov_units(cov, mask, cfg)
     top2 = cov.masked_fill(~mask, -math.inf).flatten().topk(2).indices
@@ -131,6 +131,20 @@ def test_kl_cov_penalizes_the_top_units_by_cov_with_the_unclipped_ratio():
     r = math.exp(0.5)
     per_unit = -r * adv[:, None].expand(2, 4) + 0.1 * 0.5 * picked.float()
     assert loss.item() == pytest.approx(per_unit[mask].mean().item())
+
+
+def test_kl_cov_needs_two_updates_per_rollout_batch_because_on_policy_it_is_vanilla():
+    with pytest.raises(LCMError, match="updates_per_rollout >= 2") as e:
+        RLConfig(group_size=2, loss_mode="kl_cov", kl_cov_ratio=0.3)
+    assert "\n" not in str(e.value)
+    adv, logp, mask = cov_batch()  # why: at log π = log π_old (the first update) loss and gradient are vanilla's
+    grads = []
+    for cfg in (RLConfig(group_size=2, loss_mode="kl_cov", kl_cov_ratio=0.3, updates_per_rollout=2),
+                RLConfig(group_size=2)):
+        lp = logp.clone().requires_grad_()
+        policy_loss(lp, logp.detach(), adv, mask, torch.zeros(2, 4), cfg)[0].backward()
+        grads.append(lp.grad)
+    torch.testing.assert_close(grads[0], grads[1])
 
 
 def test_entropy_bonus_and_reference_kl_follow_trl():
