@@ -262,19 +262,26 @@ class DenoiserBlock(nn.Module):
 class Context:
     """What a diffusion network's denoiser conditions on, for a batch of concept sequences: `states` -- the two-tower
     contextualizer's outputs (B, T, d), or the one-tower model's clean normalized concepts (B, T, D) -- and, for
-    packed windows, `doc` / `pos` (B, T): each position's document and its position inside it."""
+    packed windows, `doc` / `pos` (B, T): each position's document and its position inside it. `kv`: the one-tower
+    model's keys and values of the clean prefix per layer, ((B, H, T, hd), (B, H, T, hd)) each, set for sampling
+    (`DiffusionNet.for_sampling`): they do not change across denoising steps."""
 
     states: torch.Tensor
     doc: torch.Tensor | None = None
     pos: torch.Tensor | None = None
+    kv: list[tuple[torch.Tensor, torch.Tensor]] | None = None
 
     def rows(self, keep: torch.Tensor) -> "Context":
         """The sequences where keep (B,) bool is True."""
-        return Context(*(None if t is None else t[keep] for t in (self.states, self.doc, self.pos)))
+        return self._map(lambda t: t[keep])
 
     def twice(self) -> "Context":
         """The batch stacked on itself (the conditional and unconditional halves of classifier-free guidance)."""
-        return Context(*(None if t is None else torch.cat([t, t]) for t in (self.states, self.doc, self.pos)))
+        return self._map(lambda t: torch.cat([t, t]))
+
+    def _map(self, f) -> "Context":
+        kv = None if self.kv is None else [(f(k), f(v)) for k, v in self.kv]
+        return Context(*(None if t is None else f(t) for t in (self.states, self.doc, self.pos)), kv)
 
 
 class DiffusionNet(nn.Module):
@@ -337,6 +344,10 @@ class DiffusionNet(nn.Module):
         skipped = sum(t == d.timesteps - 1 for t in taus) if d.guidance_space == "epsilon" else 0
         return 2 * len(taus) - skipped
 
+    def for_sampling(self, ctx: Context) -> Context:
+        """The context as the sampler's many denoiser passes use it (the one-tower model caches its prefix here)."""
+        return ctx
+
     def sample(self, ctx: Context, qpos: torch.Tensor, generator: torch.Generator | None = None,
                **overrides) -> torch.Tensor:
         """Clean next concepts after context positions qpos (B, Q) -> (B, Q, D), by DDIM. `overrides`:
@@ -347,6 +358,7 @@ class DiffusionNet(nn.Module):
             raise LCMError(f"diffusion sampling settings: {e}") from e
         B, Q = qpos.shape
         dtype = ctx.states.dtype
+        ctx = self.for_sampling(ctx)
         x = cfg.init_noise * randn_like(ctx.states.new_empty(B, Q, self.cfg.embed_dim).float(), generator)
         taus = ddim_timesteps(cfg.timesteps, cfg.ddim_steps, cfg.timestep_spacing)
 

@@ -76,6 +76,13 @@ class KVCache:
         self.k: torch.Tensor | None = None
         self.v: torch.Tensor | None = None
 
+    @classmethod
+    def holding(cls, k: torch.Tensor, v: torch.Tensor) -> "KVCache":
+        """A cache over given keys and values; appending makes new tensors, so k and v stay as they are."""
+        cache = cls()
+        cache.k, cache.v = k, v
+        return cache
+
     @property
     def length(self) -> int:
         return 0 if self.k is None else self.k.shape[2]
@@ -101,9 +108,9 @@ class CausalSelfAttention(nn.Module):
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None,
                 cache: KVCache | None = None, mask: torch.Tensor | None = None) -> torch.Tensor:
         """x (B, T, C). With a cache, x holds the positions after the cached ones: either the whole
-        prompt (empty cache) or one new position. `rope` tables are (T_max, hd/2), or per position
-        (B, 1, T, hd/2) for packed documents; `mask` (B, 1, T, T) bool (True = may attend) replaces the
-        plain causal mask then."""
+        prompt (empty cache) or one new position (several with a `mask` over cached + new keys). `rope` tables
+        are (T_max, hd/2), or per position (B, 1, T, hd/2) for packed documents; `mask` (B, 1, T, S) bool (True =
+        may attend; S keys: cached + new) replaces the plain causal mask then."""
         B, T, C = x.shape
         q, k, v = self.qkv(x).view(B, T, 3, self.n_head, C // self.n_head).permute(2, 0, 3, 1, 4)  # 3 x (B, H, T, hd)
         start = cache.length if cache is not None else 0
@@ -111,8 +118,8 @@ class CausalSelfAttention(nn.Module):
             cos, sin = rope if rope[0].dim() == 4 else (rope[0][start:start + T], rope[1][start:start + T])
             q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         if cache is not None:
-            if start and T != 1:
-                raise ValueError("a filled KV cache extends one position at a time")
+            if start and T != 1 and mask is None:
+                raise ValueError("a filled KV cache extends one position at a time (or several, with a mask)")
             k, v = cache.append(k, v)  # (B, H, start + T, hd)
         # Flash / memory-efficient kernels where available; right padding needs no extra mask.
         # One new position attends to every cached one: no causal mask then.

@@ -13,7 +13,8 @@ adds the noise level's embedding (sinusoidal -> MLP) to its input projection; a 
 
 The tower is a Base-LCM (`lcm.model.BaseLCM`: input projection, Llama-style blocks, RMSNorm, output
 projection), so its weights have Base-LCM's layout, and its states at the clean positions are exactly a Base-LCM's
-hidden states. Sampling re-runs the whole prefix at every DDIM step (no KV cache across denoising steps).
+hidden states. Sampling runs the clean prefix once per concept and keeps its keys and values (they never depend on
+the queries): each DDIM step then runs only the one query per sequence.
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ import torch
 from torch import nn
 
 from lcm.diffusion import Context, DiffusionConfig, DiffusionNet, query_visibility, timestep_embedding
-from lcm.model import BaseLCM, LCMConfig, rotary_tables
+from lcm.model import BaseLCM, KVCache, LCMConfig, rotary_tables
 
 
 class OneTowerLCM(DiffusionNet):
@@ -54,9 +55,32 @@ class OneTowerLCM(DiffusionNet):
     def transformer_blocks(self) -> list[nn.Module]:
         return list(self.tower.blocks)
 
+    def for_sampling(self, ctx: Context) -> Context:
+        """The clean prefix through the tower once, its keys and values kept per layer: clean positions never see
+        the queries, so every denoising step reuses them and runs only its queries (`denoise`)."""
+        if ctx.kv is not None:
+            return ctx
+        clean, tower = ctx.states, self.tower
+        B, T = clean.shape[:2]
+        pos = self.positions(ctx, torch.zeros(B, 0, dtype=torch.long, device=clean.device))  # (B, T)
+        h, rope = self._inputs(tower.in_proj(clean), pos)
+        mask = query_mask(T, pos[:, :0], ctx.doc, None)  # (B, 1, T, T): causal (within a document)
+        caches = [KVCache() for _ in tower.blocks]
+        for block, cache in zip(tower.blocks, caches):
+            h = block(h, rope, cache, mask)
+        return Context(ctx.states, ctx.doc, ctx.pos, [(c.k, c.v) for c in caches])
+
+    def _inputs(self, h: torch.Tensor, positions: torch.Tensor):
+        """Input vectors (B, S, d) at `positions` (B, S) -> (vectors with learned positions added, rotary tables
+        (B, 1, S, hd/2) each or None)."""
+        if self.tower.pos_emb is not None:
+            return h + self.tower.pos_emb(positions), None
+        return h, (self.rope_cos[positions][:, None], self.rope_sin[positions][:, None])
+
     def denoise(self, ctx: Context, x_tau: torch.Tensor, tau: torch.Tensor, qpos: torch.Tensor,
                 keep: torch.Tensor | None) -> torch.Tensor:
-        """As `DiffusionNet.denoise`: the tower over [clean (T), queries (Q)] with `query_mask`; x0 (B, Q, D)."""
+        """As `DiffusionNet.denoise`: the tower over [clean (T), queries (Q)] with `query_mask`; x0 (B, Q, D). With
+        the prefix cached (`for_sampling`), only the queries run, attending to the cached clean keys and values."""
         clean, tower = ctx.states, self.tower
         T = clean.shape[1]
         positions = self.positions(ctx, qpos)  # (B, T + Q)
@@ -64,12 +88,14 @@ class OneTowerLCM(DiffusionNet):
         if T > self.cfg.max_seq_len or int(positions.max()) >= limit:
             raise ValueError(f"a context of {T} concepts and its queries exceed max_seq_len={self.cfg.max_seq_len}")
         temb = self.time_mlp(timestep_embedding(tau, self.cfg.d_model).to(clean.dtype))  # (B, Q, d)
-        h = torch.cat([tower.in_proj(clean), tower.in_proj(x_tau.to(clean.dtype)) + temb], dim=1)  # (B, T + Q, d)
-        if tower.pos_emb is not None:
-            h, rope = h + tower.pos_emb(positions), None
-        else:
-            rope = (self.rope_cos[positions][:, None], self.rope_sin[positions][:, None])  # (B, 1, T + Q, hd/2) each
-        mask = query_mask(T, qpos, ctx.doc, keep)
+        queries = tower.in_proj(x_tau.to(clean.dtype)) + temb  # (B, Q, d)
+        mask = query_mask(T, qpos, ctx.doc, keep)  # (B, 1, T + Q, T + Q)
+        if ctx.kv is not None:  # the clean rows are cached: the query rows of the mask, over cached + query keys
+            h, rope = self._inputs(queries, positions[:, T:])
+            for block, (k, v) in zip(tower.blocks, ctx.kv):
+                h = block(h, rope, KVCache.holding(k, v), mask[:, :, T:])
+            return tower.out_proj(tower.norm(h))
+        h, rope = self._inputs(torch.cat([tower.in_proj(clean), queries], dim=1), positions)  # (B, T + Q, d)
         for block in tower.blocks:
             h = block(h, rope, mask=mask)
         return tower.out_proj(tower.norm(h[:, T:]))

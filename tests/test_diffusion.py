@@ -210,6 +210,35 @@ def test_one_tower_equals_the_papers_interleaved_layout():
     assert torch.allclose(net.context_states(net.encode_context(clean)), tower.norm(h)[:, ~noisy_slot], atol=1e-5)
 
 
+@pytest.mark.parametrize("packed", [False, True])
+def test_one_tower_prefix_cache_gives_the_full_passes_outputs(packed):
+    """Sampling caches the clean prefix's keys and values once (`for_sampling`) and runs only the queries at each DDIM
+    step: the same x0 as the tower over [prefix, queries], for queries after different positions, context-free
+    (guidance) queries, right-padded rows and packed documents; rows and the guidance doubling keep the cache."""
+    from lcm.one_tower import OneTowerLCM
+
+    torch.manual_seed(0)
+    net = OneTowerLCM(TINY_ARCH, DiffusionConfig(tower="one")).eval()
+    for p in net.parameters():  # at init attention is near uniform: perturb so positions and masks matter
+        p.data.add_(0.3 * torch.randn_like(p))
+    B, T, D = 3, 6, 12
+    doc = torch.tensor([[0, 0, 0, 1, 1, 1]] * B) if packed else None
+    pos = torch.tensor([[0, 1, 2, 0, 1, 2]] * B) if packed else None
+    ctx = net.encode_context(torch.randn(B, T, D), doc, pos)
+    cached = net.for_sampling(ctx)
+    assert cached.kv is not None and len(cached.kv) == len(net.tower.blocks) and ctx.kv is None
+    qpos, x_tau = torch.tensor([[5, 1], [2, 4], [0, 3]]), torch.randn(B, 2, D)
+    tau, keep = torch.randint(0, 100, (B, 2)), torch.tensor([[True, False], [True, True], [False, True]])
+    for k in (None, keep):
+        torch.testing.assert_close(net.denoise(cached, x_tau, tau, qpos, k), net.denoise(ctx, x_tau, tau, qpos, k),
+                                   atol=1e-5, rtol=1e-5)
+    rows = torch.tensor([True, False, True])
+    torch.testing.assert_close(net.denoise(cached.rows(rows).twice(), x_tau[rows].repeat(2, 1, 1), tau[rows].repeat(2, 1),
+                                           qpos[rows].repeat(2, 1), None),
+                               net.denoise(ctx.rows(rows).twice(), x_tau[rows].repeat(2, 1, 1), tau[rows].repeat(2, 1),
+                                           qpos[rows].repeat(2, 1), None), atol=1e-5, rtol=1e-5)
+
+
 def test_cfg_off_equals_guidance_one_and_sampling_is_seeded(net):
     ctx = net.encode_context(torch.randn(3, 5, 12))
     qpos = torch.tensor([[4], [2], [0]])
