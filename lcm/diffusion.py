@@ -344,6 +344,12 @@ class DiffusionNet(nn.Module):
         skipped = sum(t == d.timesteps - 1 for t in taus) if d.guidance_space == "epsilon" else 0
         return 2 * len(taus) - skipped
 
+    def denoise_and_context(self, ctx: Context, x_tau: torch.Tensor, tau: torch.Tensor, qpos: torch.Tensor,
+                            keep: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """`denoise` and `context_prediction` together (the training step's two losses); the one-tower model gets
+        both from one pass."""
+        return self.denoise(ctx, x_tau, tau, qpos, keep), self.context_prediction(ctx)
+
     def for_sampling(self, ctx: Context) -> Context:
         """The context as the sampler's many denoiser passes use it (the one-tower model caches its prefix here)."""
         return ctx
@@ -476,9 +482,11 @@ class DiffusionLCM(ConceptLM):
         B, T = x0.shape[:2]
         tau = torch.randint(0, self.diffusion.timesteps, (B, T), device=x0.device)
         keep = torch.rand(B, T, device=x0.device) >= self.diffusion.cfg_dropout
-        loss = self._denoising_error(batch, ctx, x0, tau, torch.randn_like(x0), keep)
-        if self.diffusion.context_loss > 0:
-            context = self._context_error(batch, ctx, x0)
+        with_context = self.diffusion.context_loss > 0
+        pred, context_pred = self._denoised(ctx, x0, tau, torch.randn_like(x0), keep, with_context)
+        loss = self._loss(pred, x0, batch["types"], target_mask(batch["types"], batch.get("doc")))
+        if with_context:
+            context = self._loss(context_pred, x0, batch["types"], target_mask(batch["types"], batch.get("doc")))
             self.log_dict({"train/x0_loss": loss, "train/context_loss": context}, batch_size=B)
             loss = loss + self.diffusion.context_loss * context
         self.log("train/loss", loss, prog_bar=True, batch_size=B)
@@ -493,14 +501,22 @@ class DiffusionLCM(ConceptLM):
         xn = self.normalizer.normalize(batch["x"])  # (B, T, D)
         return self.net.encode_context(xn[:, :-1], **packed(batch)), xn[:, 1:]
 
-    def _denoising_error(self, batch: dict, ctx: Context, x0: torch.Tensor, tau: torch.Tensor,
-                         noise: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
-        """The training objective: the position-weighted x0 MSE (`_loss`) of denoising every target from
-        x_τ = √ᾱ_τ x0 + √(1 - ᾱ_τ) noise. tau (B, T) levels; noise like x0; keep (B, T) bool (None: all see context)."""
+    def _denoised(self, ctx: Context, x0: torch.Tensor, tau: torch.Tensor, noise: torch.Tensor,
+                  keep: torch.Tensor | None, with_context: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """x0 predicted for every target from x_τ = √ᾱ_τ x0 + √(1 - ᾱ_τ) noise (B, T, D), and with `with_context` the
+        context head's next-concept prediction (B, T, D) from the same pass where the network has one (one-tower).
+        tau (B, T) levels; noise like x0; keep (B, T) bool (None: all see context)."""
         a = self.net.abar[tau][..., None]  # (B, T, 1)
         x_tau = a.sqrt() * x0 + (1 - a).sqrt() * noise
         qpos = torch.arange(x0.shape[1], device=x0.device).expand(x0.shape[:2])
-        pred = self.net.denoise(ctx, x_tau, tau, qpos, keep)
+        if with_context:
+            return self.net.denoise_and_context(ctx, x_tau, tau, qpos, keep)
+        return self.net.denoise(ctx, x_tau, tau, qpos, keep), None
+
+    def _denoising_error(self, batch: dict, ctx: Context, x0: torch.Tensor, tau: torch.Tensor,
+                         noise: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
+        """The training objective: the position-weighted x0 MSE (`_loss`) of `_denoised`'s predictions."""
+        pred = self._denoised(ctx, x0, tau, noise, keep)[0]
         return self._loss(pred, x0, batch["types"], target_mask(batch["types"], batch.get("doc")))
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:

@@ -48,8 +48,8 @@ class OneTowerLCM(DiffusionNet):
         return self.tower.hidden_states(ctx.states, ctx.doc, ctx.pos)
 
     def context_prediction(self, ctx: Context) -> torch.Tensor:
-        """The tower read as the Base-LCM it is (its output projection at the clean positions): one more pass over the
-        clean prefix, on top of `denoise`'s pass over prefix and queries."""
+        """The tower read as the Base-LCM it is (its output projection at the clean positions). Training gets it from
+        `denoise`'s own pass (`denoise_and_context`): the clean positions' states there are these."""
         return self.tower.out_proj(self.context_states(ctx))
 
     def transformer_blocks(self) -> list[nn.Module]:
@@ -81,24 +81,38 @@ class OneTowerLCM(DiffusionNet):
                 keep: torch.Tensor | None) -> torch.Tensor:
         """As `DiffusionNet.denoise`: the tower over [clean (T), queries (Q)] with `query_mask`; x0 (B, Q, D). With
         the prefix cached (`for_sampling`), only the queries run, attending to the cached clean keys and values."""
-        clean, tower = ctx.states, self.tower
-        T = clean.shape[1]
-        positions = self.positions(ctx, qpos)  # (B, T + Q)
-        limit = self.cfg.max_seq_len + (tower.pos_emb is None)  # rotary tables have one more position
-        if T > self.cfg.max_seq_len or int(positions.max()) >= limit:
-            raise ValueError(f"a context of {T} concepts and its queries exceed max_seq_len={self.cfg.max_seq_len}")
-        temb = self.time_mlp(timestep_embedding(tau, self.cfg.d_model).to(clean.dtype))  # (B, Q, d)
-        queries = tower.in_proj(x_tau.to(clean.dtype)) + temb  # (B, Q, d)
-        mask = query_mask(T, qpos, ctx.doc, keep)  # (B, 1, T + Q, T + Q)
-        if ctx.kv is not None:  # the clean rows are cached: the query rows of the mask, over cached + query keys
-            h, rope = self._inputs(queries, positions[:, T:])
-            for block, (k, v) in zip(tower.blocks, ctx.kv):
-                h = block(h, rope, KVCache.holding(k, v), mask[:, :, T:])
-            return tower.out_proj(tower.norm(h))
-        h, rope = self._inputs(torch.cat([tower.in_proj(clean), queries], dim=1), positions)  # (B, T + Q, d)
+        if ctx.kv is None:
+            return self.denoise_and_context(ctx, x_tau, tau, qpos, keep)[0]
+        T = ctx.states.shape[1]
+        queries, positions, mask = self._queries(ctx, x_tau, tau, qpos, keep)
+        h, rope = self._inputs(queries, positions[:, T:])  # the query rows of the mask, over cached + query keys
+        for block, (k, v) in zip(self.tower.blocks, ctx.kv):
+            h = block(h, rope, KVCache.holding(k, v), mask[:, :, T:])
+        return self.tower.out_proj(self.tower.norm(h))
+
+    def denoise_and_context(self, ctx: Context, x_tau: torch.Tensor, tau: torch.Tensor, qpos: torch.Tensor,
+                            keep: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """`denoise` and `context_prediction` from one pass over [clean, queries]: clean positions never see the
+        queries, so their outputs there are the context head's (no second pass over the prefix). (B, Q, D), (B, T, D)"""
+        tower, T = self.tower, ctx.states.shape[1]
+        queries, positions, mask = self._queries(ctx, x_tau, tau, qpos, keep)
+        h, rope = self._inputs(torch.cat([tower.in_proj(ctx.states), queries], dim=1), positions)  # (B, T + Q, d)
         for block in tower.blocks:
             h = block(h, rope, mask=mask)
-        return tower.out_proj(tower.norm(h[:, T:]))
+        out = tower.out_proj(tower.norm(h))
+        return out[:, T:], out[:, :T]
+
+    def _queries(self, ctx: Context, x_tau: torch.Tensor, tau: torch.Tensor, qpos: torch.Tensor,
+                 keep: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The queries' input vectors (B, Q, d: noisy concept + noise-level embedding), the positions of [clean,
+        queries] (B, T + Q) and `query_mask` (B, 1, T + Q, T + Q)."""
+        T = ctx.states.shape[1]
+        positions = self.positions(ctx, qpos)
+        limit = self.cfg.max_seq_len + (self.tower.pos_emb is None)  # rotary tables have one more position
+        if T > self.cfg.max_seq_len or int(positions.max()) >= limit:
+            raise ValueError(f"a context of {T} concepts and its queries exceed max_seq_len={self.cfg.max_seq_len}")
+        temb = self.time_mlp(timestep_embedding(tau, self.cfg.d_model).to(ctx.states.dtype))  # (B, Q, d)
+        return self.tower.in_proj(x_tau.to(ctx.states.dtype)) + temb, positions, query_mask(T, qpos, ctx.doc, keep)
 
     @staticmethod
     def positions(ctx: Context, qpos: torch.Tensor) -> torch.Tensor:

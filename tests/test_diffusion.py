@@ -211,7 +211,7 @@ def test_one_tower_equals_the_papers_interleaved_layout():
 
 
 @pytest.mark.parametrize("packed", [False, True])
-def test_one_tower_prefix_cache_gives_the_full_passes_outputs(packed):
+def test_one_tower_prefix_cache_and_one_training_pass_give_the_full_passes_outputs(packed):
     """Sampling caches the clean prefix's keys and values once (`for_sampling`) and runs only the queries at each DDIM
     step: the same x0 as the tower over [prefix, queries], for queries after different positions, context-free
     (guidance) queries, right-padded rows and packed documents; rows and the guidance doubling keep the cache."""
@@ -232,6 +232,9 @@ def test_one_tower_prefix_cache_gives_the_full_passes_outputs(packed):
     for k in (None, keep):
         torch.testing.assert_close(net.denoise(cached, x_tau, tau, qpos, k), net.denoise(ctx, x_tau, tau, qpos, k),
                                    atol=1e-5, rtol=1e-5)
+    x0, context = net.denoise_and_context(ctx, x_tau, tau, qpos, keep)  # training: both heads from one pass
+    torch.testing.assert_close(x0, net.denoise(ctx, x_tau, tau, qpos, keep))
+    torch.testing.assert_close(context, net.context_prediction(ctx), atol=1e-5, rtol=1e-5)
     rows = torch.tensor([True, False, True])
     torch.testing.assert_close(net.denoise(cached.rows(rows).twice(), x_tau[rows].repeat(2, 1, 1), tau[rows].repeat(2, 1),
                                            qpos[rows].repeat(2, 1), None),
