@@ -4,7 +4,8 @@ For each checkpoint, `model.next_concept` on a batch of `--rows` random contexts
 does not depend on what the weights learned, so untrained checkpoints of the shipped shapes measure it too), median
 of `--repeats` timed calls after one warm-up call; the DDIM steps and guidance are each diffusion checkpoint's own
 (`--ddim-steps` / `--guidance` override them). The two-tower model runs its contextualizer once per concept and its
-denoiser at every DDIM step; the one-tower model runs its whole tower over the context at every DDIM step.
+denoiser at every DDIM step; the one-tower model runs its tower over the context once per concept (keys and
+values cached) and then only its query through the whole tower at every DDIM step.
 
     HF_HUB_OFFLINE=1 python benchmarks/concept_step_speed.py \
         --ckpt base=runs/logic_planning/version_0/checkpoints/last.ckpt \

@@ -9,8 +9,9 @@ batched / one-by-one ratio is measured in the same run.
 Run (after the diffusion comparison or `lcm fit` of both configs):
     HF_HUB_OFFLINE=1 python benchmarks/sampling_speed.py [--base CKPT] [--diffusion CKPT] [--one-tower CKPT] [--k 8]
         [--problems-from train/configs/logic_planning.yaml]
-A one-tower checkpoint (`diffusion.tower: one`) adds its rows: it re-runs the whole tower over the context at every
-DDIM step, where the two-tower model runs its contextualizer once per concept and only the denoiser per step.
+A one-tower checkpoint (`diffusion.tower: one`) adds its rows: it runs its tower over the context once per concept
+(keys and values cached) and its query through all of its layers at every DDIM step, where the two-tower model runs
+its contextualizer once per concept and only the denoiser per step.
 """
 from __future__ import annotations
 
