@@ -239,8 +239,7 @@ class ConceptPolicy(Policy):
             h = stepper.last  # (A, d)
         else:
             seqs = [list(p) for p in prompts]
-            h = self._states(self._padded([seqs[i] for i in live]))[torch.arange(len(live)), torch.tensor(
-                [length[i] - 1 for i in live])]
+            h = self._last_states([seqs[i] for i in live])
         for t in range(self.max_steps):
             picked, acts = pick(h)
             for j, i in enumerate(live):
@@ -260,16 +259,16 @@ class ConceptPolicy(Policy):
             else:
                 for j, i in enumerate(live):
                     seqs[i].append(new[j])
-                h = self._states(self._padded([seqs[i] for i in live]))[torch.arange(len(live)), torch.tensor(
-                    [length[i] - 1 for i in live])]
+                h = self._last_states([seqs[i] for i in live])
         return rows, actions, stopped
 
-    def _padded(self, seqs: list[list[torch.Tensor]]) -> torch.Tensor:
-        """Raw concept sequences -> (A, L, D), right-padded with zeros."""
+    def _last_states(self, seqs: list[list[torch.Tensor]]) -> torch.Tensor:
+        """Raw concept sequences, right-padded with zeros through the whole trunk -> each one's last hidden state
+        (A, d): the uncached reference step."""
         x = torch.zeros(len(seqs), max(len(s) for s in seqs), self.bank_raw.shape[1], device=self.bank_raw.device)
         for j, s in enumerate(seqs):
             x[j, : len(s)] = torch.stack(s)
-        return x
+        return self._states(x)[torch.arange(len(seqs)), torch.tensor([len(s) - 1 for s in seqs])]
 
     def step_embeddings(self, rollouts):
         rows, mask = rollouts.batch["rows"], rollouts.batch["mask"]
