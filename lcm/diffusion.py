@@ -484,9 +484,10 @@ class DiffusionLCM(ConceptLM):
         keep = torch.rand(B, T, device=x0.device) >= self.diffusion.cfg_dropout
         with_context = self.diffusion.context_loss > 0
         pred, context_pred = self._denoised(ctx, x0, tau, torch.randn_like(x0), keep, with_context)
-        loss = self._loss(pred, x0, batch["types"], target_mask(batch["types"], batch.get("doc")))
+        mask = target_mask(batch["types"], batch.get("doc"))  # (B, T-1): positions with a next concept to predict
+        loss = self._loss(pred, x0, batch["types"], mask)
         if with_context:
-            context = self._loss(context_pred, x0, batch["types"], target_mask(batch["types"], batch.get("doc")))
+            context = self._loss(context_pred, x0, batch["types"], mask)
             self.log_dict({"train/x0_loss": loss, "train/context_loss": context}, batch_size=B)
             loss = loss + self.diffusion.context_loss * context
         self.log("train/loss", loss, prog_bar=True, batch_size=B)
