@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.nn.utils.rnn import pad_sequence
 
 from lcm.errors import LCMError
 from lcm.grpo import gaussian_entropy, gaussian_log_prob
@@ -265,9 +266,7 @@ class ConceptPolicy(Policy):
     def _last_states(self, seqs: list[list[torch.Tensor]]) -> torch.Tensor:
         """Raw concept sequences, right-padded with zeros through the whole trunk -> each one's last hidden state
         (A, d): the uncached reference step."""
-        x = torch.zeros(len(seqs), max(len(s) for s in seqs), self.bank_raw.shape[1], device=self.bank_raw.device)
-        for j, s in enumerate(seqs):
-            x[j, : len(s)] = torch.stack(s)
+        x = pad_sequence([torch.stack(s) for s in seqs], batch_first=True)  # (A, L, D)
         return self._states(x)[torch.arange(len(seqs)), torch.tensor([len(s) - 1 for s in seqs])]
 
     def step_embeddings(self, rollouts):
@@ -281,15 +280,12 @@ class ConceptPolicy(Policy):
         """x (N, L, D): prompt + taken steps' embeddings; `at` (N, T) the position whose state predicts unit t;
         `mask` (N, T) the real units; `rows` (N, T) the bank rows taken."""
         n, T = len(rows), max(len(r) for r in rows)
-        L_ = max(len(p) + len(r) for p, r in zip(prompts, rows))
-        x = torch.zeros(n, L_, self.bank_raw.shape[1])
+        taken_rows = [self.bank_raw[torch.tensor(r, dtype=torch.long)].cpu() for r in rows]  # (len(r), D) each
+        x = pad_sequence([torch.cat([p.cpu(), t]) for p, t in zip(prompts, taken_rows)], batch_first=True)  # (N, L, D)
         at = torch.zeros(n, T, dtype=torch.long)
         mask = torch.zeros(n, T, dtype=torch.bool)
         taken = torch.zeros(n, T, dtype=torch.long)
         for b, (p, r) in enumerate(zip(prompts, rows)):
-            x[b, : len(p)] = p.cpu()
-            if r:
-                x[b, len(p): len(p) + len(r)] = self.bank_raw[torch.tensor(r)].cpu()
             at[b, : len(r)] = torch.arange(len(p) - 1, len(p) - 1 + len(r))
             mask[b, : len(r)] = True
             taken[b, : len(r)] = torch.tensor(r, dtype=torch.long)
