@@ -24,6 +24,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
+from lcm.errors import run_command
 from lcm.eval import reasoning_metrics as rm
 from lcm.generate import ConceptGenerator
 from lcm.io import write_json
@@ -75,9 +76,9 @@ def main() -> None:
     p.add_argument("--label", default="", help="name of this measurement in the JSON (e.g. before / after)")
     p.add_argument("--out", type=Path, default=RESULTS / "boundaries.json")
     args = p.parse_args()
+    gen = ConceptGenerator.from_checkpoint(args.ckpt)  # first: a bad checkpoint fails before the data is built
     problems, golds, docs = held_out(args.config, args.problems)
     plans = [["\n".join(par) for par in d.paragraphs] for d in docs] if args.gold_plans else None
-    gen = ConceptGenerator.from_checkpoint(args.ckpt)
     sampler = type(gen.model).__name__
     levels = args.noise if "noise" in sampling_options(gen.model) else [None]
     rows = []
@@ -111,4 +112,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_command(main)

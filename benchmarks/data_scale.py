@@ -35,6 +35,7 @@ from rich.console import Console
 from rich.table import Table
 
 from lcm.concepts import DEFAULT_EOT_TEXT, ConceptType
+from lcm.errors import run_command
 from lcm.io import write_json
 from lcm.train.store import CHUNK_ROWS, StoreWriter
 
@@ -197,4 +198,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_command(main)

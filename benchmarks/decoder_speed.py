@@ -26,6 +26,7 @@ from rich.table import Table
 
 from lcm.decoder import SentenceDecoderLM, beam_decode, greedy_decode, unit
 from lcm.encoders.base import encoder_from_config
+from lcm.errors import run_command
 from lcm.io import write_json
 from lcm.retrieval import SentenceBank
 
@@ -129,4 +130,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_command(main)

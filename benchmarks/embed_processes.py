@@ -26,6 +26,7 @@ from rich.console import Console
 from rich.table import Table
 
 from lcm.encoders import EmbeddingCache, SentenceTransformerEncoder
+from lcm.errors import run_command
 from lcm.io import write_json
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -89,4 +90,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_command(main)

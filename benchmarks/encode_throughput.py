@@ -31,6 +31,7 @@ from rich.console import Console
 from rich.table import Table
 
 from lcm.encoders import EmbeddingCache, SentenceTransformerEncoder
+from lcm.errors import run_command
 from lcm.io import write_json
 from lcm.train.corpus import GsmSymbolic
 
@@ -136,4 +137,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_command(main)

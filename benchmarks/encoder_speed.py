@@ -21,6 +21,7 @@ from rich.console import Console
 from rich.table import Table
 
 from lcm.encoders import AutoencoderEncoder, SentenceTransformerEncoder
+from lcm.errors import run_command
 from lcm.io import write_json
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -69,4 +70,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_command(main)

@@ -28,6 +28,7 @@ from rich.console import Console
 from rich.table import Table
 
 from lcm.concepts import ConceptType
+from lcm.errors import run_command
 from lcm.io import write_json
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -124,4 +125,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_command(main)

@@ -47,6 +47,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
+from lcm.errors import run_command
 from lcm.io import write_json
 from lcm.retrieval import unit_rows
 
@@ -337,4 +338,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_command(main)

@@ -27,6 +27,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
+from lcm.errors import run_command
 from lcm.grpo import RLConfig, group_advantages, policy_loss
 from lcm.io import write_json
 from lcm.train import Forks
@@ -117,4 +118,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_command(main)

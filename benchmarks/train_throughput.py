@@ -59,6 +59,7 @@ from rich.console import Console
 from rich.table import Table
 
 from lcm.concepts import ConceptType
+from lcm.errors import run_command
 from lcm.io import write_json
 from lcm.model import LCMConfig
 from lcm.module import ConceptLM, target_mask
@@ -447,4 +448,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_command(main)
