@@ -8,7 +8,7 @@ import argparse
 import os
 import sys
 
-from lcm.errors import LCMError
+from lcm.errors import LCMError, run_command
 
 
 def generate_main(args: list[str]) -> None:
@@ -149,6 +149,28 @@ def eval_main(args: list[str]) -> None:
     importlib.import_module(EVAL_COMMANDS[args[0]]).main(args[1:])
 
 
+def _dispatch(args: list[str]) -> None:
+    """Run the subcommand `args[0]` (a LightningCLI one when it is none of lcm's own)."""
+    if args[0] == "generate":
+        generate_main(args[1:])
+    elif args[0] == "export":
+        export_main(args[1:])
+    elif args[0] == "embed":
+        from lcm.train.embed import main as embed_main
+
+        embed_main(args[1:])
+    elif args[0] == "plot":
+        from lcm.eval.plot import main as plot_main
+
+        plot_main(args[1:])
+    elif args[0] == "eval":
+        eval_main(args[1:])
+    else:
+        from lcm.train.cli import run
+
+        run(args)
+
+
 def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else list(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -156,27 +178,7 @@ def main(argv: list[str] | None = None) -> None:
         print(OVERVIEW, file=sys.stdout if args else sys.stderr)
         sys.exit(0 if args else 2)
     try:
-        if args[0] == "generate":
-            generate_main(args[1:])
-        elif args[0] == "export":
-            export_main(args[1:])
-        elif args[0] == "embed":
-            from lcm.train.embed import main as embed_main
-
-            embed_main(args[1:])
-        elif args[0] == "plot":
-            from lcm.eval.plot import main as plot_main
-
-            plot_main(args[1:])
-        elif args[0] == "eval":
-            eval_main(args[1:])
-        else:
-            from lcm.train.cli import run
-
-            run(args)
-    except LCMError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+        run_command(lambda: _dispatch(args))  # known bad input: one `error:` line, exit code 2
     except KeyboardInterrupt:
         print("interrupted: finished cache shards and checkpoints are kept; rerun to resume", file=sys.stderr)
         sys.exit(130)

@@ -1,4 +1,5 @@
-"""User-facing errors: one clear line, no traceback (see `lcm.eval.cli.main`)."""
+"""User-facing errors: one clear line, no traceback (`run_command`, which `lcm` and the benchmarks run under)."""
+import sys
 
 
 class LCMError(Exception):
@@ -11,10 +12,8 @@ class ConfigError(LCMError, ValueError):
 
 
 def run_command(main) -> None:
-    """Run a script's `main()` (the benchmarks): a known bad input (LCMError) ends with one `error: ...` line on
-    stderr and exit code 2, as `lcm` does, instead of a traceback."""
-    import sys
-
+    """Run `main()` (`lcm` itself, the benchmark scripts): a known bad input (LCMError) ends with one `error: ...`
+    line on stderr and exit code 2 instead of a traceback."""
     try:
         main()
     except LCMError as e:

@@ -280,15 +280,16 @@ class ConceptPolicy(Policy):
         """x (N, L, D): prompt + taken steps' embeddings; `at` (N, T) the position whose state predicts unit t;
         `mask` (N, T) the real units; `rows` (N, T) the bank rows taken."""
         n, T = len(rows), max(len(r) for r in rows)
-        taken_rows = [self.bank_raw[torch.tensor(r, dtype=torch.long)].cpu() for r in rows]  # (len(r), D) each
-        x = pad_sequence([torch.cat([p.cpu(), t]) for p, t in zip(prompts, taken_rows)], batch_first=True)  # (N, L, D)
+        row_ids = [torch.tensor(r, dtype=torch.long) for r in rows]
+        x = pad_sequence([torch.cat([p.cpu(), self.bank_raw[r].cpu()]) for p, r in zip(prompts, row_ids)],
+                         batch_first=True)  # (N, L, D)
         at = torch.zeros(n, T, dtype=torch.long)
         mask = torch.zeros(n, T, dtype=torch.bool)
         taken = torch.zeros(n, T, dtype=torch.long)
-        for b, (p, r) in enumerate(zip(prompts, rows)):
+        for b, (p, r) in enumerate(zip(prompts, row_ids)):
             at[b, : len(r)] = torch.arange(len(p) - 1, len(p) - 1 + len(r))
             mask[b, : len(r)] = True
-            taken[b, : len(r)] = torch.tensor(r, dtype=torch.long)
+            taken[b, : len(r)] = r
         return {"x": x, "at": at, "mask": mask, "rows": taken}
 
     def _unit_states(self, batch: dict) -> torch.Tensor:
