@@ -9,7 +9,9 @@ steps and predict the rest, two ways:
 - `train`: R = the rollouts' reward at each step (every step's problems are new to the policy), H = their entropy,
   both averaged over windows of `--window` steps.
 Reports a, b, R^2 on the fitted third, the RMSE of the prediction on the rest, and writes `metrics.json` and PNGs
-(entropy vs step, accuracy vs step, accuracy vs entropy with each fitted law) to `--out`.
+(entropy vs step, accuracy vs step, accuracy vs entropy with each fitted law) to `--out`. Runs given one `--names`
+label are seeds of one system: a second table (`eval/rl_seeds.py`, also `seeds.md`) gives each system's first -> last
+numbers as mean ± std over its seeds.
 """
 from __future__ import annotations
 
@@ -21,7 +23,8 @@ import numpy as np
 
 from lcm.errors import LCMError
 from lcm.eval.reasoning_metrics import fit_entropy_performance
-from lcm.io import write_json
+from lcm.eval.rl_seeds import aggregate, seed_table
+from lcm.io import atomic_path, write_json
 
 # per unit, per reasoning step (the same series for concept policies: then drawn once), and the Monte Carlo entropy
 # of the Gaussian concept policy's read-out sentence (its differential entropy is no entropy over sentences)
@@ -150,17 +153,24 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--names", nargs="*", default=None, help="a label per run (default: the folder path)")
     p.add_argument("--out", default="runs/rl_report", help="folder for metrics.json and the PNGs")
     p.add_argument("--window", type=int, default=5, help="RL steps averaged into one point of the train law")
+    p.add_argument("--edge", type=int, default=10, help="RL steps averaged at each end of a run in the seed table")
     ns = p.parse_args(argv)
     if ns.names and len(ns.names) != len(ns.runs):
         raise LCMError(f"--names has {len(ns.names)} labels for {len(ns.runs)} runs")
-    if ns.window < 1:
-        raise LCMError(f"--window must be >= 1, not {ns.window}")
+    if ns.window < 1 or ns.edge < 1:
+        raise LCMError(f"--window and --edge must be >= 1, not {ns.window} and {ns.edge}")
     names = ns.names or ns.runs
     runs = [(name, read_run(Path(r))) for name, r in zip(names, ns.runs)]
     reports = [summarize(name, s, ns.window) for name, s in runs]
     out = Path(ns.out)
     out.mkdir(parents=True, exist_ok=True)
     files = plot(runs, reports, out, ns.window)
-    write_json(out / "metrics.json", {"window": ns.window, "runs": reports})
+    systems = aggregate(runs, ns.edge)
+    seeds_md = seed_table(systems, ns.edge)
+    write_json(out / "metrics.json", {"window": ns.window, "edge": ns.edge, "runs": reports, "systems": systems})
+    with atomic_path(out / "seeds.md") as tmp:
+        tmp.write_text(seeds_md + "\n", encoding="utf-8")
     print(table(reports))
-    print(f"wrote {out / 'metrics.json'} and {', '.join(f.name for f in files)}")
+    print()
+    print(seeds_md)
+    print(f"wrote {out / 'metrics.json'}, seeds.md and {', '.join(f.name for f in files)}")

@@ -51,3 +51,22 @@ def test_lcm_eval_rl_writes_the_laws_and_the_curves(tmp_path, capsys):
                                                                   "accuracy_vs_entropy.png"}
     code, err = run_lcm(["eval", "rl", str(tmp_path)], capsys)
     assert code == 2 and "no metrics.csv" in err and len(err.strip().splitlines()) == 1
+
+
+def test_runs_sharing_a_name_are_seeds_reported_as_mean_and_std(tmp_path):
+    """Two seeds of one system: first/last-window means per run, then mean ± sample std across runs."""
+    runs = [write_run(tmp_path / f"s{i}", b=b) for i, b in enumerate((1.5, 1.7))]
+    code, _ = run_lcm(["eval", "rl", *map(str, runs), str(write_run(tmp_path / "other")), "--names", "sys", "sys",
+                       "other", "--out", str(tmp_path / "rep"), "--edge", "4"])
+    assert code == 0
+    systems = json.loads((tmp_path / "rep" / "metrics.json").read_text())["systems"]
+    assert set(systems) == {"sys", "other"} and systems["sys"]["seeds"] == 2 and systems["other"]["seeds"] == 1
+    h_first = sum(2.0 - 1.5 * s / 29 for s in range(4)) / 4
+    h_last = sum(2.0 - 1.5 * s / 29 for s in range(26, 30)) / 4
+    assert systems["sys"]["entropy per unit first"] == pytest.approx([h_first, 0.0])
+    assert systems["sys"]["entropy change %"][0] == pytest.approx(100 * (h_last / h_first - 1))
+    reward_first = [sum(-0.2 * math.exp(2.0 - 1.5 * s / 29) + b for s in range(4)) / 4 for b in (1.5, 1.7)]
+    assert systems["sys"]["rollout reward first"] == pytest.approx([sum(reward_first) / 2, 0.2 / math.sqrt(2)])
+    assert systems["other"]["greedy last"] == [pytest.approx(-0.2 * math.exp(0.5) + 1.5), None]
+    md = (tmp_path / "rep" / "seeds.md").read_text()
+    assert "| sys | 2 |" in md and "(first / last 4)" in md
