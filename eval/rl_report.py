@@ -23,7 +23,7 @@ import numpy as np
 
 from lcm.errors import LCMError
 from lcm.eval.reasoning_metrics import fit_entropy_performance
-from lcm.eval.rl_seeds import aggregate, seed_table
+from lcm.eval.rl_seeds import aggregate, first_last, seed_table
 from lcm.io import atomic_path, write_json
 
 # per unit, per reasoning step (the same series for concept policies: then drawn once), and the Monte Carlo entropy
@@ -82,14 +82,13 @@ def fit_and_extrapolate(hs: list[float], rs: list[float]) -> dict:
 
 def summarize(name: str, series: dict, window: int) -> dict:
     val = series.get("val/accuracy", {})
+    val_first, val_last = first_last(val) if val else (None, None)
     out = {"name": name, "rl_steps": max(series["train/reward"]) + 1,
-           "val_accuracy_first": val[min(val)] if val else None, "val_accuracy_last": val[max(val)] if val else None,
-           "laws": {}}
+           "val_accuracy_first": val_first, "val_accuracy_last": val_last, "laws": {}}
     for unit, key in ENTROPIES.items():
         if key not in series or (unit == "step" and series[key] == series.get(ENTROPIES["unit"])):
             continue
-        steps = sorted(series[key])
-        out[f"{unit}_entropy_first"], out[f"{unit}_entropy_last"] = series[key][steps[0]], series[key][steps[-1]]
+        out[f"{unit}_entropy_first"], out[f"{unit}_entropy_last"] = first_last(series[key])
         for how in ("val", "train"):
             out["laws"][f"{unit}/{how}"] = fit_and_extrapolate(*law_points(series, key, how, window))
     return out

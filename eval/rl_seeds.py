@@ -17,7 +17,8 @@ EDGE_METRICS = (("entropy per unit", "train/entropy"), ("entropy per step", "tra
                 ("Vendi", "train/vendi"), ("completion units", "train/completions/mean_units"))
 
 
-def _first_last(values: dict[int, float]) -> tuple[float, float]:
+def first_last(values: dict[int, float]) -> tuple[float, float]:
+    """A logged series' values at its first and its last step."""
     steps = sorted(values)
     return values[steps[0]], values[steps[-1]]
 
@@ -26,11 +27,11 @@ def run_numbers(series: dict[str, dict[int, float]], edge: int) -> dict[str, flo
     """One run's first/last numbers (see the module docstring); metrics the run did not log are left out."""
     out: dict[str, float] = {}
     if series.get("val/accuracy"):
-        out["greedy first"], out["greedy last"] = _first_last(series["val/accuracy"])
+        out["greedy first"], out["greedy last"] = first_last(series["val/accuracy"])
     passes = [k for k in series if k.startswith("val/pass@") and series[k]]
     if passes:
         top = max(passes, key=lambda k: int(k.split("@")[1]))
-        out[f"{top[4:]} first"], out[f"{top[4:]} last"] = _first_last(series[top])
+        out[f"{top[4:]} first"], out[f"{top[4:]} last"] = first_last(series[top])
     for label, key in EDGE_METRICS:
         if not series.get(key) or (key == "train/step_entropy" and series[key] == series.get("train/entropy")):
             continue  # a concept policy's unit is its step: one column, not two equal ones
